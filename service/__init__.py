@@ -1,0 +1,1 @@
+"""keygate: API keys and authorization decisions over gRPC."""

@@ -1,0 +1,286 @@
+"""KeyService's rules: who may see and change which key, and the audit trail of both.
+
+Each mutation is one transaction with its audit row. A refused request (PermissionDenied)
+is audited in a transaction of its own, since the request's own rolls back.
+A workspace key never learns that another workspace's key exists: such ids are NOT_FOUND.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from .clock import Clock, utcnow
+from .domain import paging
+from .domain.decision import Code, Credential, decide
+from .domain.errors import Aborted, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from .domain.keys import KeyFormat, digest, display
+from .domain.permissions import Catalog
+from .domain.policy import KeySpec, ensure_within, validate_grace_period
+from .domain.records import AuditEvent, AuditQuery, BindingRecord, KeyRecord
+from .domain.resources import validate_resource
+from .store.postgres import Store, Tx
+
+UPDATABLE_FIELDS = ("name", "description", "permissions", "resources", "expire_time", "disabled", "metadata")
+DEFAULT_BINDING_ACTIONS = ("predictions:create",)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """An authenticated KeyService caller."""
+
+    credential: Credential
+    request_id: str = ""
+
+
+class KeyAdmin:
+    def __init__(self, store: Store, catalog: Catalog, key_format: KeyFormat, clock: Clock = utcnow) -> None:
+        self._store = store
+        self._catalog = catalog
+        self._format = key_format
+        self._clock = clock
+
+    # --- authorization helpers ------------------------------------------------------
+
+    def _authorize(self, caller: Caller, action: str, resource: str = "", workspace_id: str = "") -> None:
+        """The same decision Check makes, with no bindings (they govern use, not management)."""
+        decision = decide(caller.credential, resource, action, workspace_id, (), self._clock())
+        if decision.allowed:
+            return
+        if decision.code.http_status == 401:
+            raise Unauthenticated(decision.reason)
+        if decision.code is Code.WORKSPACE_MISMATCH:
+            raise PermissionDenied("a key can only manage its own workspace")
+        raise PermissionDenied(f"the calling key may not do this: {decision.reason}")
+
+    def _require_permission(self, caller: Caller, action: str) -> None:
+        """Refuse before any lookup, so a caller without the verb learns nothing about ids."""
+        if action not in caller.credential.grants:
+            raise PermissionDenied(f"the calling key lacks {action!r}")
+
+    @staticmethod
+    def _visible(caller: Caller, record: KeyRecord | None, key_id: UUID) -> KeyRecord:
+        if record is None or (not caller.credential.root and record.spec.workspace_id != caller.credential.workspace_id):
+            raise NotFound("key", str(key_id))
+        return record
+
+    async def _load(self, tx: Tx, caller: Caller, key_id: UUID, action: str, *, lock: bool = False) -> KeyRecord:
+        self._require_permission(caller, action)
+        record = self._visible(caller, await tx.get_key(key_id, lock=lock), key_id)
+        self._authorize(caller, action, f"apikeys/{key_id}", record.spec.workspace_id)
+        return record
+
+    @asynccontextmanager
+    async def _audited(self, caller: Caller, action: str, workspace_id: str, *,
+                       target: UUID | None = None, resource: str = "") -> AsyncIterator[None]:
+        """Record a refusal of this request in the audit trail, then let it propagate."""
+        try:
+            yield
+        except PermissionDenied as denied:
+            async with self._store.transaction() as tx:
+                await tx.audit(self._event(caller, action, "DENIED", workspace_id, target=target,
+                                           resource=resource, reason=denied.message))
+            raise
+
+    @staticmethod
+    def _event(caller: Caller, action: str, outcome: str, workspace_id: str, **fields: object) -> AuditEvent:
+        return AuditEvent(action=action, outcome=outcome, workspace_id=workspace_id,
+                          actor_key_id=caller.credential.key_id, request_id=caller.request_id, **fields)
+
+    # --- keys -----------------------------------------------------------------------
+
+    async def create_key(self, caller: Caller, spec: KeySpec) -> tuple[KeyRecord, str]:
+        """Issue a key; the plaintext is returned here and nowhere else."""
+        if not spec.workspace_id:
+            if caller.credential.root:
+                raise InvalidArgument("workspace_id", "root callers must name the workspace of the new key")
+            spec = replace(spec, workspace_id=caller.credential.workspace_id)
+        spec = spec.validated(self._catalog, self._clock())
+        async with self._audited(caller, "CreateKey", spec.workspace_id):
+            self._authorize(caller, "apikeys:create", "", spec.workspace_id)
+            ensure_within(caller.credential, spec)
+        api_key = self._format.generate()
+        key_id = uuid.uuid4()
+        async with self._store.transaction() as tx:
+            record = await tx.insert_key(key_id, spec, digest(api_key), display(api_key), caller.credential.key_id)
+            await tx.audit(self._event(caller, "CreateKey", "OK", spec.workspace_id, target_key_id=key_id,
+                                       changed_fields=UPDATABLE_FIELDS))
+        return record, api_key
+
+    async def get_key(self, caller: Caller, key_id: UUID) -> KeyRecord:
+        async with self._audited(caller, "GetKey", caller.credential.workspace_id, target=key_id):
+            async with self._store.read() as tx:
+                return await self._load(tx, caller, key_id, "apikeys:view")
+
+    async def list_keys(self, caller: Caller, workspace_id: str, page_size: int,
+                        page_token: str) -> tuple[list[KeyRecord], str]:
+        size = paging.page_size(page_size)
+        async with self._audited(caller, "ListKeys", caller.credential.workspace_id):
+            self._require_permission(caller, "apikeys:view")
+            if workspace_id:
+                self._authorize(caller, "apikeys:view", "", workspace_id)
+        scope = workspace_id or (None if caller.credential.root else caller.credential.workspace_id)
+        query = ("keys", scope)
+        after = paging.decode(page_token, query, _key_cursor)
+        async with self._store.read() as tx:
+            rows = await tx.list_keys(scope, after, size + 1)
+        token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            token = paging.encode([rows[-1].create_time.isoformat(), str(rows[-1].id)], query)
+        return rows, token
+
+    async def update_key(self, caller: Caller, key_id: UUID, fields: Mapping[str, object], mask: Sequence[str],
+                         etag: str) -> KeyRecord:
+        paths = _resolve_mask(mask)
+        async with self._audited(caller, "UpdateKey", caller.credential.workspace_id, target=key_id):
+            async with self._store.transaction() as tx:
+                record = await self._load(tx, caller, key_id, "apikeys:update", lock=True)
+                if etag and etag != record.etag:
+                    raise Aborted("the key changed since it was read (etag mismatch); get it again and retry")
+                old = record.spec
+                new = replace(old, **{p: fields[p] for p in paths})
+                new = new.validated(self._catalog, self._clock(), check_expiry=new.expire_time != old.expire_time)
+                changed = tuple(p for p in paths if getattr(new, p) != getattr(old, p))
+                baseline = None if old.disabled and not new.disabled else record.credential(self._catalog)
+                ensure_within(caller.credential, new, baseline)
+                if not changed:
+                    return record
+                updated = await tx.update_key(key_id, new)
+                await tx.audit(self._event(caller, "UpdateKey", "OK", new.workspace_id, target_key_id=key_id,
+                                           changed_fields=changed))
+                return updated
+
+    async def delete_key(self, caller: Caller, key_id: UUID) -> None:
+        async with self._audited(caller, "DeleteKey", caller.credential.workspace_id, target=key_id):
+            async with self._store.transaction() as tx:
+                record = await self._load(tx, caller, key_id, "apikeys:delete", lock=True)
+                await tx.delete_key(key_id)
+                await tx.audit(self._event(caller, "DeleteKey", "OK", record.spec.workspace_id,
+                                           target_key_id=key_id))
+
+    async def rotate_key(self, caller: Caller, key_id: UUID, grace: timedelta) -> tuple[KeyRecord, str]:
+        """A new secret for the same key. The caller receives the key's rights, so it must hold them all."""
+        grace = validate_grace_period(grace)
+        api_key = self._format.generate()
+        async with self._audited(caller, "RotateKey", caller.credential.workspace_id, target=key_id):
+            async with self._store.transaction() as tx:
+                record = await self._load(tx, caller, key_id, "apikeys:update", lock=True)
+                ensure_within(caller.credential, record.spec)
+                rotated = await tx.replace_secret(key_id, digest(api_key), display(api_key), self._clock() + grace)
+                await tx.audit(self._event(caller, "RotateKey", "OK", record.spec.workspace_id,
+                                           target_key_id=key_id, changed_fields=("secret",)))
+        return rotated, api_key
+
+    # --- bindings -------------------------------------------------------------------
+
+    def _collection_action(self, resource: str, verb: str) -> str:
+        collection = resource.partition("/")[0]
+        action = f"{collection}:{verb}"
+        if verb not in self._catalog.verbs.get(collection, ()):
+            raise InvalidArgument("resource", f"collection {collection!r} has no {action!r} in the catalog")
+        return action
+
+    def _binding_target(self, resource: str) -> str:
+        validate_resource(resource)
+        if "/" not in resource:
+            raise InvalidArgument("resource", "name one resource, such as 'chatflows/<id>'")
+        return resource
+
+    async def bind(self, caller: Caller, resource: str, key_id: UUID,
+                   actions: Sequence[str]) -> BindingRecord:
+        resource = self._binding_target(resource)
+        action = self._collection_action(resource, "update")
+        wanted = tuple(dict.fromkeys(actions)) or DEFAULT_BINDING_ACTIONS
+        for i, a in enumerate(wanted):
+            self._catalog.validate_action(a, f"actions[{i}]")
+        async with self._audited(caller, "BindResource", caller.credential.workspace_id, target=key_id,
+                                 resource=resource):
+            async with self._store.transaction() as tx:
+                self._require_permission(caller, action)
+                record = self._visible(caller, await tx.get_key(key_id, lock=True), key_id)
+                if record.root:
+                    raise InvalidArgument("key_id", "root keys belong to no workspace and cannot be bound")
+                workspace = record.spec.workspace_id
+                self._authorize(caller, action, resource, workspace)
+                binding = await tx.upsert_binding(workspace, resource, key_id, wanted, caller.credential.key_id)
+                await tx.audit(self._event(caller, "BindResource", "OK", workspace, target_key_id=key_id,
+                                           resource=resource, changed_fields=("bindings",)))
+                return binding
+
+    async def unbind(self, caller: Caller, resource: str, key_id: UUID) -> None:
+        resource = self._binding_target(resource)
+        action = self._collection_action(resource, "update")
+        async with self._audited(caller, "UnbindResource", caller.credential.workspace_id, target=key_id,
+                                 resource=resource):
+            async with self._store.transaction() as tx:
+                self._require_permission(caller, action)
+                record = self._visible(caller, await tx.get_key(key_id, lock=True), key_id)
+                workspace = record.spec.workspace_id
+                self._authorize(caller, action, resource, workspace)
+                if not await tx.delete_binding(workspace, resource, key_id):
+                    raise NotFound("binding", f"{resource} -> {key_id}")
+                await tx.audit(self._event(caller, "UnbindResource", "OK", workspace, target_key_id=key_id,
+                                           resource=resource, changed_fields=("bindings",)))
+
+    async def list_bindings(self, caller: Caller, *, resource: str = "", key_id: UUID | None = None,
+                            workspace_id: str = "") -> list[BindingRecord]:
+        async with self._audited(caller, "ListBindings", caller.credential.workspace_id, target=key_id,
+                                 resource=resource):
+            async with self._store.read() as tx:
+                if key_id is not None:
+                    record = await self._load(tx, caller, key_id, "apikeys:view")
+                    return await tx.list_bindings(workspace_id=record.spec.workspace_id, key_id=key_id)
+                resource = self._binding_target(resource)
+                action = self._collection_action(resource, "view")
+                workspace = workspace_id or caller.credential.workspace_id
+                self._authorize(caller, action, resource, workspace)
+                return await tx.list_bindings(workspace_id=workspace or None, resource=resource)
+
+    # --- audit ----------------------------------------------------------------------
+
+    async def list_audit(self, caller: Caller, query: AuditQuery, page_size: int,
+                         page_token: str) -> tuple[list[AuditEvent], str]:
+        size = paging.page_size(page_size)
+        async with self._audited(caller, "ListAuditEvents", caller.credential.workspace_id):
+            self._authorize(caller, "logs:view", "", query.workspace_id or "")
+        if not caller.credential.root:
+            query = replace(query, workspace_id=caller.credential.workspace_id)
+        fingerprint = ("audit", query.workspace_id, str(query.key_id), str(query.actor_key_id), query.action,
+                       str(query.start_time), str(query.end_time))
+        before = paging.decode(page_token, fingerprint, _audit_cursor)
+        async with self._store.read() as tx:
+            rows = await tx.list_audit(query, before, size + 1)
+        token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            token = paging.encode([rows[-1].id], fingerprint)
+        return rows, token
+
+
+def _key_cursor(cursor: paging.Cursor) -> tuple[datetime, UUID]:
+    create_time, key_id = cursor
+    return datetime.fromisoformat(str(create_time)), UUID(str(key_id))
+
+
+def _audit_cursor(cursor: paging.Cursor) -> int:
+    (event_id,) = cursor
+    if not isinstance(event_id, int):
+        raise TypeError("audit cursor")
+    return event_id
+
+
+def _resolve_mask(mask: Sequence[str]) -> tuple[str, ...]:
+    if not mask:
+        raise InvalidArgument("update_mask", f"name the fields to change: {', '.join(UPDATABLE_FIELDS)} or '*'")
+    if "*" in mask:
+        return UPDATABLE_FIELDS
+    for i, path in enumerate(mask):
+        if path not in UPDATABLE_FIELDS:
+            raise InvalidArgument(f"update_mask.paths[{i}]", f"{path!r} cannot be updated; use one of "
+                                  + ", ".join(UPDATABLE_FIELDS))
+    return tuple(dict.fromkeys(mask))

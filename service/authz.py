@@ -1,0 +1,85 @@
+"""Identify and decide: the two phases every authorization request shares.
+
+`identify` turns a presented key into a Credential (shape and checksum first, so a
+malformed key costs no lookup); `decide` is the pure domain function. Check,
+BatchCheck, the KeyService's caller authentication and the Envoy servicer differ
+only in how they take the key from the request and render the answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .clock import Clock, utcnow
+from .domain.decision import Code, Credential, Decision, decide
+from .domain.errors import InvalidArgument
+from .domain.keys import KeyFormat, Shape, digest
+from .domain.permissions import Catalog
+from .domain.policy import validate_workspace_id
+from .domain.resources import validate_resource
+from .store.postgres import Store
+from .usage import UsageRecorder
+
+MAX_BATCH = 100
+
+
+@dataclass(frozen=True, slots=True)
+class CheckItem:
+    resource: str
+    action: str
+    workspace_id: str = ""
+
+
+class Authorizer:
+    def __init__(self, store: Store, catalog: Catalog, key_format: KeyFormat, usage: UsageRecorder,
+                 clock: Clock = utcnow) -> None:
+        self._store = store
+        self._catalog = catalog
+        self._format = key_format
+        self._usage = usage
+        self._clock = clock
+
+    @property
+    def catalog(self) -> Catalog:
+        return self._catalog
+
+    def validate(self, items: Sequence[CheckItem], prefix: str = "") -> None:
+        """INVALID_ARGUMENT for a malformed request, naming the field (e.g. `items[2].action`)."""
+        if len(items) > MAX_BATCH:
+            raise InvalidArgument("items", f"at most {MAX_BATCH} items per BatchCheck")
+        for i, item in enumerate(items):
+            at = f"{prefix}[{i}]." if prefix else ""
+            validate_resource(item.resource, f"{at}resource")
+            self._catalog.validate_action(item.action, f"{at}action")
+            if item.workspace_id:
+                validate_workspace_id(item.workspace_id, f"{at}workspace_id")
+
+    async def identify(self, api_key: str) -> Credential | Decision:
+        """The key's Credential, or the Decision that it cannot be identified."""
+        if not api_key:
+            return Decision(Code.KEY_MISSING, "no API key was presented")
+        if self._format.shape(api_key) is Shape.MALFORMED:
+            return Decision(Code.KEY_MALFORMED, "the API key is malformed (bad shape or checksum)")
+        async with self._store.read() as tx:
+            found = await tx.key_by_digest(digest(api_key))
+        if found is None:
+            return Decision(Code.KEY_NOT_FOUND, "the API key is not known")
+        record, secret_expire_time = found
+        return record.credential(self._catalog, secret_expire_time)
+
+    async def check(self, api_key: str, items: Sequence[CheckItem]) -> list[Decision]:
+        """One decision per item, for one key identified once. Validate `items` first."""
+        identified = await self.identify(api_key)
+        if isinstance(identified, Decision):
+            return [identified] * len(items)
+        now = self._clock()
+        decisions = []
+        async with self._store.read() as tx:
+            for item in items:
+                workspace = item.workspace_id or identified.workspace_id
+                bindings = await tx.bindings_for(workspace, item.resource) if item.resource and workspace else []
+                decisions.append(decide(identified, item.resource, item.action, workspace, bindings, now))
+        if any(d.allowed for d in decisions):
+            self._usage.record(identified.key_id, now)
+        return decisions

@@ -1,0 +1,12 @@
+"""The one source of "now", so tests and decisions agree on time zones (always UTC)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,154 @@
+"""What a key may be: input validation for key fields, and the no-escalation rule.
+
+A caller can never create or widen a key beyond itself: the key's permissions must be
+implied by the caller's, its scope must lie within the caller's, its workspace must be
+the caller's (root: any), and it may not outlive the caller.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from .decision import Credential
+from .errors import InvalidArgument, PermissionDenied
+from .permissions import ROOT, Catalog
+from .resources import MAX_SCOPE_ENTRIES, Scope, validate_pattern
+
+MAX_NAME_LEN = 100
+MAX_DESCRIPTION_LEN = 1000
+MAX_PERMISSIONS = 200
+MAX_METADATA_ENTRIES = 32
+MAX_METADATA_KEY_LEN = 64
+MAX_METADATA_VALUE_LEN = 512
+MAX_GRACE_PERIOD = timedelta(days=30)
+_WORKSPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_METADATA_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpec:
+    """The caller-controlled fields of a key, validated and normalised."""
+
+    name: str
+    workspace_id: str
+    permissions: tuple[str, ...]
+    resources: tuple[str, ...] = ()
+    expire_time: datetime | None = None
+    description: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    disabled: bool = False
+
+    @property
+    def scope(self) -> Scope:
+        return Scope.compile(self.resources)
+
+    def validated(self, catalog: Catalog, now: datetime, *, check_expiry: bool = True) -> KeySpec:
+        """This spec with every field checked; raises InvalidArgument naming the first bad field.
+
+        `check_expiry` is off when an update leaves an already-past expiry untouched.
+        """
+        if check_expiry and self.expire_time is not None and self.expire_time <= now:
+            raise InvalidArgument("expire_time", "must be in the future")
+        return replace(
+            self,
+            name=validate_name(self.name),
+            workspace_id=validate_workspace_id(self.workspace_id),
+            permissions=validate_permissions(self.permissions, catalog),
+            resources=validate_resources(self.resources),
+            description=_validate_text(self.description, "description", MAX_DESCRIPTION_LEN, allow_empty=True),
+            metadata=validate_metadata(self.metadata),
+        )
+
+
+def validate_name(name: str) -> str:
+    return _validate_text(name.strip(), "name", MAX_NAME_LEN, allow_empty=False)
+
+
+def _validate_text(value: str, field_name: str, limit: int, *, allow_empty: bool) -> str:
+    if not value and not allow_empty:
+        raise InvalidArgument(field_name, "must not be empty")
+    if len(value) > limit:
+        raise InvalidArgument(field_name, f"must be at most {limit} characters")
+    if any(ord(c) < 32 and c not in "\n\t" for c in value):
+        raise InvalidArgument(field_name, "must not contain control characters")
+    return value
+
+
+def validate_workspace_id(workspace_id: str, field_name: str = "workspace_id") -> str:
+    if not _WORKSPACE_RE.match(workspace_id):
+        raise InvalidArgument(field_name, "must be 1-128 letters, digits or '._:-', starting with a letter or digit")
+    return workspace_id
+
+
+def validate_permissions(permissions: Sequence[str], catalog: Catalog) -> tuple[str, ...]:
+    if not permissions:
+        raise InvalidArgument("permissions", "a key needs at least one permission")
+    if len(permissions) > MAX_PERMISSIONS:
+        raise InvalidArgument("permissions", f"at most {MAX_PERMISSIONS} entries")
+    for i, permission in enumerate(permissions):
+        if permission == ROOT:
+            raise InvalidArgument(
+                f"permissions[{i}]", "'*' is reserved for root keys made by `keygate bootstrap`; use 'category:*'"
+            )
+        catalog.validate_grant(permission, f"permissions[{i}]")
+    return tuple(dict.fromkeys(permissions))
+
+
+def validate_resources(resources: Sequence[str]) -> tuple[str, ...]:
+    if len(resources) > MAX_SCOPE_ENTRIES:
+        raise InvalidArgument("resources", f"at most {MAX_SCOPE_ENTRIES} entries")
+    for i, pattern in enumerate(resources):
+        validate_pattern(pattern, f"resources[{i}]")
+    return tuple(dict.fromkeys(resources))
+
+
+def validate_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    if len(metadata) > MAX_METADATA_ENTRIES:
+        raise InvalidArgument("metadata", f"at most {MAX_METADATA_ENTRIES} entries")
+    for key, value in metadata.items():
+        if len(key) > MAX_METADATA_KEY_LEN or not _METADATA_KEY_RE.match(key):
+            raise InvalidArgument(f"metadata[{key[:MAX_METADATA_KEY_LEN]!r}]", "keys are 1-64 letters, digits or '._/-'")
+        _validate_text(value, f"metadata[{key!r}]", MAX_METADATA_VALUE_LEN, allow_empty=True)
+    return dict(metadata)
+
+
+def validate_grace_period(grace: timedelta) -> timedelta:
+    if grace < timedelta(0) or grace > MAX_GRACE_PERIOD:
+        raise InvalidArgument("grace_period", "must be between 0 and 30 days")
+    return grace
+
+
+def parse_id(value: str, field_name: str = "id") -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidArgument(field_name, "must be a UUID such as '3f2a6c1e-...'") from None
+
+
+def _later(a: datetime | None, b: datetime | None) -> bool:
+    """Does expiry `a` come after expiry `b`? None means never."""
+    return b is not None and (a is None or a > b)
+
+
+def ensure_within(caller: Credential, spec: KeySpec, baseline: Credential | None = None) -> None:
+    """Refuse (PermissionDenied) whatever `spec` would grant beyond both the caller and `baseline`.
+
+    `baseline` is what the key already holds when it is being updated: narrowing a key, or
+    keeping what it had, is always allowed; only what is new must lie within the caller.
+    Creating, rotating (the caller receives the key) and re-enabling pass no baseline.
+    """
+    if not caller.root and spec.workspace_id != caller.workspace_id:
+        raise PermissionDenied("a key can only manage keys of its own workspace")
+    for permission in spec.permissions:
+        if permission not in caller.grants and (baseline is None or permission not in baseline.grants):
+            raise PermissionDenied(f"cannot grant {permission!r}: the calling key does not hold it")
+    if not caller.scope.covers(spec.scope) and (baseline is None or not baseline.scope.covers(spec.scope)):
+        raise PermissionDenied("cannot grant a resource scope wider than the calling key's own")
+    if _later(spec.expire_time, caller.expire_time) and (
+        baseline is None or _later(spec.expire_time, baseline.expire_time)
+    ):
+        raise PermissionDenied("expire_time must be set and no later than the calling key's own expiry")

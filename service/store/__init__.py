@@ -1,0 +1,1 @@
+"""Storage: PostgreSQL through asyncpg. The only package that writes SQL."""

@@ -1,0 +1,273 @@
+"""All of keygate's SQL. `Store` hands out `Tx` objects: a connection, in a transaction when writing.
+
+Connection failures surface as `Unavailable`, so callers fail closed with a status
+that says "retry", never an INTERNAL error carrying driver text.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+
+from ..domain.decision import Binding
+from ..domain.errors import Unavailable
+from ..domain.policy import KeySpec
+from ..domain.records import AuditEvent, AuditQuery, BindingRecord, KeyRecord
+
+# Errors that mean "the database is not there", as opposed to "the query was wrong".
+_UNREACHABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    asyncpg.AdminShutdownError,
+)
+
+_KEY_COLUMNS = """id, workspace_id, name, description, permissions, resources, display, metadata,
+    disabled, expire_time, create_time, update_time, last_used_time, usage_count, created_by, version"""
+
+
+@contextmanager
+def _unreachable_is_unavailable() -> Iterator[None]:
+    try:
+        yield
+    except _UNREACHABLE as exc:
+        raise Unavailable(f"the database is unreachable ({type(exc).__name__}); retry shortly") from None
+
+
+def _key(row: asyncpg.Record) -> KeyRecord:
+    return KeyRecord(
+        id=row["id"],
+        spec=KeySpec(
+            name=row["name"],
+            workspace_id=row["workspace_id"],
+            permissions=tuple(row["permissions"]),
+            resources=tuple(row["resources"]),
+            expire_time=row["expire_time"],
+            description=row["description"],
+            metadata=json.loads(row["metadata"]),
+            disabled=row["disabled"],
+        ),
+        display=row["display"],
+        create_time=row["create_time"],
+        update_time=row["update_time"],
+        version=row["version"],
+        created_by=row["created_by"],
+        last_used_time=row["last_used_time"],
+        usage_count=row["usage_count"],
+    )
+
+
+def _binding(row: asyncpg.Record) -> BindingRecord:
+    return BindingRecord(
+        workspace_id=row["workspace_id"],
+        resource=row["resource"],
+        key_id=row["key_id"],
+        actions=tuple(row["actions"]),
+        create_time=row["create_time"],
+        created_by=row["created_by"],
+    )
+
+
+class Tx:
+    """Queries on one connection. Writes happen only inside `Store.transaction()`."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    # --- keys -------------------------------------------------------------------------
+
+    async def key_by_digest(self, digest: bytes) -> tuple[KeyRecord, datetime | None] | None:
+        """The key a secret belongs to, with the secret's own expiry (set after rotation)."""
+        row = await self._conn.fetchrow(
+            f"""SELECT {_KEY_COLUMNS}, s.expire_time AS secret_expire_time
+                FROM key_secrets s JOIN api_keys k ON k.id = s.key_id WHERE s.digest = $1""",
+            digest,
+        )
+        return None if row is None else (_key(row), row["secret_expire_time"])
+
+    async def get_key(self, key_id: UUID, *, lock: bool = False) -> KeyRecord | None:
+        row = await self._conn.fetchrow(
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1" + (" FOR UPDATE" if lock else ""), key_id
+        )
+        return None if row is None else _key(row)
+
+    async def list_keys(
+        self, workspace_id: str | None, after: tuple[datetime, UUID] | None, limit: int
+    ) -> list[KeyRecord]:
+        """Keys ordered by (create_time, id), after the cursor; every workspace when workspace_id is None."""
+        rows = await self._conn.fetch(
+            f"""SELECT {_KEY_COLUMNS} FROM api_keys
+                WHERE ($1::text IS NULL OR workspace_id = $1)
+                  AND ($2::timestamptz IS NULL OR (create_time, id) > ($2, $3::uuid))
+                ORDER BY create_time, id LIMIT $4""",
+            workspace_id,
+            after[0] if after else None,
+            after[1] if after else None,
+            limit,
+        )
+        return [_key(r) for r in rows]
+
+    async def insert_key(self, key_id: UUID, spec: KeySpec, digest: bytes, display: str,
+                         created_by: UUID | None) -> KeyRecord:
+        row = await self._conn.fetchrow(
+            f"""INSERT INTO api_keys (id, workspace_id, name, description, permissions, resources, display,
+                                      metadata, disabled, expire_time, created_by)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11)
+                RETURNING {_KEY_COLUMNS}""",
+            key_id, spec.workspace_id, spec.name, spec.description, list(spec.permissions),
+            list(spec.resources), display, json.dumps(dict(spec.metadata)), spec.disabled, spec.expire_time,
+            created_by,
+        )
+        await self._conn.execute("INSERT INTO key_secrets (digest, key_id) VALUES ($1, $2)", digest, key_id)
+        return _key(row)
+
+    async def update_key(self, key_id: UUID, spec: KeySpec) -> KeyRecord:
+        row = await self._conn.fetchrow(
+            f"""UPDATE api_keys SET name = $2, description = $3, permissions = $4, resources = $5,
+                    metadata = $6::jsonb, disabled = $7, expire_time = $8,
+                    update_time = now(), version = version + 1
+                WHERE id = $1 RETURNING {_KEY_COLUMNS}""",
+            key_id, spec.name, spec.description, list(spec.permissions), list(spec.resources),
+            json.dumps(dict(spec.metadata)), spec.disabled, spec.expire_time,
+        )
+        return _key(row)
+
+    async def delete_key(self, key_id: UUID) -> None:
+        await self._conn.execute("DELETE FROM api_keys WHERE id = $1", key_id)
+
+    async def replace_secret(self, key_id: UUID, digest: bytes, display: str,
+                             old_secrets_expire: datetime) -> KeyRecord:
+        """Add a new current secret; every older secret of the key stops at `old_secrets_expire` at the latest."""
+        await self._conn.execute(
+            """UPDATE key_secrets SET expire_time = LEAST(COALESCE(expire_time, $2), $2) WHERE key_id = $1""",
+            key_id, old_secrets_expire,
+        )
+        await self._conn.execute("INSERT INTO key_secrets (digest, key_id) VALUES ($1, $2)", digest, key_id)
+        row = await self._conn.fetchrow(
+            f"""UPDATE api_keys SET display = $2, update_time = now(), version = version + 1
+                WHERE id = $1 RETURNING {_KEY_COLUMNS}""",
+            key_id, display,
+        )
+        return _key(row)
+
+    async def has_root_key(self) -> bool:
+        return bool(await self._conn.fetchval("SELECT EXISTS (SELECT 1 FROM api_keys WHERE workspace_id = '')"))
+
+    async def add_usage(self, usage: Mapping[UUID, tuple[int, datetime]]) -> None:
+        """Add counts and move last_used_time forward; keys deleted meanwhile are skipped."""
+        await self._conn.executemany(
+            """UPDATE api_keys SET usage_count = usage_count + $2,
+                   last_used_time = GREATEST(COALESCE(last_used_time, $3), $3)
+               WHERE id = $1""",
+            [(key_id, count, last) for key_id, (count, last) in usage.items()],
+        )
+
+    # --- bindings ---------------------------------------------------------------------
+
+    async def bindings_for(self, workspace_id: str, resource: str) -> list[Binding]:
+        rows = await self._conn.fetch(
+            "SELECT key_id, actions FROM resource_bindings WHERE workspace_id = $1 AND resource = $2",
+            workspace_id, resource,
+        )
+        return [Binding(resource, r["key_id"], tuple(r["actions"]), workspace_id) for r in rows]
+
+    async def list_bindings(self, *, workspace_id: str | None, resource: str | None = None,
+                            key_id: UUID | None = None) -> list[BindingRecord]:
+        rows = await self._conn.fetch(
+            """SELECT * FROM resource_bindings
+               WHERE ($1::text IS NULL OR workspace_id = $1)
+                 AND ($2::text IS NULL OR resource = $2)
+                 AND ($3::uuid IS NULL OR key_id = $3)
+               ORDER BY workspace_id, resource, create_time, key_id""",
+            workspace_id, resource, key_id,
+        )
+        return [_binding(r) for r in rows]
+
+    async def upsert_binding(self, workspace_id: str, resource: str, key_id: UUID, actions: tuple[str, ...],
+                             created_by: UUID | None) -> BindingRecord:
+        row = await self._conn.fetchrow(
+            """INSERT INTO resource_bindings (workspace_id, resource, key_id, actions, created_by)
+               VALUES ($1, $2, $3, $4, $5)
+               ON CONFLICT (workspace_id, resource, key_id) DO UPDATE SET actions = EXCLUDED.actions
+               RETURNING *""",
+            workspace_id, resource, key_id, list(actions), created_by,
+        )
+        return _binding(row)
+
+    async def delete_binding(self, workspace_id: str, resource: str, key_id: UUID) -> bool:
+        status = await self._conn.execute(
+            "DELETE FROM resource_bindings WHERE workspace_id = $1 AND resource = $2 AND key_id = $3",
+            workspace_id, resource, key_id,
+        )
+        return status != "DELETE 0"
+
+    # --- audit ------------------------------------------------------------------------
+
+    async def audit(self, event: AuditEvent) -> None:
+        await self._conn.execute(
+            """INSERT INTO audit_events (actor_key_id, workspace_id, action, outcome, target_key_id, resource,
+                                         changed_fields, reason, request_id)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
+            event.actor_key_id, event.workspace_id, event.action, event.outcome, event.target_key_id,
+            event.resource, list(event.changed_fields), event.reason, event.request_id,
+        )
+
+    async def list_audit(self, query: AuditQuery, before_id: int | None, limit: int) -> list[AuditEvent]:
+        """Newest first."""
+        rows = await self._conn.fetch(
+            """SELECT * FROM audit_events
+               WHERE ($1::text IS NULL OR workspace_id = $1)
+                 AND ($2::uuid IS NULL OR target_key_id = $2)
+                 AND ($3::uuid IS NULL OR actor_key_id = $3)
+                 AND ($4 = '' OR action = $4)
+                 AND ($5::timestamptz IS NULL OR event_time >= $5)
+                 AND ($6::timestamptz IS NULL OR event_time < $6)
+                 AND ($7::bigint IS NULL OR id < $7)
+               ORDER BY id DESC LIMIT $8""",
+            query.workspace_id, query.key_id, query.actor_key_id, query.action, query.start_time,
+            query.end_time, before_id, limit,
+        )
+        return [
+            AuditEvent(
+                id=r["id"], event_time=r["event_time"], actor_key_id=r["actor_key_id"],
+                workspace_id=r["workspace_id"], action=r["action"], outcome=r["outcome"],
+                target_key_id=r["target_key_id"], resource=r["resource"],
+                changed_fields=tuple(r["changed_fields"]), reason=r["reason"], request_id=r["request_id"],
+            )
+            for r in rows
+        ]
+
+
+class Store:
+    """A connection pool and the two ways to use it."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def connect(cls, url: str, *, min_size: int = 1, max_size: int = 10) -> Store:
+        with _unreachable_is_unavailable():
+            return cls(await asyncpg.create_pool(url, min_size=min_size, max_size=max_size))
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[Tx]:
+        with _unreachable_is_unavailable():
+            async with self._pool.acquire() as conn:
+                yield Tx(conn)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        """One transaction: everything inside commits together or not at all."""
+        with _unreachable_is_unavailable():
+            async with self._pool.acquire() as conn, conn.transaction():
+                yield Tx(conn)

@@ -1,0 +1,59 @@
+"""last_used_time and usage_count, written behind in batches, never on the Check path.
+
+`record` is a dictionary update; a background task flushes the batch every
+`interval` seconds, and `stop` flushes what is left, so a graceful shutdown loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from uuid import UUID
+
+import structlog
+
+from .domain.errors import Unavailable
+from .store.postgres import Store
+
+log = structlog.get_logger(__name__)
+
+
+class UsageRecorder:
+    def __init__(self, store: Store, interval: float = 1.0) -> None:
+        self._store = store
+        self._interval = interval
+        self._pending: dict[UUID, tuple[int, datetime]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def record(self, key_id: UUID, when: datetime) -> None:
+        count, last = self._pending.get(key_id, (0, when))
+        self._pending[key_id] = (count + 1, max(last, when))
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="usage-flush")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write the pending batch; on failure put it back to be merged into the next one."""
+        batch, self._pending = self._pending, {}
+        if not batch:
+            return
+        try:
+            async with self._store.transaction() as tx:
+                await tx.add_usage(batch)
+        except Unavailable:
+            for key_id, (count, last) in batch.items():
+                now_count, now_last = self._pending.get(key_id, (0, last))
+                self._pending[key_id] = (count + now_count, max(last, now_last))
+            log.warning("usage_flush_deferred", keys=len(batch))
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.flush()

@@ -1,0 +1,89 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class DecisionCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DECISION_CODE_UNSPECIFIED: _ClassVar[DecisionCode]
+    OK: _ClassVar[DecisionCode]
+    KEY_MISSING: _ClassVar[DecisionCode]
+    KEY_MALFORMED: _ClassVar[DecisionCode]
+    KEY_NOT_FOUND: _ClassVar[DecisionCode]
+    KEY_EXPIRED: _ClassVar[DecisionCode]
+    KEY_DISABLED: _ClassVar[DecisionCode]
+    RESOURCE_BOUND_TO_OTHER_KEY: _ClassVar[DecisionCode]
+    PERMISSION_DENIED: _ClassVar[DecisionCode]
+    RESOURCE_OUT_OF_SCOPE: _ClassVar[DecisionCode]
+    WORKSPACE_MISMATCH: _ClassVar[DecisionCode]
+    RATE_LIMITED: _ClassVar[DecisionCode]
+DECISION_CODE_UNSPECIFIED: DecisionCode
+OK: DecisionCode
+KEY_MISSING: DecisionCode
+KEY_MALFORMED: DecisionCode
+KEY_NOT_FOUND: DecisionCode
+KEY_EXPIRED: DecisionCode
+KEY_DISABLED: DecisionCode
+RESOURCE_BOUND_TO_OTHER_KEY: DecisionCode
+PERMISSION_DENIED: DecisionCode
+RESOURCE_OUT_OF_SCOPE: DecisionCode
+WORKSPACE_MISMATCH: DecisionCode
+RATE_LIMITED: DecisionCode
+
+class CheckRequest(_message.Message):
+    __slots__ = ("api_key", "resource", "action", "workspace_id")
+    API_KEY_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    api_key: str
+    resource: str
+    action: str
+    workspace_id: str
+    def __init__(self, api_key: _Optional[str] = ..., resource: _Optional[str] = ..., action: _Optional[str] = ..., workspace_id: _Optional[str] = ...) -> None: ...
+
+class CheckResponse(_message.Message):
+    __slots__ = ("allowed", "code", "reason", "key_id", "key_name", "workspace_id", "http_status")
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_NAME_FIELD_NUMBER: _ClassVar[int]
+    WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    HTTP_STATUS_FIELD_NUMBER: _ClassVar[int]
+    allowed: bool
+    code: DecisionCode
+    reason: str
+    key_id: str
+    key_name: str
+    workspace_id: str
+    http_status: int
+    def __init__(self, allowed: _Optional[bool] = ..., code: _Optional[_Union[DecisionCode, str]] = ..., reason: _Optional[str] = ..., key_id: _Optional[str] = ..., key_name: _Optional[str] = ..., workspace_id: _Optional[str] = ..., http_status: _Optional[int] = ...) -> None: ...
+
+class BatchCheckItem(_message.Message):
+    __slots__ = ("resource", "action", "workspace_id")
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    resource: str
+    action: str
+    workspace_id: str
+    def __init__(self, resource: _Optional[str] = ..., action: _Optional[str] = ..., workspace_id: _Optional[str] = ...) -> None: ...
+
+class BatchCheckRequest(_message.Message):
+    __slots__ = ("api_key", "items")
+    API_KEY_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    api_key: str
+    items: _containers.RepeatedCompositeFieldContainer[BatchCheckItem]
+    def __init__(self, api_key: _Optional[str] = ..., items: _Optional[_Iterable[_Union[BatchCheckItem, _Mapping]]] = ...) -> None: ...
+
+class BatchCheckResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[CheckResponse]
+    def __init__(self, results: _Optional[_Iterable[_Union[CheckResponse, _Mapping]]] = ...) -> None: ...
