@@ -19,7 +19,7 @@ from .domain import paging
 from .domain.decision import Code, Credential, decide
 from .domain.errors import Aborted, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from .domain.keys import KeyFormat, digest, display
-from .domain.permissions import Catalog
+from .domain.permissions import ROOT, Catalog
 from .domain.policy import KeySpec, ensure_within, validate_grace_period
 from .domain.records import AuditEvent, AuditQuery, BindingRecord, KeyRecord
 from .domain.resources import validate_resource
@@ -93,6 +93,21 @@ class KeyAdmin:
 
     # --- keys -----------------------------------------------------------------------
 
+    async def create_root_key(self, name: str = "root") -> tuple[KeyRecord, str]:
+        """A key holding `*` in every workspace: only `keygate bootstrap` and a first start make one."""
+        spec = KeySpec(name=name, workspace_id="", permissions=(ROOT,), description="created by bootstrap")
+        api_key = self._format.generate()
+        key_id = uuid.uuid4()
+        async with self._store.transaction() as tx:
+            record = await tx.insert_key(key_id, spec, digest(api_key), display(api_key), None)
+            await tx.audit(AuditEvent(action="Bootstrap", outcome="OK", workspace_id="", target_key_id=key_id,
+                                      changed_fields=_set_fields(spec)))
+        return record, api_key
+
+    async def has_root_key(self) -> bool:
+        async with self._store.read() as tx:
+            return await tx.has_root_key()
+
     async def create_key(self, caller: Caller, spec: KeySpec) -> tuple[KeyRecord, str]:
         """Issue a key; the plaintext is returned here and nowhere else."""
         if not spec.workspace_id:
@@ -108,7 +123,7 @@ class KeyAdmin:
         async with self._store.transaction() as tx:
             record = await tx.insert_key(key_id, spec, digest(api_key), display(api_key), caller.credential.key_id)
             await tx.audit(self._event(caller, "CreateKey", "OK", spec.workspace_id, target_key_id=key_id,
-                                       changed_fields=UPDATABLE_FIELDS))
+                                       changed_fields=_set_fields(spec)))
         return record, api_key
 
     async def get_key(self, caller: Caller, key_id: UUID) -> KeyRecord:
@@ -260,6 +275,11 @@ class KeyAdmin:
             rows = rows[:size]
             token = paging.encode([rows[-1].id], fingerprint)
         return rows, token
+
+
+def _set_fields(spec: KeySpec) -> tuple[str, ...]:
+    """The fields a new key was given (those not left at their defaults), for its audit row."""
+    return tuple(f for f in UPDATABLE_FIELDS if getattr(spec, f))
 
 
 def _key_cursor(cursor: paging.Cursor) -> tuple[datetime, UUID]:

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .clock import Clock, utcnow
-from .domain.decision import Code, Credential, Decision, decide
-from .domain.errors import InvalidArgument
+from .domain.decision import Code, Credential, Decision, decide, key_state
+from .domain.errors import InvalidArgument, Unauthenticated
 from .domain.keys import KeyFormat, Shape, digest
 from .domain.permissions import Catalog
 from .domain.policy import validate_workspace_id
@@ -67,6 +67,16 @@ class Authorizer:
             return Decision(Code.KEY_NOT_FOUND, "the API key is not known")
         record, secret_expire_time = found
         return record.credential(self._catalog, secret_expire_time)
+
+    async def authenticate(self, api_key: str) -> Credential:
+        """A live Credential for a caller of the admin API; Unauthenticated otherwise."""
+        identified = await self.identify(api_key)
+        if isinstance(identified, Decision):
+            raise Unauthenticated(identified.reason)
+        dead = key_state(identified, self._clock())
+        if dead is not None:
+            raise Unauthenticated(dead.reason)
+        return identified
 
     async def check(self, api_key: str, items: Sequence[CheckItem]) -> list[Decision]:
         """One decision per item, for one key identified once. Validate `items` first."""

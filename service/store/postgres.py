@@ -18,6 +18,7 @@ from ..domain.decision import Binding
 from ..domain.errors import Unavailable
 from ..domain.policy import KeySpec
 from ..domain.records import AuditEvent, AuditQuery, BindingRecord, KeyRecord
+from . import migrations
 
 # Errors that mean "the database is not there", as opposed to "the query was wrong".
 _UNREACHABLE = (
@@ -86,8 +87,9 @@ class Tx:
     async def key_by_digest(self, digest: bytes) -> tuple[KeyRecord, datetime | None] | None:
         """The key a secret belongs to, with the secret's own expiry (set after rotation)."""
         row = await self._conn.fetchrow(
-            f"""SELECT {_KEY_COLUMNS}, s.expire_time AS secret_expire_time
-                FROM key_secrets s JOIN api_keys k ON k.id = s.key_id WHERE s.digest = $1""",
+            f"""SELECT {_KEY_COLUMNS}, secret_expire_time FROM api_keys
+                JOIN (SELECT key_id, expire_time AS secret_expire_time FROM key_secrets WHERE digest = $1) s
+                  ON s.key_id = api_keys.id""",
             digest,
         )
         return None if row is None else (_key(row), row["secret_expire_time"])
@@ -255,6 +257,12 @@ class Store:
     async def connect(cls, url: str, *, min_size: int = 1, max_size: int = 10) -> Store:
         with _unreachable_is_unavailable():
             return cls(await asyncpg.create_pool(url, min_size=min_size, max_size=max_size))
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations (see keygate.store.migrations); return the names applied."""
+        with _unreachable_is_unavailable():
+            async with self._pool.acquire() as conn:
+                return await migrations.migrate(conn)
 
     async def close(self) -> None:
         await self._pool.close()

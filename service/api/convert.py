@@ -1,0 +1,100 @@
+"""Protobuf <-> domain values. No rules here: only shapes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from ..domain.decision import Decision
+from ..domain.records import AuditEvent, BindingRecord, KeyRecord
+from ..v1 import authz_pb2, keys_pb2
+
+
+def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(value)
+    return out
+
+
+def from_timestamp(message: object, field: str) -> datetime | None:
+    """The field as an aware UTC datetime, or None when it is not set."""
+    if not message.HasField(field):  # type: ignore[attr-defined]
+        return None
+    return getattr(message, field).ToDatetime(tzinfo=UTC)
+
+
+def from_duration(message: object, field: str) -> timedelta:
+    value: duration_pb2.Duration = getattr(message, field)
+    return value.ToTimedelta()
+
+
+def _id(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+def api_key(record: KeyRecord) -> keys_pb2.ApiKey:
+    spec = record.spec
+    return keys_pb2.ApiKey(
+        id=str(record.id),
+        name=spec.name,
+        description=spec.description,
+        workspace_id=spec.workspace_id,
+        permissions=spec.permissions,
+        resources=spec.resources,
+        display=record.display,
+        create_time=timestamp(record.create_time),
+        update_time=timestamp(record.update_time),
+        expire_time=timestamp(spec.expire_time),
+        last_used_time=timestamp(record.last_used_time),
+        usage_count=record.usage_count,
+        disabled=spec.disabled,
+        created_by=_id(record.created_by),
+        metadata=dict(spec.metadata),
+        etag=record.etag,
+        root=record.root,
+    )
+
+
+def binding(record: BindingRecord) -> keys_pb2.Binding:
+    return keys_pb2.Binding(
+        resource=record.resource,
+        key_id=str(record.key_id),
+        actions=record.actions,
+        workspace_id=record.workspace_id,
+        create_time=timestamp(record.create_time),
+        created_by=_id(record.created_by),
+    )
+
+
+def audit_event(event: AuditEvent) -> keys_pb2.AuditEvent:
+    return keys_pb2.AuditEvent(
+        id=event.id,
+        event_time=timestamp(event.event_time),
+        actor_key_id=_id(event.actor_key_id),
+        workspace_id=event.workspace_id,
+        action=event.action,
+        outcome=event.outcome,
+        target_key_id=_id(event.target_key_id),
+        resource=event.resource,
+        changed_fields=event.changed_fields,
+        reason=event.reason,
+        request_id=event.request_id,
+    )
+
+
+def check_response(decision: Decision) -> authz_pb2.CheckResponse:
+    credential = decision.credential
+    response = authz_pb2.CheckResponse(
+        allowed=decision.allowed,
+        code=authz_pb2.DecisionCode.Value(decision.code.value),
+        reason=decision.reason,
+        http_status=decision.code.http_status,
+    )
+    if credential is not None:
+        response.key_id = str(credential.key_id)
+        response.key_name = credential.key_name
+        response.workspace_id = credential.workspace_id
+    return response

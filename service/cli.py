@@ -1,0 +1,103 @@
+"""`keygate serve | migrate | bootstrap | keys ...`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import uvloop
+
+from . import keys_cli, logs
+from .admin import KeyAdmin
+from .config import Settings
+from .domain.errors import KeygateError
+from .server import database_url, serve
+from .store.postgres import Store
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(
+        listen=getattr(args, "listen", None),
+        database_url=args.database_url,
+        data_dir=getattr(args, "data_dir", None),
+    )
+
+
+def _run(main: Callable[[], Awaitable[int | None]]) -> int:
+    try:
+        return uvloop.run(main()) or 0
+    except KeygateError as exc:
+        print(f"keygate: {exc.message}", file=sys.stderr)
+        return 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    logs.configure(settings.log_level)
+    return _run(lambda: serve(settings))
+
+
+async def _with_store(settings: Settings, work: Callable[[Store], Awaitable[int | None]]) -> int | None:
+    store = await Store.connect(database_url(settings))
+    try:
+        return await work(store)
+    finally:
+        await store.close()
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    logs.configure(settings.log_level)
+
+    async def work(store: Store) -> None:
+        applied = await store.migrate()
+        print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}", file=sys.stderr)
+
+    return _run(lambda: _with_store(settings, work))
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    """Print only the new root key on stdout, so a script can capture it."""
+    settings = _settings(args)
+    logs.configure("warning")
+
+    async def work(store: Store) -> None:
+        await store.migrate()
+        _, api_key = await KeyAdmin(store, settings.catalog(), settings.key_format()).create_root_key(args.name)
+        print(api_key, flush=True)
+
+    return _run(lambda: _with_store(settings, work))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="keygate", description="API keys and authorization decisions over gRPC.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def database_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--database-url", help="PostgreSQL URL (env DATABASE_URL); default: the embedded one")
+        p.add_argument("--data-dir", type=Path, help="embedded PostgreSQL's directory (env KEYGATE_DATA_DIR)")
+
+    serve_p = commands.add_parser("serve", help="serve gRPC (embedded PostgreSQL unless a URL is given)")
+    serve_p.add_argument("--listen", help="address to listen on (env KEYGATE_LISTEN, default 127.0.0.1:50051)")
+    database_options(serve_p)
+    serve_p.set_defaults(func=_serve)
+
+    migrate_p = commands.add_parser("migrate", help="apply pending database migrations")
+    database_options(migrate_p)
+    migrate_p.set_defaults(func=_migrate)
+
+    boot_p = commands.add_parser("bootstrap", help="create a root key and print only the key")
+    database_options(boot_p)
+    boot_p.add_argument("--name", default="root", help="name of the root key")
+    boot_p.set_defaults(func=_bootstrap)
+
+    keys_cli.add_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    sys.exit(args.func(args))

@@ -1,0 +1,116 @@
+"""Wiring: database, migrations, domain services, servicers, health, reflection, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from dataclasses import dataclass
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .admin import KeyAdmin
+from .api.authz import AuthzServicer
+from .api.boundary import Boundary
+from .api.keys import KeyServicer
+from .authz import Authorizer
+from .config import Settings
+from .store import embedded
+from .store.postgres import Store
+from .usage import UsageRecorder
+from .v1 import authz_pb2, authz_pb2_grpc, keys_pb2, keys_pb2_grpc
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAMES = (
+    keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name,
+    authz_pb2.DESCRIPTOR.services_by_name["AuthzService"].full_name,
+)
+SHUTDOWN_GRACE_SECONDS = 5.0
+
+
+def database_url(settings: Settings) -> str:
+    """The configured URL, or the embedded PostgreSQL's (started on demand in the data directory)."""
+    return settings.database_url or embedded.start(settings.data_dir)
+
+
+@dataclass
+class App:
+    """A running keygate: everything `serve` starts, in the order `stop` undoes it."""
+
+    store: Store
+    usage: UsageRecorder
+    admin: KeyAdmin
+    server: grpc.aio.Server
+    port: int
+
+    @classmethod
+    async def start(cls, settings: Settings, url: str) -> App:
+        catalog = settings.catalog()
+        key_format = settings.key_format()
+        store = await Store.connect(url)
+        await store.migrate()
+        usage = UsageRecorder(store)
+        authorizer = Authorizer(store, catalog, key_format, usage)
+        admin = KeyAdmin(store, catalog, key_format)
+
+        # so_reuseport off: a second server on a taken port must fail, not silently share it.
+        server = grpc.aio.server(interceptors=[Boundary()], options=[("grpc.so_reuseport", 0)])
+        keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(authorizer, admin), server)
+        authz_pb2_grpc.add_AuthzServiceServicer_to_server(AuthzServicer(authorizer), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        try:
+            port = server.add_insecure_port(settings.listen)
+        except RuntimeError:
+            port = 0
+        if port == 0:
+            await store.close()
+            raise SystemExit(f"keygate: cannot listen on {settings.listen} (address in use or invalid)")
+        await server.start()
+        usage.start()
+        for name in ("", *SERVICE_NAMES):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", listen=settings.listen, port=port)
+        return cls(store, usage, admin, server, port)
+
+    async def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
+        await self.server.stop(grace)
+        await self.usage.stop()
+        await self.store.close()
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGINT or SIGTERM. On an embedded database's first start, create and print a root key."""
+    app = await App.start(settings, database_url(settings))
+    if not settings.database_url and not await app.admin.has_root_key():
+        _, api_key = await app.admin.create_root_key()
+        _print_first_start(api_key)
+    host = settings.listen.rpartition(":")[0] or "127.0.0.1"
+    print(f"keygate is listening on {host}:{app.port} (gRPC: KeyService, AuthzService, health, reflection)",
+          flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    await app.stop()
+
+
+def _print_first_start(api_key: str) -> None:
+    """Straight to the console, never through the logger: the one time a key is shown."""
+    print(
+        "\n"
+        "  First start: created a root key. It is shown this once and stored only as a digest.\n\n"
+        f"    {api_key}\n\n"
+        "  Use it from the shell (environment variables, never command-line flags):\n"
+        "    export KEYGATE_API_KEY='<the key above>'\n"
+        "    keygate keys create --name my-app --workspace ws1 --permission chatflows:view\n",
+        file=sys.stdout,
+        flush=True,
+    )
