@@ -18,7 +18,7 @@ from .clock import Clock, utcnow
 from .domain import paging
 from .domain.decision import Code, Credential, decide
 from .domain.errors import Aborted, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
-from .domain.keys import KeyFormat, digest, display
+from .domain.keys import KeyFormat, digest
 from .domain.permissions import ROOT, Catalog
 from .domain.policy import KeySpec, ensure_within, validate_grace_period
 from .domain.records import AuditEvent, AuditQuery, BindingRecord, KeyRecord
@@ -64,7 +64,8 @@ class KeyAdmin:
 
     @staticmethod
     def _visible(caller: Caller, record: KeyRecord | None, key_id: UUID) -> KeyRecord:
-        if record is None or (not caller.credential.root and record.spec.workspace_id != caller.credential.workspace_id):
+        credential = caller.credential
+        if record is None or (not credential.root and record.spec.workspace_id != credential.workspace_id):
             raise NotFound("key", str(key_id))
         return record
 
@@ -99,7 +100,7 @@ class KeyAdmin:
         api_key = self._format.generate()
         key_id = uuid.uuid4()
         async with self._store.transaction() as tx:
-            record = await tx.insert_key(key_id, spec, digest(api_key), display(api_key), None)
+            record = await tx.insert_key(key_id, spec, digest(api_key), self._format.display(api_key), None)
             await tx.audit(AuditEvent(action="Bootstrap", outcome="OK", workspace_id="", target_key_id=key_id,
                                       changed_fields=_set_fields(spec)))
         return record, api_key
@@ -121,7 +122,8 @@ class KeyAdmin:
         api_key = self._format.generate()
         key_id = uuid.uuid4()
         async with self._store.transaction() as tx:
-            record = await tx.insert_key(key_id, spec, digest(api_key), display(api_key), caller.credential.key_id)
+            record = await tx.insert_key(key_id, spec, digest(api_key), self._format.display(api_key),
+                                         caller.credential.key_id)
             await tx.audit(self._event(caller, "CreateKey", "OK", spec.workspace_id, target_key_id=key_id,
                                        changed_fields=_set_fields(spec)))
         return record, api_key
@@ -186,7 +188,8 @@ class KeyAdmin:
             async with self._store.transaction() as tx:
                 record = await self._load(tx, caller, key_id, "apikeys:update", lock=True)
                 ensure_within(caller.credential, record.spec)
-                rotated = await tx.replace_secret(key_id, digest(api_key), display(api_key), self._clock() + grace)
+                rotated = await tx.replace_secret(key_id, digest(api_key), self._format.display(api_key),
+                                                  self._clock() + grace)
                 await tx.audit(self._event(caller, "RotateKey", "OK", record.spec.workspace_id,
                                            target_key_id=key_id, changed_fields=("secret",)))
         return rotated, api_key
@@ -214,47 +217,44 @@ class KeyAdmin:
         for i, a in enumerate(wanted):
             self._catalog.validate_action(a, f"actions[{i}]")
         async with self._audited(caller, "BindResource", caller.credential.workspace_id, target=key_id,
-                                 resource=resource):
-            async with self._store.transaction() as tx:
-                self._require_permission(caller, action)
-                record = self._visible(caller, await tx.get_key(key_id, lock=True), key_id)
-                if record.root:
-                    raise InvalidArgument("key_id", "root keys belong to no workspace and cannot be bound")
-                workspace = record.spec.workspace_id
-                self._authorize(caller, action, resource, workspace)
-                binding = await tx.upsert_binding(workspace, resource, key_id, wanted, caller.credential.key_id)
-                await tx.audit(self._event(caller, "BindResource", "OK", workspace, target_key_id=key_id,
-                                           resource=resource, changed_fields=("bindings",)))
-                return binding
+                                 resource=resource), self._store.transaction() as tx:
+            self._require_permission(caller, action)
+            record = self._visible(caller, await tx.get_key(key_id, lock=True), key_id)
+            if record.root:
+                raise InvalidArgument("key_id", "root keys belong to no workspace and cannot be bound")
+            workspace = record.spec.workspace_id
+            self._authorize(caller, action, resource, workspace)
+            binding = await tx.upsert_binding(workspace, resource, key_id, wanted, caller.credential.key_id)
+            await tx.audit(self._event(caller, "BindResource", "OK", workspace, target_key_id=key_id,
+                                       resource=resource, changed_fields=("bindings",)))
+            return binding
 
     async def unbind(self, caller: Caller, resource: str, key_id: UUID) -> None:
         resource = self._binding_target(resource)
         action = self._collection_action(resource, "update")
         async with self._audited(caller, "UnbindResource", caller.credential.workspace_id, target=key_id,
-                                 resource=resource):
-            async with self._store.transaction() as tx:
-                self._require_permission(caller, action)
-                record = self._visible(caller, await tx.get_key(key_id, lock=True), key_id)
-                workspace = record.spec.workspace_id
-                self._authorize(caller, action, resource, workspace)
-                if not await tx.delete_binding(workspace, resource, key_id):
-                    raise NotFound("binding", f"{resource} -> {key_id}")
-                await tx.audit(self._event(caller, "UnbindResource", "OK", workspace, target_key_id=key_id,
-                                           resource=resource, changed_fields=("bindings",)))
+                                 resource=resource), self._store.transaction() as tx:
+            self._require_permission(caller, action)
+            record = self._visible(caller, await tx.get_key(key_id, lock=True), key_id)
+            workspace = record.spec.workspace_id
+            self._authorize(caller, action, resource, workspace)
+            if not await tx.delete_binding(workspace, resource, key_id):
+                raise NotFound("binding", f"{resource} -> {key_id}")
+            await tx.audit(self._event(caller, "UnbindResource", "OK", workspace, target_key_id=key_id,
+                                       resource=resource, changed_fields=("bindings",)))
 
     async def list_bindings(self, caller: Caller, *, resource: str = "", key_id: UUID | None = None,
                             workspace_id: str = "") -> list[BindingRecord]:
         async with self._audited(caller, "ListBindings", caller.credential.workspace_id, target=key_id,
-                                 resource=resource):
-            async with self._store.read() as tx:
-                if key_id is not None:
-                    record = await self._load(tx, caller, key_id, "apikeys:view")
-                    return await tx.list_bindings(workspace_id=record.spec.workspace_id, key_id=key_id)
-                resource = self._binding_target(resource)
-                action = self._collection_action(resource, "view")
-                workspace = workspace_id or caller.credential.workspace_id
-                self._authorize(caller, action, resource, workspace)
-                return await tx.list_bindings(workspace_id=workspace or None, resource=resource)
+                                 resource=resource), self._store.read() as tx:
+            if key_id is not None:
+                record = await self._load(tx, caller, key_id, "apikeys:view")
+                return await tx.list_bindings(workspace_id=record.spec.workspace_id, key_id=key_id)
+            resource = self._binding_target(resource)
+            action = self._collection_action(resource, "view")
+            workspace = workspace_id or caller.credential.workspace_id
+            self._authorize(caller, action, resource, workspace)
+            return await tx.list_bindings(workspace_id=workspace or None, resource=resource)
 
     # --- audit ----------------------------------------------------------------------
 

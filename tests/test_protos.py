@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 
-
 def test_committed_stubs_match_the_protos(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parent.parent
     subprocess.run([sys.executable, str(root / "protos" / "generate.py"), "--out", str(tmp_path)],

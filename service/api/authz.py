@@ -13,7 +13,9 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
     def __init__(self, authorizer: Authorizer) -> None:
         self._authorizer = authorizer
 
-    async def Check(self, request: authz_pb2.CheckRequest, context: grpc.aio.ServicerContext) -> authz_pb2.CheckResponse:
+    async def Check(
+        self, request: authz_pb2.CheckRequest, context: grpc.aio.ServicerContext
+    ) -> authz_pb2.CheckResponse:
         items = [CheckItem(request.resource, request.action, request.workspace_id)]
         self._authorizer.validate(items)
         (decision,) = await self._authorizer.check(request.api_key, items)

@@ -23,7 +23,7 @@ from .errors import internal_status, to_status
 log = structlog.get_logger("keygate.rpc")
 
 REQUEST_ID_HEADER = "x-request-id"
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}\Z")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]

@@ -25,9 +25,9 @@ FOREIGN_MIN_LEN = 16
 MAX_KEY_LEN = 256
 DEFAULT_PREFIX = "fl"
 
-_PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{1,15}$")
-_FOREIGN_RE = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces
-_OURS_RE = re.compile(rf"^[0-9A-Za-z]{{{SECRET_LEN + CHECKSUM_LEN}}}$")
+_PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{1,15}\Z")
+_FOREIGN_RE = re.compile(r"^[\x21-\x7e]+\Z")  # printable ASCII, no spaces
+_OURS_RE = re.compile(rf"^[0-9A-Za-z]{{{SECRET_LEN + CHECKSUM_LEN}}}\Z")
 
 
 class Shape(enum.Enum):
@@ -55,14 +55,6 @@ def digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
-def display(key: str) -> str:
-    """A masked form safe to show and store: prefix plus four leading and four trailing characters."""
-    head, sep, rest = key.partition("_")
-    if not sep:
-        head, rest = "", key
-    return f"{head}{sep}{rest[:4]}...{rest[-4:]}"
-
-
 @dataclass(frozen=True, slots=True)
 class KeyFormat:
     """Generates and recognises keys with one configured prefix."""
@@ -77,6 +69,14 @@ class KeyFormat:
         secret = _base62(int.from_bytes(secrets.token_bytes(SECRET_BYTES)), SECRET_LEN)
         body = f"{self.prefix}_{secret}"
         return body + _checksum(body)
+
+    def display(self, key: str) -> str:
+        """A masked form safe to show and store: our prefix (if any) plus four leading and four trailing
+        characters of the rest. A foreign key's own separators are not trusted to mark a prefix."""
+        head = f"{self.prefix}_"
+        known = head if key.startswith(head) else ""
+        rest = key[len(known):]
+        return f"{known}{rest[:4]}...{rest[-4:]}"
 
     def shape(self, key: str) -> Shape:
         """Classify a presented key without touching storage. Constant work for every input size we accept."""

@@ -17,6 +17,7 @@ from .errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+MAX_TOKEN_LEN = 512  # ours are under 200 characters
 
 Cursor = list[str | int]
 T = TypeVar("T")
@@ -47,13 +48,15 @@ def decode(token: str, query: Sequence[object], parse: Callable[[Cursor], T]) ->
     """
     if not token:
         return None
+    if len(token) > MAX_TOKEN_LEN:
+        raise InvalidArgument("page_token", _FOREIGN_TOKEN)
     try:
         data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         cursor, fingerprint = data["c"], data["q"]
         if not isinstance(cursor, list):
             raise ValueError("cursor")
         position = parse(cursor)
-    except (binascii.Error, ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, TypeError, KeyError, IndexError, RecursionError):
         raise InvalidArgument("page_token", _FOREIGN_TOKEN) from None
     if fingerprint != _fingerprint(query):
         raise InvalidArgument("page_token", "was issued for a different query; keep the other fields unchanged")

@@ -8,6 +8,7 @@ the caller's (root: any), and it may not outlive the caller.
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -25,8 +26,8 @@ MAX_METADATA_ENTRIES = 32
 MAX_METADATA_KEY_LEN = 64
 MAX_METADATA_VALUE_LEN = 512
 MAX_GRACE_PERIOD = timedelta(days=30)
-_WORKSPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-_METADATA_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+_WORKSPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
+_METADATA_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +74,7 @@ def _validate_text(value: str, field_name: str, limit: int, *, allow_empty: bool
         raise InvalidArgument(field_name, "must not be empty")
     if len(value) > limit:
         raise InvalidArgument(field_name, f"must be at most {limit} characters")
-    if any(ord(c) < 32 and c not in "\n\t" for c in value):
+    if any(unicodedata.category(c) == "Cc" and c not in "\n\t" for c in value):
         raise InvalidArgument(field_name, "must not contain control characters")
     return value
 
@@ -111,7 +112,9 @@ def validate_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
         raise InvalidArgument("metadata", f"at most {MAX_METADATA_ENTRIES} entries")
     for key, value in metadata.items():
         if len(key) > MAX_METADATA_KEY_LEN or not _METADATA_KEY_RE.match(key):
-            raise InvalidArgument(f"metadata[{key[:MAX_METADATA_KEY_LEN]!r}]", "keys are 1-64 letters, digits or '._/-'")
+            raise InvalidArgument(
+                f"metadata[{key[:MAX_METADATA_KEY_LEN]!r}]", "keys are 1-64 letters, digits or '._/-'"
+            )
         _validate_text(value, f"metadata[{key!r}]", MAX_METADATA_VALUE_LEN, allow_empty=True)
     return dict(metadata)
 
@@ -129,6 +132,11 @@ def parse_id(value: str, field_name: str = "id") -> uuid.UUID:
         raise InvalidArgument(field_name, "must be a UUID such as '3f2a6c1e-...'") from None
 
 
+def _latest(limits: list[datetime | None]) -> datetime | None:
+    """The furthest of several expiries, None (never) beating any date."""
+    return None if None in limits else max(limits)  # type: ignore[type-var]
+
+
 def _later(a: datetime | None, b: datetime | None) -> bool:
     """Does expiry `a` come after expiry `b`? None means never."""
     return b is not None and (a is None or a > b)
@@ -140,15 +148,25 @@ def ensure_within(caller: Credential, spec: KeySpec, baseline: Credential | None
     `baseline` is what the key already holds when it is being updated: narrowing a key, or
     keeping what it had, is always allowed; only what is new must lie within the caller.
     Creating, rotating (the caller receives the key) and re-enabling pass no baseline.
+
+    Rights are (permission, resource, time) triples, so each permission on each scope entry
+    must be covered, up to the new expiry, by one source that holds both: the caller or the
+    baseline. Checking the dimensions separately would let an update combine the key's
+    permission with the caller's wider scope or longer life.
     """
     if not caller.root and spec.workspace_id != caller.workspace_id:
         raise PermissionDenied("a key can only manage keys of its own workspace")
+    sources = [caller] if baseline is None else [caller, baseline]
+    pieces = [Scope((root,)) for root in spec.scope.roots] or [Scope()]
     for permission in spec.permissions:
-        if permission not in caller.grants and (baseline is None or permission not in baseline.grants):
+        holders = [s for s in sources if permission in s.grants]
+        if not holders:
             raise PermissionDenied(f"cannot grant {permission!r}: the calling key does not hold it")
-    if not caller.scope.covers(spec.scope) and (baseline is None or not baseline.scope.covers(spec.scope)):
-        raise PermissionDenied("cannot grant a resource scope wider than the calling key's own")
-    if _later(spec.expire_time, caller.expire_time) and (
-        baseline is None or _later(spec.expire_time, baseline.expire_time)
-    ):
-        raise PermissionDenied("expire_time must be set and no later than the calling key's own expiry")
+        for piece in pieces:
+            covering = [s.expire_time for s in holders if s.scope.covers(piece)]
+            if not covering:
+                raise PermissionDenied(
+                    f"cannot grant {permission!r} on a resource scope wider than the calling key's own"
+                )
+            if _later(spec.expire_time, _latest(covering)):
+                raise PermissionDenied("expire_time must be set and no later than the calling key's own expiry")

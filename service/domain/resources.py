@@ -18,8 +18,8 @@ from .errors import InvalidArgument
 MAX_RESOURCE_LEN = 256
 MAX_SCOPE_ENTRIES = 100
 _SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._~-]*"
-_RESOURCE_RE = re.compile(rf"^{_SEGMENT}(/{_SEGMENT})*$")
-_PATTERN_RE = re.compile(rf"^{_SEGMENT}(/{_SEGMENT})*(/\*)?$")
+_RESOURCE_RE = re.compile(rf"^{_SEGMENT}(/{_SEGMENT})*\Z")
+_PATTERN_RE = re.compile(rf"^{_SEGMENT}(/{_SEGMENT})*(/\*)?\Z")
 
 
 def validate_resource(resource: str, field: str = "resource") -> str:

@@ -17,7 +17,7 @@ log = structlog.get_logger(__name__)
 
 # An arbitrary constant that names "keygate migrations" among advisory locks.
 _LOCK_ID = 0x6B657967_6174650
-_FILE_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_FILE_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql\Z")
 
 
 @dataclass(frozen=True, slots=True)

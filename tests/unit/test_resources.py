@@ -37,7 +37,6 @@ def test_validate_pattern_rejects(pattern):
     assert err.value.field == "resources[1]"
 
 
-@pytest.mark.xfail(strict=True, reason="_RESOURCE_RE/_PATTERN_RE use '$', which matches before a trailing newline")
 @pytest.mark.parametrize("validate", [validate_resource, lambda r: validate_pattern(r, "resources[0]")])
 def test_trailing_newline_rejected(validate):
     with pytest.raises(InvalidArgument):

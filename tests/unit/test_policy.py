@@ -1,0 +1,241 @@
+"""KeySpec validation and the no-escalation rule."""
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from keygate.domain.decision import Credential
+from keygate.domain.errors import InvalidArgument, PermissionDenied
+from keygate.domain.permissions import Catalog
+from keygate.domain.policy import KeySpec, ensure_within, parse_id, validate_grace_period
+from keygate.domain.resources import Scope
+
+CATALOG = Catalog.build()
+NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+SOON = NOW + timedelta(days=1)
+LATER = NOW + timedelta(days=30)
+
+
+def spec(**kw) -> KeySpec:
+    base = {"name": "ci key", "workspace_id": "ws1", "permissions": ("chatflows:view",)}
+    return KeySpec(**(base | kw))
+
+
+def cred(permissions=("chatflows:*", "apikeys:*"), scope=(), workspace="ws1", expire_time=None) -> Credential:
+    return Credential(key_id=uuid.uuid4(), key_name="caller", workspace_id=workspace,
+                      grants=CATALOG.expand(permissions), scope=Scope.compile(scope),
+                      expire_time=expire_time, disabled=False)
+
+
+# --- validation ----------------------------------------------------------------------
+
+
+def test_validated_normalises():
+    out = spec(name="  ci key  ", permissions=("chatflows:view", "chatflows:*", "chatflows:view"),
+               resources=("chatflows/a", "chatflows/a", "tools/*"), metadata={"team": "ml"},
+               expire_time=SOON, description="multi\nline\tdesc").validated(CATALOG, NOW)
+    assert out.name == "ci key"
+    assert out.permissions == ("chatflows:view", "chatflows:*")
+    assert out.resources == ("chatflows/a", "tools/*")
+    assert out.metadata == {"team": "ml"}
+    assert out.scope == Scope.compile(["chatflows/a", "tools/*"])
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"name": ""}, "name"),
+        ({"name": "   "}, "name"),
+        ({"name": "x" * 101}, "name"),
+        ({"name": "bad\x00name"}, "name"),
+        ({"name": "bad\x1b[31mname"}, "name"),
+        ({"workspace_id": ""}, "workspace_id"),
+        ({"workspace_id": "-ws"}, "workspace_id"),
+        ({"workspace_id": "w s"}, "workspace_id"),
+        ({"workspace_id": "w/s"}, "workspace_id"),
+        ({"workspace_id": "w" * 129}, "workspace_id"),
+        ({"permissions": ()}, "permissions"),
+        ({"permissions": ("chatflows:view",) * 201}, "permissions"),
+        ({"permissions": ("chatflows:view", "chatflows:fly")}, "permissions[1]"),
+        ({"permissions": ("rockets:*",)}, "permissions[0]"),
+        ({"permissions": ("chatflows:view", "*")}, "permissions[1]"),
+        ({"resources": ("chatflows/a", "chatflows/*/x")}, "resources[1]"),
+        ({"resources": ("",)}, "resources[0]"),
+        ({"resources": tuple(f"chatflows/{i}" for i in range(101))}, "resources"),
+        ({"description": "d" * 1001}, "description"),
+        ({"description": "bell\x07"}, "description"),
+        ({"metadata": {f"k{i}": "v" for i in range(33)}}, "metadata"),
+        ({"metadata": {"k" * 65: "v"}}, "metadata['" + "k" * 64 + "']"),
+        ({"metadata": {"bad key": "v"}}, "metadata['bad key']"),
+        ({"metadata": {"": "v"}}, "metadata['']"),
+        ({"metadata": {"team": "v" * 513}}, "metadata['team']"),
+        ({"metadata": {"team": "a\x00b"}}, "metadata['team']"),
+        ({"expire_time": NOW}, "expire_time"),
+        ({"expire_time": NOW - timedelta(days=1)}, "expire_time"),
+    ],
+)
+def test_validated_names_bad_field(fields, field):
+    with pytest.raises(InvalidArgument) as err:
+        spec(**fields).validated(CATALOG, NOW)
+    assert err.value.field == field
+    assert err.value.message.startswith(f"{field}: ")
+
+
+def test_unknown_permission_is_named():
+    with pytest.raises(InvalidArgument, match="chatflows:fly"):
+        spec(permissions=("chatflows:fly",)).validated(CATALOG, NOW)
+
+
+def test_past_expiry_kept_when_not_checked():
+    past = NOW - timedelta(days=1)
+    assert spec(expire_time=past).validated(CATALOG, NOW, check_expiry=False).expire_time == past
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"name": "x" * 100}, {"workspace_id": "w" * 128}, {"workspace_id": "org:team.1_x-y"},
+     {"metadata": {f"k{i}": "v" * 512 for i in range(32)}}, {"metadata": {"a.b/c-d": ""}},
+     {"permissions": ("chatflows:view",) * 200}, {"description": "d" * 1000}],
+)
+def test_validated_limits_inclusive(fields):
+    spec(**fields).validated(CATALOG, NOW)
+
+
+@pytest.mark.parametrize("fields", [{"workspace_id": "ws1\n"}, {"metadata": {"team\n": "v"}}])
+def test_trailing_newline_rejected(fields):
+    with pytest.raises(InvalidArgument):
+        spec(**fields).validated(CATALOG, NOW)
+
+
+@pytest.mark.parametrize("name", ["bad\x7fname", "bad\x9b31mname"])
+def test_name_rejects_del_and_c1_controls(name):
+    with pytest.raises(InvalidArgument):
+        spec(name=name).validated(CATALOG, NOW)
+
+
+# --- no escalation -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("caller", "fields"),
+    [
+        (cred(), {}),
+        (cred(), {"permissions": ("chatflows:*",)}),
+        (cred(["chatflows:update"]), {"permissions": ("chatflows:view", "chatflows:update")}),
+        (cred(["*"], workspace=""), {"workspace_id": "any-ws", "permissions": ("users:*",)}),
+        (cred(scope=["chatflows/*"]), {"resources": ("chatflows/a", "chatflows/b/c")}),
+        (cred(scope=["chatflows/a"]), {"resources": ("chatflows/a",)}),
+        (cred(expire_time=LATER), {"expire_time": LATER}),
+        (cred(expire_time=LATER), {"expire_time": SOON}),
+        (cred(), {"expire_time": SOON}),
+    ],
+)
+def test_ensure_within_allows_equal_or_narrower(caller, fields):
+    ensure_within(caller, spec(**fields))
+
+
+@pytest.mark.parametrize(
+    ("caller", "fields"),
+    [
+        (cred(), {"workspace_id": "ws2"}),
+        (cred(["chatflows:view"]), {"permissions": ("chatflows:update",)}),
+        (cred(["chatflows:update"]), {"permissions": ("chatflows:*",)}),
+        (cred(), {"permissions": ("tools:view",)}),
+        (cred(), {"permissions": ("*",)}),
+        (cred(scope=["chatflows/a"]), {}),  # unrestricted is wider than any scope
+        (cred(scope=["chatflows/a"]), {"resources": ("chatflows/*",)}),
+        (cred(scope=["chatflows/a"]), {"resources": ("chatflows/b",)}),
+        (cred(scope=["chatflows/a"]), {"resources": ("chatflows/a", "tools/*")}),
+        (cred(expire_time=SOON), {}),  # never expires, caller does
+        (cred(expire_time=SOON), {"expire_time": LATER}),
+    ],
+)
+def test_ensure_within_refuses_wider(caller, fields):
+    with pytest.raises(PermissionDenied):
+        ensure_within(caller, spec(**fields))
+
+
+TARGET = cred(["tools:*"], scope=["tools/t1"], expire_time=LATER)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"permissions": ("tools:update", "chatflows:view"), "resources": ("tools/t1",), "expire_time": SOON},
+        {"permissions": ("tools:view",), "resources": ("tools/t1",), "expire_time": SOON},
+        {"permissions": ("tools:*",), "resources": ("tools/t1",), "expire_time": LATER},
+    ],
+)
+def test_baseline_keeps_what_key_had(fields):
+    caller = cred(["chatflows:view", "apikeys:update"], scope=["tools/t1"], expire_time=SOON)
+    with pytest.raises(PermissionDenied):
+        ensure_within(caller, spec(**fields))  # without a baseline it would be escalation
+    ensure_within(caller, spec(**fields), baseline=TARGET)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"permissions": ("assistants:view",), "resources": ("tools/t1",), "expire_time": SOON},
+        {"permissions": ("tools:view",), "resources": ("tools/t2",), "expire_time": SOON},
+        {"permissions": ("tools:view",), "resources": ("tools/t1",), "expire_time": LATER + timedelta(days=1)},
+        {"permissions": ("tools:view",), "resources": ("tools/t1",)},
+        {"permissions": ("tools:view",), "resources": ("tools/t1",), "workspace_id": "ws2"},
+        # chatflows:view comes from the caller only, who holds it until SOON, not LATER.
+        {"permissions": ("tools:update", "chatflows:view"), "resources": ("tools/t1",), "expire_time": LATER},
+    ],
+)
+def test_baseline_new_rights_must_be_within_caller(fields):
+    caller = cred(["chatflows:view", "apikeys:update"], scope=["tools/t1"], expire_time=SOON)
+    with pytest.raises(PermissionDenied):
+        ensure_within(caller, spec(**fields), baseline=TARGET)
+
+
+@pytest.mark.parametrize(
+    ("target", "fields"),
+    [
+        # Key may delete chatflows/a only; caller may not delete at all. Result: delete on every chatflow.
+        (cred(["chatflows:delete"], scope=["chatflows/a"]), {"permissions": ("chatflows:delete",)}),
+        # Key may delete until SOON; caller never expires but may not delete. Result: delete forever.
+        (cred(["chatflows:delete"], expire_time=SOON), {"permissions": ("chatflows:delete",)}),
+    ],
+)
+def test_baseline_cannot_be_combined_with_caller_rights(target, fields):
+    caller = cred(["chatflows:view", "apikeys:update"])
+    with pytest.raises(PermissionDenied):
+        ensure_within(caller, spec(**fields), baseline=target)
+
+
+def test_baseline_scope_kept_plus_new_within_caller():
+    caller = cred(["chatflows:*", "apikeys:update"], scope=["chatflows/a"])
+    target = cred(["chatflows:view"], scope=["chatflows/b"])
+    ensure_within(caller, spec(resources=("chatflows/a", "chatflows/b")), baseline=target)
+
+
+# --- ids and grace periods -----------------------------------------------------------
+
+
+def test_parse_id():
+    value = uuid.uuid4()
+    assert parse_id(str(value)) == value
+
+
+@pytest.mark.parametrize("value", ["", "nope", "3f2a6c1e", str(uuid.uuid4())[:-1], str(uuid.uuid4()) + "0"])
+@pytest.mark.parametrize("field", ["id", "key_id"])
+def test_parse_id_rejects(value, field):
+    with pytest.raises(InvalidArgument) as err:
+        parse_id(value, field) if field != "id" else parse_id(value)
+    assert err.value.field == field
+
+
+@pytest.mark.parametrize("grace", [timedelta(0), timedelta(hours=1), timedelta(days=30)])
+def test_grace_period_ok(grace):
+    assert validate_grace_period(grace) == grace
+
+
+@pytest.mark.parametrize("grace", [timedelta(seconds=-1), timedelta(days=30, microseconds=1)])
+def test_grace_period_bounds(grace):
+    with pytest.raises(InvalidArgument) as err:
+        validate_grace_period(grace)
+    assert err.value.field == "grace_period"
