@@ -83,7 +83,7 @@ class KeyAdmin:
             yield
         except PermissionDenied as denied:
             async with self._store.transaction() as tx:
-                await tx.audit(self._event(caller, action, "DENIED", workspace_id, target=target,
+                await tx.audit(self._event(caller, action, "DENIED", workspace_id, target_key_id=target,
                                            resource=resource, reason=denied.message))
             raise
 
