@@ -9,7 +9,7 @@ from pathlib import Path
 
 import uvloop
 
-from . import keys_cli, logs
+from . import client, logs
 from .admin import KeyAdmin
 from .config import Settings
 from .domain.errors import KeygateError
@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     boot_p.add_argument("--name", default="root", help="name of the root key")
     boot_p.set_defaults(func=_bootstrap)
 
-    keys_cli.add_parser(commands)
+    client.add_parser(commands)
+    client.add_check_parser(commands)
     return parser
 
 

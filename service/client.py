@@ -1,4 +1,4 @@
-"""`keygate keys ...`: the admin client for KeyService.
+"""`keygate keys ...` (the admin client for KeyService) and `keygate check` (AuthzService.Check).
 
 The caller's key comes only from KEYGATE_API_KEY: a flag would leak it into shell history and
 `ps`. Each subcommand is data (an RPC, a request builder, a renderer) run by one function, so
@@ -24,7 +24,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from .v1 import keys_pb2, keys_pb2_grpc
+from .v1 import authz_pb2, authz_pb2_grpc, keys_pb2, keys_pb2_grpc
 
 API_KEY_ENV = "KEYGATE_API_KEY"
 SERVER_ENV = "KEYGATE_SERVER"
@@ -319,15 +319,19 @@ def print_json(message: Message) -> None:
 
 
 class Client:
-    """KeyService with the caller's key and the deadline attached to every call."""
+    """Both services, with the caller's key (if any) and the deadline attached to every call."""
 
     def __init__(self, channel: grpc.Channel, api_key: str, timeout: float) -> None:
-        self._stub = keys_pb2_grpc.KeyServiceStub(channel)
-        self._metadata = (("authorization", f"Bearer {api_key}"),)
+        self._stubs = {
+            "KeyService": keys_pb2_grpc.KeyServiceStub(channel),
+            "AuthzService": authz_pb2_grpc.AuthzServiceStub(channel),
+        }
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self._timeout = timeout
 
-    def call(self, method: str, request: Message) -> Any:
-        return getattr(self._stub, method)(request, timeout=self._timeout, metadata=self._metadata)
+    def call(self, method: str, request: Message, service: str = "KeyService") -> Any:
+        stub = self._stubs[service]
+        return getattr(stub, method)(request, timeout=self._timeout, metadata=self._metadata)
 
     def call_all_pages(self, method: str, request: Any) -> Any:
         """Follow next_page_token, merging pages into one response (a repeated token stops it)."""
@@ -380,6 +384,7 @@ class Command:
     build: Callable[[argparse.Namespace], Message]
     render: Renderer
     paged: bool = False
+    service: str = "KeyService"  # AuthzService needs no caller key
 
 
 def run(command: Command, args: argparse.Namespace) -> int:
@@ -387,10 +392,10 @@ def run(command: Command, args: argparse.Namespace) -> int:
     try:
         request = command.build(args)
     except UsageError as exc:
-        print(f"keygate keys {args.keys_command}: error: {exc}", file=sys.stderr)
+        print(f"keygate {getattr(args, 'keys_command', 'check')}: error: {exc}", file=sys.stderr)
         return 2
     api_key = os.environ.get(API_KEY_ENV, "").strip()
-    if not api_key:
+    if not api_key and command.service == "KeyService":
         print(f"error: set {API_KEY_ENV} to the API key to act with (it is never taken from the command line)",
               file=sys.stderr)
         return 2
@@ -401,7 +406,7 @@ def run(command: Command, args: argparse.Namespace) -> int:
             if command.paged and args.all:
                 response = client.call_all_pages(command.method, request)
             else:
-                response = client.call(command.method, request)
+                response = client.call(command.method, request, command.service)
     except grpc.RpcError as err:
         report_rpc_error(err, server, args.timeout)
         return 1
@@ -568,3 +573,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         command = configure(parser)
         _add_common(parser, defaults=False)
         parser.set_defaults(func=functools.partial(run, command))
+
+
+# --- keygate check ----------------------------------------------------------------------------
+
+
+def _build_check(args: argparse.Namespace) -> authz_pb2.CheckRequest:
+    """The key to check comes from the environment variable named by --key-env, never from a flag."""
+    api_key = os.environ.get(args.key_env, "").strip()
+    if not api_key:
+        raise UsageError(f"set {args.key_env} to the API key to check (or name another variable with --key-env)")
+    return authz_pb2.CheckRequest(api_key=api_key, resource=args.resource, action=args.action,
+                                  workspace_id=args.workspace_id)
+
+
+def _render_check(args: argparse.Namespace, response: authz_pb2.CheckResponse) -> None:
+    verdict = "allowed" if response.allowed else "denied"
+    code = authz_pb2.DecisionCode.Name(response.code)
+    who = f"key={_text(response.key_name)}  workspace={_text(response.workspace_id) or '*'}" if response.key_id else ""
+    print(f"{verdict}  {code}  {response.http_status}  {who if response.allowed else _text(response.reason)}")
+
+
+def add_check_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register `check`: ask AuthzService whether a key may perform an action."""
+    parser = subparsers.add_parser("check", help="ask whether a key may perform an action (AuthzService.Check)")
+    parser.add_argument("--key-env", default=API_KEY_ENV, metavar="VAR",
+                        help=f"environment variable holding the key to check (default {API_KEY_ENV})")
+    parser.add_argument("--resource", default="", metavar="R", help="e.g. chatflows/<id>; empty: the collection")
+    parser.add_argument("--action", required=True, metavar="A", help="a catalog permission, e.g. predictions:create")
+    parser.add_argument("--workspace", dest="workspace_id", default="", metavar="W")
+    _add_common(parser, defaults=True)
+    command = Command("Check", _build_check, _render_check, service="AuthzService")
+    parser.set_defaults(func=functools.partial(run, command))
