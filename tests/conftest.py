@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import AsyncIterator, Iterator
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import asyncpg
 import pgserver
@@ -36,8 +39,27 @@ class Postgres:
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+def pg_dirs() -> Iterator[Callable[[str], Path]]:
+    """Directories for PostgreSQL data, outside pytest's temp tree.
+
+    Under root, pgserver runs PostgreSQL as the `postgres` user and opens up the parent
+    directories for it; pytest resets its own temp root to mode 0700 at every session
+    start, which would lock that user out of any data directory beneath it.
+    """
+    made: list[Path] = []
+
+    def make(name: str) -> Path:
+        made.append(Path(tempfile.mkdtemp(prefix=f"keygate-test-{name}-")))
+        return made[-1]
+
+    yield make
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres(pg_dirs: Callable[[str], Path]) -> Iterator[Postgres]:
+    server = pgserver.get_server(pg_dirs("pg") / "data", cleanup_mode="delete")
     pg = Postgres(server)
     server.psql(f"CREATE DATABASE {TEMPLATE};")
     import asyncio

@@ -10,7 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,8 +61,8 @@ def stop(served: Served) -> str:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("keygate-data")
+def data_dir(pg_dirs: Callable[[str], Path]) -> Path:
+    return pg_dirs("cli")
 
 
 @pytest.fixture(scope="module")
