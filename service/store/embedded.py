@@ -5,16 +5,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pgserver
-
 
 def start(data_dir: Path) -> str:
     """Start (or join) the PostgreSQL whose files live in `data_dir/pg`; return its URL.
 
     The server keeps running while any process holds it and stops after the last one exits.
     """
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(Path("/tmp") / f"keygate-runtime-{os.getuid()}"))
-    pgdata = data_dir / "pg"
+    # pgserver's platformdirs warns on import when XDG_RUNTIME_DIR is unset (containers, CI), so
+    # give it a private directory and import it only here, where it is needed.
+    os.environ.setdefault("XDG_RUNTIME_DIR", f"/tmp/keygate-runtime-{os.getuid()}")
+    import pgserver
+
+    pgdata = data_dir.resolve() / "pg"
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(pgdata, cleanup_mode="stop")
-    return server.get_uri()
+    return pgserver.get_server(pgdata, cleanup_mode="stop").get_uri()
