@@ -78,7 +78,10 @@ class KeyAdmin:
     @asynccontextmanager
     async def _audited(self, caller: Caller, action: str, workspace_id: str, *,
                        target: UUID | None = None, resource: str = "") -> AsyncIterator[None]:
-        """Record a refusal of this request in the audit trail, then let it propagate."""
+        """Record a refusal of this request in the audit trail, then let it propagate.
+
+        `workspace_id` is the caller's: its own auditors must see what their key attempted.
+        """
         try:
             yield
         except PermissionDenied as denied:
@@ -116,7 +119,7 @@ class KeyAdmin:
                 raise InvalidArgument("workspace_id", "root callers must name the workspace of the new key")
             spec = replace(spec, workspace_id=caller.credential.workspace_id)
         spec = spec.validated(self._catalog, self._clock())
-        async with self._audited(caller, "CreateKey", spec.workspace_id):
+        async with self._audited(caller, "CreateKey", caller.credential.workspace_id):
             self._authorize(caller, "apikeys:create", "", spec.workspace_id)
             ensure_within(caller.credential, spec)
         api_key = self._format.generate()

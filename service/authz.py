@@ -1,7 +1,8 @@
 """Identify and decide: the two phases every authorization request shares.
 
 `identify` turns a presented key into a Credential (shape and checksum first, so a
-malformed key costs no lookup); `decide` is the pure domain function. Check,
+malformed key costs no lookup; then the cache, then the store); `decide` is the pure
+domain function. Check,
 BatchCheck, the KeyService's caller authentication and the Envoy servicer differ
 only in how they take the key from the request and render the answer.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .cache.keys import KeyCache
 from .clock import Clock, utcnow
 from .domain.decision import Code, Credential, Decision, decide, key_state
 from .domain.errors import InvalidArgument, Unauthenticated
@@ -18,7 +20,6 @@ from .domain.keys import KeyFormat, Shape, digest
 from .domain.permissions import Catalog
 from .domain.policy import validate_workspace_id
 from .domain.resources import validate_resource
-from .store.postgres import Store
 from .usage import UsageRecorder
 
 MAX_BATCH = 100
@@ -32,9 +33,9 @@ class CheckItem:
 
 
 class Authorizer:
-    def __init__(self, store: Store, catalog: Catalog, key_format: KeyFormat, usage: UsageRecorder,
+    def __init__(self, cache: KeyCache, catalog: Catalog, key_format: KeyFormat, usage: UsageRecorder,
                  clock: Clock = utcnow) -> None:
-        self._store = store
+        self._cache = cache
         self._catalog = catalog
         self._format = key_format
         self._usage = usage
@@ -61,12 +62,10 @@ class Authorizer:
             return Decision(Code.KEY_MISSING, "no API key was presented")
         if self._format.shape(api_key) is Shape.MALFORMED:
             return Decision(Code.KEY_MALFORMED, "the API key is malformed (bad shape or checksum)")
-        async with self._store.read() as tx:
-            found = await tx.key_by_digest(digest(api_key))
-        if found is None:
+        credential = await self._cache.credential(digest(api_key))
+        if credential is None:
             return Decision(Code.KEY_NOT_FOUND, "the API key is not known")
-        record, secret_expire_time = found
-        return record.credential(self._catalog, secret_expire_time)
+        return credential
 
     async def authenticate(self, api_key: str) -> Credential:
         """A live Credential for a caller of the admin API; Unauthenticated otherwise."""
@@ -85,11 +84,10 @@ class Authorizer:
             return [identified] * len(items)
         now = self._clock()
         decisions = []
-        async with self._store.read() as tx:
-            for item in items:
-                workspace = item.workspace_id or identified.workspace_id
-                bindings = await tx.bindings_for(workspace, item.resource) if item.resource and workspace else []
-                decisions.append(decide(identified, item.resource, item.action, workspace, bindings, now))
+        for item in items:
+            workspace = item.workspace_id or identified.workspace_id
+            bindings = await self._cache.bindings(workspace, item.resource) if item.resource and workspace else ()
+            decisions.append(decide(identified, item.resource, item.action, workspace, bindings, now))
         if any(d.allowed for d in decisions):
             self._usage.record(identified.key_id, now)
         return decisions

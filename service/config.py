@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from .cache.keys import CacheSettings
 from .domain.errors import InvalidArgument
 from .domain.keys import DEFAULT_PREFIX, KeyFormat
 from .domain.permissions import Catalog
@@ -24,11 +26,14 @@ class Settings:
     key_prefix: str = DEFAULT_PREFIX
     catalog_file: Path | None = None
     log_level: str = "info"
+    workers: int = 1
+    cache: CacheSettings = field(default_factory=CacheSettings)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
         """Environment first, then any non-None override (the command-line flags)."""
         env = os.environ
+        cache = CacheSettings()
         values: dict[str, object] = {
             "listen": env.get("KEYGATE_LISTEN", DEFAULT_LISTEN),
             "database_url": env.get("DATABASE_URL", ""),
@@ -36,6 +41,14 @@ class Settings:
             "key_prefix": env.get("KEYGATE_KEY_PREFIX", DEFAULT_PREFIX),
             "catalog_file": Path(env["KEYGATE_CATALOG"]) if env.get("KEYGATE_CATALOG") else None,
             "log_level": env.get("KEYGATE_LOG_LEVEL", "info"),
+            "workers": _int(env, "KEYGATE_WORKERS", default_workers()),
+            "cache": CacheSettings(
+                max_keys=_int(env, "KEYGATE_CACHE_MAX_KEYS", cache.max_keys),
+                max_negative=_int(env, "KEYGATE_CACHE_MAX_NEGATIVE", cache.max_negative),
+                max_bindings=_int(env, "KEYGATE_CACHE_MAX_BINDINGS", cache.max_bindings),
+                ttl=_float(env, "KEYGATE_CACHE_TTL", cache.ttl),
+                outage_grace=_float(env, "KEYGATE_OUTAGE_GRACE", cache.outage_grace),
+            ),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
@@ -57,3 +70,30 @@ class Settings:
         ):
             raise InvalidArgument("catalog", f"{self.catalog_file} must map 'categories' to lists of verbs")
         return Catalog.build(categories)
+
+
+def default_workers() -> int:
+    """One process per two cores: one grpc.aio process already keeps ~1.4 cores busy
+    (perf-notes), so more processes than that only contend."""
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    return int(_number(env, name, default, int))
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    return float(_number(env, name, default, float))
+
+
+def _number(env: Mapping[str, str], name: str, default: float, kind: type[int] | type[float]) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise InvalidArgument(name, f"must be a number, not {raw!r}") from None
+    if value <= 0:
+        raise InvalidArgument(name, "must be positive")
+    return value

@@ -17,6 +17,8 @@ from .api.authz import AuthzServicer
 from .api.boundary import Boundary
 from .api.keys import KeyServicer
 from .authz import Authorizer
+from .cache.keys import KeyCache
+from .cache.listener import ChangeListener
 from .config import Settings
 from .store import embedded
 from .store.postgres import Store
@@ -42,23 +44,28 @@ class App:
     """A running keygate: everything `serve` starts, in the order `stop` undoes it."""
 
     store: Store
+    cache: KeyCache
+    listener: ChangeListener
     usage: UsageRecorder
     admin: KeyAdmin
     server: grpc.aio.Server
     port: int
 
     @classmethod
-    async def start(cls, settings: Settings, url: str) -> App:
+    async def start(cls, settings: Settings, url: str, *, reuse_port: bool = False) -> App:
+        """Start serving. `reuse_port` only for workers sharing a port on purpose: otherwise a
+        second server on a taken port must fail, not silently split its connections."""
         catalog = settings.catalog()
         key_format = settings.key_format()
         store = await Store.connect(url)
         await store.migrate()
+        cache = KeyCache(store, catalog, settings.cache)
+        listener = ChangeListener(store, cache)
         usage = UsageRecorder(store)
-        authorizer = Authorizer(store, catalog, key_format, usage)
+        authorizer = Authorizer(cache, catalog, key_format, usage)
         admin = KeyAdmin(store, catalog, key_format)
 
-        # so_reuseport off: a second server on a taken port must fail, not silently share it.
-        server = grpc.aio.server(interceptors=[Boundary()], options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(interceptors=[Boundary()], options=[("grpc.so_reuseport", int(reuse_port))])
         keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(authorizer, admin), server)
         authz_pb2_grpc.add_AuthzServiceServicer_to_server(AuthzServicer(authorizer), server)
         health_servicer = health.aio.HealthServicer()
@@ -71,15 +78,17 @@ class App:
         if port == 0:
             await store.close()
             raise SystemExit(f"keygate: cannot listen on {settings.listen} (address in use or invalid)")
+        listener.start()
         await server.start()
         usage.start()
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", listen=settings.listen, port=port)
-        return cls(store, usage, admin, server, port)
+        return cls(store, cache, listener, usage, admin, server, port)
 
     async def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
         await self.server.stop(grace)
+        await self.listener.stop()
         await self.usage.stop()
         await self.store.close()
 

@@ -55,6 +55,15 @@ def digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
+def fingerprint(key_digest: bytes) -> bytes:
+    """16 bytes derived from a digest for the in-memory filter of known keys.
+
+    Change notifications carry this, never the digest itself; it cannot be turned back
+    into the digest, let alone the key.
+    """
+    return hashlib.blake2b(key_digest, digest_size=16, person=b"keygate-filter").digest()
+
+
 @dataclass(frozen=True, slots=True)
 class KeyFormat:
     """Generates and recognises keys with one configured prefix."""

@@ -7,15 +7,17 @@ that says "retry", never an INTERNAL error carrying driver text.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from uuid import UUID
 
 import asyncpg
 
+from ..domain import changes
 from ..domain.decision import Binding
 from ..domain.errors import Unavailable
+from ..domain.keys import fingerprint
 from ..domain.policy import KeySpec
 from ..domain.records import AuditEvent, AuditQuery, BindingRecord, KeyRecord
 from . import migrations
@@ -77,10 +79,19 @@ def _binding(row: asyncpg.Record) -> BindingRecord:
 
 
 class Tx:
-    """Queries on one connection. Writes happen only inside `Store.transaction()`."""
+    """Queries on one connection. Writes happen only inside `Store.transaction()`.
+
+    Every write that can change a Check answer also NOTIFYs its change in the same
+    transaction, so replicas hear of it exactly when it commits, and never of a rollback.
+    """
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
+        self.changes: list[changes.Change] = []
+
+    async def _notify(self, change: changes.Change) -> None:
+        await self._conn.execute("SELECT pg_notify($1, $2)", changes.CHANNEL, changes.encode(change))
+        self.changes.append(change)
 
     # --- keys -------------------------------------------------------------------------
 
@@ -128,6 +139,7 @@ class Tx:
             created_by,
         )
         await self._conn.execute("INSERT INTO key_secrets (digest, key_id) VALUES ($1, $2)", digest, key_id)
+        await self._notify(changes.KeyChanged(key_id, (fingerprint(digest),)))
         return _key(row)
 
     async def update_key(self, key_id: UUID, spec: KeySpec) -> KeyRecord:
@@ -139,10 +151,12 @@ class Tx:
             key_id, spec.name, spec.description, list(spec.permissions), list(spec.resources),
             json.dumps(dict(spec.metadata)), spec.disabled, spec.expire_time,
         )
+        await self._notify(changes.KeyChanged(key_id))
         return _key(row)
 
     async def delete_key(self, key_id: UUID) -> None:
         await self._conn.execute("DELETE FROM api_keys WHERE id = $1", key_id)
+        await self._notify(changes.KeyChanged(key_id, bindings_removed=True))
 
     async def replace_secret(self, key_id: UUID, digest: bytes, display: str,
                              old_secrets_expire: datetime) -> KeyRecord:
@@ -157,7 +171,18 @@ class Tx:
                 WHERE id = $1 RETURNING {_KEY_COLUMNS}""",
             key_id, display,
         )
+        await self._notify(changes.KeyChanged(key_id, (fingerprint(digest),)))
         return _key(row)
+
+    async def count_digests(self) -> int:
+        return int(await self._conn.fetchval("SELECT count(*) FROM key_secrets"))
+
+    async def digests(self, batch: int = 10_000) -> AsyncIterator[list[bytes]]:
+        """Every stored secret digest, in batches (for the cache's filter of known keys)."""
+        async with self._conn.transaction(readonly=True):
+            cursor = await self._conn.cursor("SELECT digest FROM key_secrets")
+            while rows := await cursor.fetch(batch):
+                yield [r["digest"] for r in rows]
 
     async def has_root_key(self) -> bool:
         return bool(await self._conn.fetchval("SELECT EXISTS (SELECT 1 FROM api_keys WHERE workspace_id = '')"))
@@ -201,6 +226,7 @@ class Tx:
                RETURNING *""",
             workspace_id, resource, key_id, list(actions), created_by,
         )
+        await self._notify(changes.BindingChanged(workspace_id, resource))
         return _binding(row)
 
     async def delete_binding(self, workspace_id: str, resource: str, key_id: UUID) -> bool:
@@ -208,6 +234,7 @@ class Tx:
             "DELETE FROM resource_bindings WHERE workspace_id = $1 AND resource = $2 AND key_id = $3",
             workspace_id, resource, key_id,
         )
+        await self._notify(changes.BindingChanged(workspace_id, resource))
         return status != "DELETE 0"
 
     # --- audit ------------------------------------------------------------------------
@@ -250,13 +277,31 @@ class Tx:
 class Store:
     """A connection pool and the two ways to use it."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, url: str) -> None:
         self._pool = pool
+        self._url = url
+        self._on_commit: list[Callable[[changes.Change], None]] = []
+
+    def on_commit(self, callback: Callable[[changes.Change], None]) -> None:
+        """Call `callback` with each change this process commits, before the transaction's caller
+        continues: this process's own cache must not wait for its own NOTIFY to come back."""
+        self._on_commit.append(callback)
 
     @classmethod
     async def connect(cls, url: str, *, min_size: int = 1, max_size: int = 10) -> Store:
         with _unreachable_is_unavailable():
-            return cls(await asyncpg.create_pool(url, min_size=min_size, max_size=max_size))
+            return cls(await asyncpg.create_pool(url, min_size=min_size, max_size=max_size), url)
+
+    async def listen(self, on_change: Callable[[str], None], on_lost: Callable[[], None]) -> asyncpg.Connection:
+        """A dedicated connection LISTENing for changes; `on_lost` fires if it closes.
+
+        Outside the pool on purpose: a pooled connection could be reset or shared.
+        """
+        with _unreachable_is_unavailable():
+            conn = await asyncpg.connect(self._url)
+            await conn.add_listener(changes.CHANNEL, lambda _c, _pid, _ch, payload: on_change(payload))
+            conn.add_termination_listener(lambda _c: on_lost())
+            return conn
 
     async def migrate(self) -> list[str]:
         """Apply pending migrations (see keygate.store.migrations); return the names applied."""
@@ -277,5 +322,10 @@ class Store:
     async def transaction(self) -> AsyncIterator[Tx]:
         """One transaction: everything inside commits together or not at all."""
         with _unreachable_is_unavailable():
-            async with self._pool.acquire() as conn, conn.transaction():
-                yield Tx(conn)
+            async with self._pool.acquire() as conn:
+                async with conn.transaction():
+                    tx = Tx(conn)
+                    yield tx
+                for change in tx.changes:
+                    for callback in self._on_commit:
+                        callback(change)

@@ -1,0 +1,270 @@
+"""Verified keys, unknown keys and resource bindings, cached per process.
+
+An uncached key is looked up in the database (one query per key, however many callers
+ask at once). Only when such lookups pile up (a flood of made-up keys) does the filter of
+known keys answer "not found" on its own: it can lag a key created on another replica a
+moment ago by the time its NOTIFY takes, so it is a load shedder, not the first answer.
+
+Reads are answered from memory while fresh. Freshness has three guards:
+- every committed mutation NOTIFYs; `apply` drops what it names (within milliseconds);
+- an entry older than `ttl` is read again (a hit past `refresh_ahead` refreshes in the
+  background, so hot keys never wait), which bounds staleness whatever happens;
+- while the change listener is down, every entry counts as stale.
+If the database is unreachable, an entry may answer for `outage_grace` beyond its ttl;
+anything not cached fails closed (Unavailable). Expiry is never cached: `decide` compares
+the credential's expire_time with the clock on every Check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Generic, NamedTuple, TypeVar
+from uuid import UUID
+
+import structlog
+
+from ..domain import changes
+from ..domain.decision import Binding, Credential
+from ..domain.errors import Unavailable
+from ..domain.keys import fingerprint
+from ..domain.permissions import Catalog
+from ..store.postgres import Store
+from .known import KnownDigests
+from .lru import LRU
+
+log = structlog.get_logger(__name__)
+
+V = TypeVar("V")
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    max_keys: int = 100_000
+    max_negative: int = 100_000
+    max_bindings: int = 100_000
+    ttl: float = 10.0  # seconds an entry answers without being read again
+    outage_grace: float = 60.0  # further seconds an entry may answer while the database is unreachable
+    refresh_ahead: float = 0.8  # fraction of ttl after which a hit refreshes in the background
+    max_miss_lookups: int = 8  # concurrent lookups of uncached keys before the known-keys filter answers alone
+
+
+class _Entry(NamedTuple, Generic[V]):
+    value: V
+    fetched_at: float  # when the read that produced it began (monotonic)
+
+
+class KeyCache:
+    def __init__(self, store: Store, catalog: Catalog, settings: CacheSettings = CacheSettings(),
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._store = store
+        self._catalog = catalog
+        self.settings = settings
+        self._clock = clock
+        self._credentials: LRU[bytes, _Entry[Credential]] = LRU(settings.max_keys, self._forget)
+        self._by_key: dict[UUID, set[bytes]] = {}
+        self._negative: LRU[bytes, float] = LRU(settings.max_negative)
+        self._bindings: LRU[tuple[str, str], _Entry[tuple[Binding, ...]]] = LRU(settings.max_bindings)
+        self._known: KnownDigests | None = None  # consulted only while complete
+        self._building: list[bytes] | None = None  # fingerprints heard while a filter loads
+        self._valid_after = -math.inf  # entries read before this are stale
+        self._generation = 0  # bumped by every invalidation; a read that overlaps one is not cached
+        self._inflight: dict[Hashable, asyncio.Future[object]] = {}
+        self._misses_in_flight = 0
+        store.on_commit(self.apply)
+
+    # --- sizes, for tests and metrics ------------------------------------------------
+
+    def sizes(self) -> dict[str, int]:
+        return {"keys": len(self._credentials), "negative": len(self._negative), "bindings": len(self._bindings),
+                "known": self._known.count if self._known else 0}
+
+    @property
+    def synchronized(self) -> bool:
+        return self._known is not None
+
+    # --- reads -------------------------------------------------------------------------
+
+    async def credential(self, digest: bytes) -> Credential | None:
+        """The credential of a digest, or None if no such key exists."""
+        now = self._clock()
+        entry = self._credentials.get(digest)
+        if entry is not None:
+            return await self._answer(("k", digest), entry, now, lambda: self._fetch_credential(digest),
+                                      lambda value, at: self._keep_credential(digest, value, at))
+        seen = self._negative.get(digest)
+        if seen is not None and self._fresh(seen, now):
+            return None
+        if (self._known is not None and self._misses_in_flight >= self.settings.max_miss_lookups
+                and fingerprint(digest) not in self._known):
+            return None  # a flood of unknown keys: shed it here, not in the database
+        return await self._load(("k", digest), lambda: self._fetch_credential(digest),
+                                lambda value, at: self._keep_credential(digest, value, at))
+
+    async def bindings(self, workspace_id: str, resource: str) -> tuple[Binding, ...]:
+        slot = (workspace_id, resource)
+        fetch = lambda: self._fetch_bindings(workspace_id, resource)  # noqa: E731
+        keep = lambda value, at: self._bindings.put(slot, _Entry(value, at))  # noqa: E731
+        entry = self._bindings.get(slot)
+        if entry is None:
+            return await self._load(("b", *slot), fetch, keep)
+        return await self._answer(("b", *slot), entry, self._clock(), fetch, keep)
+
+    def _fresh(self, fetched_at: float, now: float) -> bool:
+        return fetched_at >= self._valid_after and now - fetched_at < self.settings.ttl
+
+    async def _answer(self, slot: Hashable, entry: _Entry[V], now: float, fetch: Callable[[], Awaitable[V]],
+                      keep: Callable[[V, float], None]) -> V:
+        """A cached entry: fresh, refreshed ahead, or re-read; stale only through an outage."""
+        age = now - entry.fetched_at
+        if self._fresh(entry.fetched_at, now):
+            if age > self.settings.ttl * self.settings.refresh_ahead:
+                self._start_load(slot, fetch, keep)
+            return entry.value
+        try:
+            return await self._load(slot, fetch, keep)
+        except Unavailable:
+            if age < self.settings.ttl + self.settings.outage_grace:
+                return entry.value
+            raise
+
+    async def _load(self, slot: Hashable, fetch: Callable[[], Awaitable[V]], keep: Callable[[V, float], None]) -> V:
+        return await asyncio.shield(self._start_load(slot, fetch, keep))  # type: ignore[return-value]
+
+    def _start_load(self, slot: Hashable, fetch: Callable[[], Awaitable[V]],
+                    keep: Callable[[V, float], None]) -> asyncio.Future[object]:
+        """One read per slot at a time, shared by every caller that needs it.
+
+        It runs as its own task, so a caller that gives up (deadline, cancel) does not cancel
+        the read for the others; its result is cached unless a change overlapped it.
+        """
+        task = self._inflight.get(slot)
+        if task is None:
+            task = asyncio.ensure_future(self._fetch_and_keep(fetch, keep))
+            self._inflight[slot] = task
+            task.add_done_callback(lambda done: self._finish(slot, done))
+        return task
+
+    def _finish(self, slot: Hashable, task: asyncio.Future[object]) -> None:
+        del self._inflight[slot]
+        if not task.cancelled():
+            task.exception()  # retrieved here: a background refresh may have no other reader
+
+    async def _fetch_and_keep(self, fetch: Callable[[], Awaitable[V]], keep: Callable[[V, float], None]) -> V:
+        generation, started = self._generation, self._clock()
+        value = await fetch()
+        if generation == self._generation:
+            keep(value, started)
+        return value
+
+    async def _fetch_credential(self, digest: bytes) -> Credential | None:
+        self._misses_in_flight += 1
+        try:
+            async with self._store.read() as tx:
+                found = await tx.key_by_digest(digest)
+        finally:
+            self._misses_in_flight -= 1
+        if found is None:
+            return None
+        record, secret_expire_time = found
+        return record.credential(self._catalog, secret_expire_time)
+
+    async def _fetch_bindings(self, workspace_id: str, resource: str) -> tuple[Binding, ...]:
+        async with self._store.read() as tx:
+            return tuple(await tx.bindings_for(workspace_id, resource))
+
+    def _keep_credential(self, digest: bytes, credential: Credential | None, fetched_at: float) -> None:
+        if credential is None:
+            self._drop_digest(digest)
+            self._negative.put(digest, fetched_at)
+            return
+        self._negative.pop(digest)
+        self._credentials.put(digest, _Entry(credential, fetched_at))
+        self._by_key.setdefault(credential.key_id, set()).add(digest)
+
+    def _forget(self, digest: bytes, entry: _Entry[Credential]) -> None:
+        """Evicted from the LRU: keep the key index in step."""
+        digests = self._by_key.get(entry.value.key_id)
+        if digests is not None:
+            digests.discard(digest)
+            if not digests:
+                del self._by_key[entry.value.key_id]
+
+    def _drop_digest(self, digest: bytes) -> None:
+        entry = self._credentials.pop(digest)
+        if entry is not None:
+            self._forget(digest, entry)
+
+    # --- invalidation ------------------------------------------------------------------
+
+    def apply_payload(self, payload: str) -> None:
+        """A NOTIFY payload from the change listener."""
+        try:
+            change = changes.decode(payload)
+        except (ValueError, TypeError, KeyError):
+            log.warning("change_unreadable_cache_cleared")
+            self.clear()
+            return
+        self.apply(change)
+
+    def apply(self, change: changes.Change) -> None:
+        self._generation += 1
+        if isinstance(change, changes.BindingChanged):
+            self._bindings.pop((change.workspace_id, change.resource))
+            return
+        for digest in self._by_key.pop(change.key_id, set()):
+            self._credentials.pop(digest)
+        if change.new_fingerprints:
+            self._negative.clear()  # one of them may be a key we cached as unknown
+            for f in change.new_fingerprints:
+                if self._known is not None:
+                    self._known.add(f)
+                if self._building is not None:
+                    self._building.append(f)
+        if change.bindings_removed:
+            self._bindings.clear()
+
+    def clear(self) -> None:
+        self._generation += 1
+        self._credentials.clear()
+        self._by_key.clear()
+        self._negative.clear()
+        self._bindings.clear()
+
+    def desynchronize(self) -> None:
+        """The change listener is down: changes may be missed, so nothing cached is fresh any more."""
+        self._generation += 1
+        self._valid_after = self._clock()
+        self._known = None
+
+    async def synchronize(self) -> None:
+        """The listener is (back) up: everything read before now may have missed a change, and the
+        filter of known keys is rebuilt from a snapshot plus whatever is announced meanwhile."""
+        self._generation += 1
+        self._valid_after = self._clock()
+        await self.rebuild_filter()
+
+    async def rebuild_filter(self) -> None:
+        """Load every stored digest into a new filter, then swap it in. Must run while listening."""
+        self._building = []
+        try:
+            async with self._store.read() as tx:
+                count = await tx.count_digests()
+                known = KnownDigests(2 * count)
+                async for batch in tx.digests():
+                    for digest in batch:
+                        known.add(fingerprint(digest))
+                    await asyncio.sleep(0)  # a million keys must not stall Checks
+            for f in self._building:
+                known.add(f)
+            self._known = known
+        finally:
+            self._building = None
+        log.info("known_keys_loaded", keys=known.count)
+
+    @property
+    def filter_overfull(self) -> bool:
+        return self._known is not None and self._known.overfull

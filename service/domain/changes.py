@@ -1,0 +1,53 @@
+"""What a committed mutation tells every replica's cache, and its wire form (a NOTIFY payload).
+
+Payloads carry ids, workspace and resource names, and filter fingerprints of new secrets:
+never a key or a digest.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from uuid import UUID
+
+CHANNEL = "keygate_changes"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyChanged:
+    """The key's record or secrets changed: drop every cached credential of it."""
+
+    key_id: UUID
+    new_fingerprints: tuple[bytes, ...] = ()  # secrets that now exist (create, rotate)
+    bindings_removed: bool = False  # deleted: its bindings went with it
+
+
+@dataclass(frozen=True, slots=True)
+class BindingChanged:
+    workspace_id: str
+    resource: str
+
+
+Change = KeyChanged | BindingChanged
+
+
+def encode(change: Change) -> str:
+    if isinstance(change, KeyChanged):
+        data: dict[str, object] = {"k": str(change.key_id)}
+        if change.new_fingerprints:
+            data["f"] = [f.hex() for f in change.new_fingerprints]
+        if change.bindings_removed:
+            data["b"] = 1
+    else:
+        data = {"w": change.workspace_id, "r": change.resource}
+    return json.dumps(data, separators=(",", ":"))
+
+
+def decode(payload: str) -> Change:
+    """The change in `payload`; ValueError if it is not one (the cache then clears itself)."""
+    data = json.loads(payload)
+    if "k" in data:
+        return KeyChanged(UUID(data["k"]), tuple(bytes.fromhex(f) for f in data.get("f", ())), bool(data.get("b")))
+    if "w" in data and "r" in data:
+        return BindingChanged(str(data["w"]), str(data["r"]))
+    raise ValueError("not a keygate change")
