@@ -21,7 +21,8 @@ CREATE TABLE api_keys (
 CREATE INDEX api_keys_workspace_order ON api_keys (workspace_id, create_time, id);
 CREATE INDEX api_keys_order ON api_keys (create_time, id);
 
--- One row per live secret: the current one, plus any old one still inside its rotation grace.
+-- One row per secret: the current one, and those replaced by rotation (expire_time set; once it
+-- passes they answer KEY_EXPIRED rather than KEY_NOT_FOUND, so an operator can tell why).
 CREATE TABLE key_secrets (
     digest          bytea PRIMARY KEY CHECK (length(digest) = 32),   -- SHA-256 of the whole key
     key_id          uuid NOT NULL REFERENCES api_keys (id) ON DELETE CASCADE,

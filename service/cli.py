@@ -9,11 +9,11 @@ from pathlib import Path
 
 import uvloop
 
-from . import client, logs
+from . import client, logs, server
 from .admin import KeyAdmin
 from .config import Settings
 from .domain.errors import KeygateError
-from .server import database_url, serve
+from .server import database_url
 from .store.postgres import Store
 
 
@@ -22,6 +22,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         listen=getattr(args, "listen", None),
         database_url=args.database_url,
         data_dir=getattr(args, "data_dir", None),
+        workers=getattr(args, "workers", None),
     )
 
 
@@ -34,9 +35,14 @@ def _run(main: Callable[[], Awaitable[int | None]]) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    logs.configure(settings.log_level)
-    return _run(lambda: serve(settings))
+    try:
+        settings = _settings(args)
+        logs.configure(settings.log_level)
+        server.run(settings)
+    except KeygateError as exc:
+        print(f"keygate: {exc.message}", file=sys.stderr)
+        return 1
+    return 0
 
 
 async def _with_store(settings: Settings, work: Callable[[Store], Awaitable[int | None]]) -> int | None:
@@ -71,6 +77,13 @@ def _bootstrap(args: argparse.Namespace) -> int:
     return _run(lambda: _with_store(settings, work))
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keygate", description="API keys and authorization decisions over gRPC.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve_p = commands.add_parser("serve", help="serve gRPC (embedded PostgreSQL unless a URL is given)")
     serve_p.add_argument("--listen", help="address to listen on (env KEYGATE_LISTEN, default 127.0.0.1:50051)")
+    serve_p.add_argument("--workers", type=_positive_int,
+                         help="processes sharing the port (env KEYGATE_WORKERS; default one per two cores)")
     database_options(serve_p)
     serve_p.set_defaults(func=_serve)
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
 import structlog
+import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -24,6 +26,7 @@ from .store import embedded
 from .store.postgres import Store
 from .usage import UsageRecorder
 from .v1 import authz_pb2, authz_pb2_grpc, keys_pb2, keys_pb2_grpc
+from .workers import Supervisor
 
 log = structlog.get_logger(__name__)
 
@@ -93,15 +96,33 @@ class App:
         await self.store.close()
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGINT or SIGTERM. On an embedded database's first start, create and print a root key."""
-    app = await App.start(settings, database_url(settings))
-    if not settings.database_url and not await app.admin.has_root_key():
-        _, api_key = await app.admin.create_root_key()
-        _print_first_start(api_key)
-    host = settings.listen.rpartition(":")[0] or "127.0.0.1"
-    print(f"keygate is listening on {host}:{app.port} (gRPC: KeyService, AuthzService, health, reflection)",
-          flush=True)
+def run(settings: Settings) -> None:
+    """`keygate serve`: prepare the database once, then serve here or in `settings.workers` processes."""
+    url = database_url(settings)
+    uvloop.run(_prepare(settings, url))
+    if settings.workers == 1:
+        uvloop.run(serve_until_signalled(settings, url, on_ready=lambda port: _announce(settings, port)))
+    else:
+        Supervisor(settings, url).run()
+
+
+async def _prepare(settings: Settings, url: str) -> None:
+    """Migrations, and on an embedded database's first start a root key, printed once."""
+    store = await Store.connect(url, min_size=1, max_size=1)
+    try:
+        await store.migrate()
+        admin = KeyAdmin(store, settings.catalog(), settings.key_format())
+        if not settings.database_url and not await admin.has_root_key():
+            _, api_key = await admin.create_root_key()
+            _print_first_start(api_key)
+    finally:
+        await store.close()
+
+
+async def serve_until_signalled(settings: Settings, url: str, *, on_ready: Callable[[int], None],
+                                reuse_port: bool = False) -> None:
+    app = await App.start(settings, url, reuse_port=reuse_port)
+    on_ready(app.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -109,6 +130,13 @@ async def serve(settings: Settings) -> None:
     await stop.wait()
     log.info("stopping")
     await app.stop()
+
+
+def _announce(settings: Settings, port: int) -> None:
+    host = settings.listen.rpartition(":")[0] or "127.0.0.1"
+    workers = f", {settings.workers} worker processes" if settings.workers > 1 else ""
+    print(f"keygate is listening on {host}:{port} (gRPC: KeyService, AuthzService, health, reflection{workers})",
+          flush=True)
 
 
 def _print_first_start(api_key: str) -> None:
