@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from .cache.keys import KeyCache
 from .clock import Clock, utcnow
@@ -23,6 +24,9 @@ from .domain.resources import validate_resource
 from .usage import UsageRecorder
 
 MAX_BATCH = 100
+_MISSING = Decision(Code.KEY_MISSING, "no API key was presented")
+_MALFORMED = Decision(Code.KEY_MALFORMED, "the API key is malformed (bad shape or checksum)")
+_NOT_FOUND = Decision(Code.KEY_NOT_FOUND, "the API key is not known")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,27 +49,27 @@ class Authorizer:
     def catalog(self) -> Catalog:
         return self._catalog
 
-    def validate(self, items: Sequence[CheckItem], prefix: str = "") -> None:
-        """INVALID_ARGUMENT for a malformed request, naming the field (e.g. `items[2].action`)."""
+    def validate(self, item: CheckItem, at: str = "") -> None:
+        """INVALID_ARGUMENT for a malformed request, naming the field (`at` prefixes it: `items[2].`)."""
+        validate_resource(item.resource, f"{at}resource")
+        self._catalog.validate_action(item.action, f"{at}action")
+        if item.workspace_id:
+            validate_workspace_id(item.workspace_id, f"{at}workspace_id")
+
+    def validate_batch(self, items: Sequence[CheckItem]) -> None:
         if len(items) > MAX_BATCH:
             raise InvalidArgument("items", f"at most {MAX_BATCH} items per BatchCheck")
         for i, item in enumerate(items):
-            at = f"{prefix}[{i}]." if prefix else ""
-            validate_resource(item.resource, f"{at}resource")
-            self._catalog.validate_action(item.action, f"{at}action")
-            if item.workspace_id:
-                validate_workspace_id(item.workspace_id, f"{at}workspace_id")
+            self.validate(item, f"items[{i}].")
 
     async def identify(self, api_key: str) -> Credential | Decision:
         """The key's Credential, or the Decision that it cannot be identified."""
         if not api_key:
-            return Decision(Code.KEY_MISSING, "no API key was presented")
+            return _MISSING
         if self._format.shape(api_key) is Shape.MALFORMED:
-            return Decision(Code.KEY_MALFORMED, "the API key is malformed (bad shape or checksum)")
+            return _MALFORMED
         credential = await self._cache.credential(digest(api_key))
-        if credential is None:
-            return Decision(Code.KEY_NOT_FOUND, "the API key is not known")
-        return credential
+        return _NOT_FOUND if credential is None else credential
 
     async def authenticate(self, api_key: str) -> Credential:
         """A live Credential for a caller of the admin API; Unauthenticated otherwise."""
@@ -77,17 +81,29 @@ class Authorizer:
             raise Unauthenticated(dead.reason)
         return identified
 
-    async def check(self, api_key: str, items: Sequence[CheckItem]) -> list[Decision]:
+    async def check(self, api_key: str, item: CheckItem) -> Decision:
+        """Check: the hot path. Validate `item` first."""
+        identified = await self.identify(api_key)
+        if isinstance(identified, Decision):
+            return identified
+        now = self._clock()
+        decision = await self._decide(identified, item, now)
+        if decision.allowed:
+            self._usage.record(identified.key_id, now)
+        return decision
+
+    async def check_batch(self, api_key: str, items: Sequence[CheckItem]) -> list[Decision]:
         """One decision per item, for one key identified once. Validate `items` first."""
         identified = await self.identify(api_key)
         if isinstance(identified, Decision):
             return [identified] * len(items)
         now = self._clock()
-        decisions = []
-        for item in items:
-            workspace = item.workspace_id or identified.workspace_id
-            bindings = await self._cache.bindings(workspace, item.resource) if item.resource and workspace else ()
-            decisions.append(decide(identified, item.resource, item.action, workspace, bindings, now))
+        decisions = [await self._decide(identified, item, now) for item in items]
         if any(d.allowed for d in decisions):
             self._usage.record(identified.key_id, now)
         return decisions
+
+    async def _decide(self, credential: Credential, item: CheckItem, now: datetime) -> Decision:
+        workspace = item.workspace_id or credential.workspace_id
+        bindings = await self._cache.bindings(workspace, item.resource) if item.resource and workspace else ()
+        return decide(credential, item.resource, item.action, workspace, bindings, now)

@@ -7,10 +7,12 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import structlog
 import uvloop
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -30,10 +32,11 @@ from .workers import Supervisor
 
 log = structlog.get_logger(__name__)
 
-SERVICE_NAMES = (
-    keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name,
-    authz_pb2.DESCRIPTOR.services_by_name["AuthzService"].full_name,
-)
+def _service(module: Any, name: str) -> ServiceDescriptor:
+    return module.DESCRIPTOR.services_by_name[name]
+
+
+SERVICE_NAMES = (_service(keys_pb2, "KeyService").full_name, _service(authz_pb2, "AuthzService").full_name)
 SHUTDOWN_GRACE_SECONDS = 5.0
 
 
@@ -68,11 +71,15 @@ class App:
         authorizer = Authorizer(cache, catalog, key_format, usage)
         admin = KeyAdmin(store, catalog, key_format)
 
-        server = grpc.aio.server(interceptors=[Boundary()], options=[("grpc.so_reuseport", int(reuse_port))])
-        keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(authorizer, admin), server)
-        authz_pb2_grpc.add_AuthzServiceServicer_to_server(AuthzServicer(authorizer), server)
+        server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuse_port))])
+        boundary = Boundary()
+        keys_pb2_grpc.add_KeyServiceServicer_to_server(
+            boundary.wrap(KeyServicer(authorizer, admin), _service(keys_pb2, "KeyService")), server)
+        authz_pb2_grpc.add_AuthzServiceServicer_to_server(
+            boundary.wrap(AuthzServicer(authorizer), _service(authz_pb2, "AuthzService")), server)
         health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(
+            boundary.wrap(health_servicer, _service(health_pb2, "Health")), server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         try:
             port = server.add_insecure_port(settings.listen)

@@ -16,15 +16,14 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
     async def Check(
         self, request: authz_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> authz_pb2.CheckResponse:
-        items = [CheckItem(request.resource, request.action, request.workspace_id)]
-        self._authorizer.validate(items)
-        (decision,) = await self._authorizer.check(request.api_key, items)
-        return check_response(decision)
+        item = CheckItem(request.resource, request.action, request.workspace_id)
+        self._authorizer.validate(item)
+        return check_response(await self._authorizer.check(request.api_key, item))
 
     async def BatchCheck(
         self, request: authz_pb2.BatchCheckRequest, context: grpc.aio.ServicerContext
     ) -> authz_pb2.BatchCheckResponse:
         items = [CheckItem(i.resource, i.action, i.workspace_id) for i in request.items]
-        self._authorizer.validate(items, prefix="items")
-        decisions = await self._authorizer.check(request.api_key, items)
+        self._authorizer.validate_batch(items)
+        decisions = await self._authorizer.check_batch(request.api_key, items)
         return authz_pb2.BatchCheckResponse(results=[check_response(d) for d in decisions])

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from ..domain.decision import Decision
+from ..domain.decision import Code, Decision
 from ..domain.records import AuditEvent, BindingRecord, KeyRecord
 from ..v1 import authz_pb2, keys_pb2
 
@@ -85,16 +85,20 @@ def audit_event(event: AuditEvent) -> keys_pb2.AuditEvent:
     )
 
 
+_DECISION_CODES = {code: (authz_pb2.DecisionCode.Value(code.value), code.http_status) for code in Code}
+
+
 def check_response(decision: Decision) -> authz_pb2.CheckResponse:
+    code, http_status = _DECISION_CODES[decision.code]
     credential = decision.credential
-    response = authz_pb2.CheckResponse(
+    if credential is None:
+        return authz_pb2.CheckResponse(code=code, reason=decision.reason, http_status=http_status)
+    return authz_pb2.CheckResponse(
         allowed=decision.allowed,
-        code=authz_pb2.DecisionCode.Value(decision.code.value),
+        code=code,
         reason=decision.reason,
-        http_status=decision.code.http_status,
+        http_status=http_status,
+        key_id=credential.key_id_text,
+        key_name=credential.key_name,
+        workspace_id=credential.workspace_id,
     )
-    if credential is not None:
-        response.key_id = str(credential.key_id)
-        response.key_name = credential.key_name
-        response.workspace_id = credential.workspace_id
-    return response

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
@@ -54,6 +54,10 @@ class Credential:
     expire_time: datetime | None
     disabled: bool
     secret_expire_time: datetime | None = None  # set on a secret replaced by RotateKey
+    key_id_text: str = field(init=False)  # str(key_id), rendered once rather than on every Check
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key_id_text", str(self.key_id))
 
     @property
     def root(self) -> bool:

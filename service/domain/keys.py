@@ -27,6 +27,7 @@ DEFAULT_PREFIX = "fl"
 
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{1,15}\Z")
 _FOREIGN_RE = re.compile(r"^[\x21-\x7e]+\Z")  # printable ASCII, no spaces
+_POWERS = [62**i for i in range(SECRET_LEN)]
 _OURS_RE = re.compile(rf"^[0-9A-Za-z]{{{SECRET_LEN + CHECKSUM_LEN}}}\Z")
 
 
@@ -39,11 +40,8 @@ class Shape(enum.Enum):
 
 
 def _base62(value: int, width: int) -> str:
-    chars = []
-    for _ in range(width):
-        value, digit = divmod(value, 62)
-        chars.append(BASE62[digit])
-    return "".join(reversed(chars))
+    """`value` as exactly `width` base62 digits, most significant first."""
+    return "".join([BASE62[value // power % 62] for power in _POWERS[width - 1 :: -1]])
 
 
 def _checksum(body: str) -> str:
@@ -98,4 +96,4 @@ class KeyFormat:
         if not _OURS_RE.match(rest):
             return Shape.MALFORMED
         body, check = key[: -CHECKSUM_LEN], key[-CHECKSUM_LEN:]
-        return Shape.OURS if secrets.compare_digest(_checksum(body), check) else Shape.MALFORMED
+        return Shape.OURS if _checksum(body) == check else Shape.MALFORMED  # a checksum is not a secret

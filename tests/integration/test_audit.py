@@ -152,14 +152,14 @@ async def test_the_request_id_recorded_is_the_one_the_caller_sees(client: Client
     call = client.keys.CreateKey(keys_pb2.CreateKeyRequest(name="rid", permissions=["chatflows:view"],
                                                            workspace_id="ws1"), metadata=md(client.root, sent))
     created = await call
-    (echoed,) = [value for key, value in await call.initial_metadata() if key == REQUEST_ID]
+    (echoed,) = [value for key, value in await call.trailing_metadata() if key == REQUEST_ID]
 
     (event,) = await events(client, key_id=created.key.id)
     assert event.request_id == echoed
     if kept:
         assert echoed == sent
     else:  # absent or unusable: the server makes one up
-        assert len(echoed) == 32 and set(echoed) <= set("0123456789abcdef")
+        assert len(echoed) >= 16 and set(echoed) <= set("0123456789abcdef")
 
 
 # --- ListAuditEvents: filters, time, paging, workspaces ---------------------------------------------

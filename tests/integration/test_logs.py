@@ -1,6 +1,6 @@
 """Logs: one JSON line per RPC with method, code, latency and request id; never key material.
 
-The server's structlog output is captured in a StringIO for the test (and restored after).
+The server's structlog output is captured in a BytesIO for the test (and restored after).
 Each RPC is sent with its own `x-request-id`, so its line can be found and counted.
 """
 
@@ -28,35 +28,35 @@ FOREIGN_KEY = "sk-live-0123456789abcdefWRONG"  # no prefix: looked up by digest
 
 
 @pytest.fixture
-def captured() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
+def captured() -> Iterator[io.BytesIO]:
+    stream = io.BytesIO()
     logs.configure(stream=stream)
     yield stream
     logs.configure()
 
 
-def lines(stream: io.StringIO) -> list[dict[str, object]]:
+def lines(stream: io.BytesIO) -> list[dict[str, object]]:
     """Every captured line, each of which must be one JSON object."""
-    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+    return [json.loads(line) for line in stream.getvalue().decode().splitlines() if line.strip()]
 
 
-def rpc_lines(stream: io.StringIO, request_id: str | None = None) -> list[dict[str, object]]:
+def rpc_lines(stream: io.BytesIO, request_id: str | None = None) -> list[dict[str, object]]:
     return [e for e in lines(stream) if e.get("event") == "rpc" and request_id in (None, e.get("request_id"))]
 
 
 @dataclass(frozen=True)
 class Outcome:
     code: grpc.StatusCode
-    initial_metadata: dict[str, str]
+    trailing_metadata: dict[str, str]
 
 
 async def outcome(call: grpc.aio.UnaryUnaryCall) -> Outcome:
-    """The status and initial metadata of a call, whether it succeeded or failed."""
+    """The status and trailing metadata of a call, whether it succeeded or failed."""
     try:
         await call
     except grpc.aio.AioRpcError as err:
-        return Outcome(err.code(), dict(err.initial_metadata() or ()))
-    return Outcome(await call.code(), dict(await call.initial_metadata() or ()))
+        return Outcome(err.code(), dict(err.trailing_metadata() or ()))
+    return Outcome(await call.code(), dict(await call.trailing_metadata() or ()))
 
 
 def rid() -> str:
@@ -95,7 +95,7 @@ RPCS: dict[str, tuple[RPC, str, str]] = {
 
 
 async def test_one_json_line_per_rpc_with_method_code_latency_and_request_id(
-    client: Client, captured: io.StringIO
+    client: Client, captured: io.BytesIO
 ) -> None:
     created = await client.create(permissions=["chatflows:view"])
     sent: dict[str, tuple[str, str]] = {}
@@ -103,7 +103,7 @@ async def test_one_json_line_per_rpc_with_method_code_latency_and_request_id(
         request_id = rid()
         result = await outcome(rpc(client, created.api_key, request_id))
         assert result.code.name == code, name
-        assert result.initial_metadata.get("x-request-id") == request_id, name
+        assert result.trailing_metadata.get("x-request-id") == request_id, name
         sent[request_id] = (method, code)
 
     # Every RPC in the test (the CreateKey above too) has exactly one line, and there are no others.
@@ -119,11 +119,11 @@ async def test_one_json_line_per_rpc_with_method_code_latency_and_request_id(
         assert line["level"] == "info" and "timestamp" in line
 
 
-async def test_request_id_is_generated_when_absent_and_echoed(client: Client, captured: io.StringIO) -> None:
+async def test_request_id_is_generated_when_absent_and_echoed(client: Client, captured: io.BytesIO) -> None:
     call = client.authz.Check(authz_pb2.CheckRequest(api_key=client.root, action="chatflows:view"))
     result = await outcome(call)
 
-    generated = result.initial_metadata.get("x-request-id")
+    generated = result.trailing_metadata.get("x-request-id")
     assert generated
     (line,) = rpc_lines(captured)
     assert line["request_id"] == generated
@@ -135,20 +135,20 @@ async def test_request_id_is_generated_when_absent_and_echoed(client: Client, ca
     ids=["spaces", "65 chars", "punctuation", "key-like"],
 )
 async def test_unacceptable_request_id_is_replaced_not_logged(
-    client: Client, captured: io.StringIO, presented: str
+    client: Client, captured: io.BytesIO, presented: str
 ) -> None:
     call = client.authz.Check(authz_pb2.CheckRequest(api_key=client.root, action="chatflows:view"),
                               metadata=(("x-request-id", presented),))
     result = await outcome(call)
 
-    replacement = result.initial_metadata.get("x-request-id")
+    replacement = result.trailing_metadata.get("x-request-id")
     assert replacement and replacement != presented
     (line,) = rpc_lines(captured)
     assert line["request_id"] == replacement
-    assert presented not in captured.getvalue()
+    assert presented not in captured.getvalue().decode()
 
 
-async def test_request_id_reaches_the_audit_trail(client: Client, captured: io.StringIO) -> None:
+async def test_request_id_reaches_the_audit_trail(client: Client, captured: io.BytesIO) -> None:
     """The id in the log line is the one an operator finds on the audit row of the same request."""
     request_id = rid()
     created = await client.keys.CreateKey(
@@ -161,7 +161,7 @@ async def test_request_id_reaches_the_audit_trail(client: Client, captured: io.S
     assert len(rpc_lines(captured, request_id)) == 1
 
 
-async def test_no_key_material_in_the_logs(client: Client, captured: io.StringIO) -> None:
+async def test_no_key_material_in_the_logs(client: Client, captured: io.BytesIO) -> None:
     admin = await client.create(permissions=["apikeys:*", "chatflows:*"])
     created = await client.create(admin.api_key, permissions=["chatflows:view"])
     rotated = await client.keys.RotateKey(keys_pb2.RotateKeyRequest(id=created.key.id), metadata=auth(admin.api_key))
@@ -172,14 +172,14 @@ async def test_no_key_material_in_the_logs(client: Client, captured: io.StringIO
     await outcome(client.keys.CreateKey(keys_pb2.CreateKeyRequest(name=client.root, permissions=["nope:x"]),
                                         metadata=auth(admin.api_key)))
 
-    text = captured.getvalue()
+    text = captured.getvalue().decode()
     assert rpc_lines(captured), "the RPCs above were not logged at all"
     secrets_seen = [k for k in (client.root, admin.api_key, created.api_key, rotated.api_key, *wrong)
                     if k in text or k[3:] in text]
     assert secrets_seen == []
 
 
-async def test_other_services_are_logged_too(client: Client, captured: io.StringIO) -> None:
+async def test_other_services_are_logged_too(client: Client, captured: io.BytesIO) -> None:
     await health_pb2_grpc.HealthStub(client.channel).Check(health_pb2.HealthCheckRequest())
     (line,) = rpc_lines(captured)
     assert line["method"] == "/grpc.health.v1.Health/Check" and line["code"] == "OK"
