@@ -1,21 +1,57 @@
-"""structlog as one JSON object per line on stderr (stdout stays free for `bootstrap`'s key).
+"""Logging: structlog, one JSON object per line on stderr (stdout stays free for `bootstrap`'s key).
 
-Lean on purpose: a log line is written for every RPC, so the chain is four processors,
-orjson, and loggers cached on first use (about 8 us a line instead of 30).
+Two pipelines. Application events (start, stop, warnings, failures) are written at once.
+The access log, one line per RPC, is the high-volume one: it has its own minimal chain
+and a buffer that `flush` writes out (the server flushes every 100 ms and on shutdown),
+so an RPC costs a few microseconds of logging instead of a formatted write() each.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import orjson
 import structlog
 
+ACCESS_BUFFER_LIMIT = 64 * 1024
+
+
+class BufferedLines:
+    """A structlog logger that collects rendered lines and writes them in batches."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._lines: list[bytes] = []
+        self._size = 0
+
+    def msg(self, message: bytes) -> None:
+        self._lines.append(message)
+        self._size += len(message)
+        if self._size >= ACCESS_BUFFER_LIMIT:
+            self.flush()
+
+    debug = info = warning = error = critical = exception = msg
+
+    def flush(self) -> None:
+        if self._lines:
+            lines, self._lines, self._size = self._lines, [], 0
+            self._stream.write(b"\n".join(lines) + b"\n")
+            self._stream.flush()
+
+
+class _Logs:
+    access: BufferedLines = BufferedLines(sys.stderr.buffer)
+    level: int = logging.INFO
+
 
 def configure(level: str = "info", stream: BinaryIO | None = None) -> None:
     """Loggers obtained after this call write to `stream` (default: stderr) at `level` and above."""
+    flush()
+    out = stream or sys.stderr.buffer
+    _Logs.level = logging.getLevelNamesMapping()[level.upper()]
+    _Logs.access = BufferedLines(out)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
@@ -23,7 +59,35 @@ def configure(level: str = "info", stream: BinaryIO | None = None) -> None:
             structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False)),
             structlog.processors.JSONRenderer(serializer=orjson.dumps),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.BytesLoggerFactory(stream or sys.stderr.buffer),
+        wrapper_class=structlog.make_filtering_bound_logger(_Logs.level),
+        logger_factory=structlog.BytesLoggerFactory(out),
         cache_logger_on_first_use=True,
     )
+
+
+class _CurrentAccess:
+    """Forwards to the access buffer of the latest `configure`, so loggers made earlier follow it."""
+
+    def msg(self, message: bytes) -> None:
+        _Logs.access.msg(message)
+
+    info = msg
+
+
+def access_logger() -> Any:
+    """The per-RPC logger: level "info", timestamp, JSON, buffered."""
+    return structlog.wrap_logger(
+        _CurrentAccess(),
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(serializer=orjson.dumps),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_Logs.level),
+        cache_logger_on_first_use=True,
+    )
+
+
+def flush() -> None:
+    """Write out buffered access lines."""
+    _Logs.access.flush()

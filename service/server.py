@@ -16,6 +16,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from . import logs
 from .admin import KeyAdmin
 from .api.authz import AuthzServicer
 from .api.boundary import Boundary
@@ -38,6 +39,7 @@ def _service(module: Any, name: str) -> ServiceDescriptor:
 
 SERVICE_NAMES = (_service(keys_pb2, "KeyService").full_name, _service(authz_pb2, "AuthzService").full_name)
 SHUTDOWN_GRACE_SECONDS = 5.0
+ACCESS_LOG_FLUSH_SECONDS = 0.1
 
 
 def database_url(settings: Settings) -> str:
@@ -56,6 +58,7 @@ class App:
     admin: KeyAdmin
     server: grpc.aio.Server
     port: int
+    log_flusher: asyncio.Task[None]
 
     @classmethod
     async def start(cls, settings: Settings, url: str, *, reuse_port: bool = False) -> App:
@@ -91,16 +94,25 @@ class App:
         listener.start()
         await server.start()
         usage.start()
+        log_flusher = asyncio.create_task(_flush_access_log(), name="access-log-flush")
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", listen=settings.listen, port=port)
-        return cls(store, cache, listener, usage, admin, server, port)
+        return cls(store, cache, listener, usage, admin, server, port, log_flusher)
 
     async def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
         await self.server.stop(grace)
+        self.log_flusher.cancel()
+        logs.flush()
         await self.listener.stop()
         await self.usage.stop()
         await self.store.close()
+
+
+async def _flush_access_log() -> None:
+    while True:
+        await asyncio.sleep(ACCESS_LOG_FLUSH_SECONDS)
+        logs.flush()
 
 
 def run(settings: Settings) -> None:

@@ -20,9 +20,11 @@ import grpc
 import structlog
 from google.protobuf.descriptor import ServiceDescriptor
 
+from .. import logs
 from ..domain.errors import KeygateError
 from .errors import internal_status, to_status
 
+_events = structlog.get_logger(__name__)
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}\Z")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
@@ -32,7 +34,7 @@ Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 class Boundary:
     def __init__(self) -> None:
-        self._log = structlog.get_logger("keygate.rpc")
+        self._log = logs.access_logger()
         # Unique across processes and restarts, and cheaper than a uuid4 per call.
         self._prefix = os.urandom(6).hex()
         self._counter = itertools.count(1)
@@ -74,7 +76,7 @@ class Boundary:
             except Exception as exc:  # a bug: log it with its traceback, tell the caller only INTERNAL
                 status = internal_status()
                 code = status.code
-                log.exception("rpc_failed", method=method, request_id=rid, error=type(exc).__name__)
+                _events.exception("rpc_failed", method=method, request_id=rid, error=type(exc).__name__)
                 await context.abort(status.code, status.details, (*status.trailing_metadata, *echo))
             finally:
                 log.info("rpc", method=method, code=code.name,

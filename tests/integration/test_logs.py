@@ -37,6 +37,7 @@ def captured() -> Iterator[io.BytesIO]:
 
 def lines(stream: io.BytesIO) -> list[dict[str, object]]:
     """Every captured line, each of which must be one JSON object."""
+    logs.flush()  # the access log is written in batches
     return [json.loads(line) for line in stream.getvalue().decode().splitlines() if line.strip()]
 
 
@@ -145,6 +146,7 @@ async def test_unacceptable_request_id_is_replaced_not_logged(
     assert replacement and replacement != presented
     (line,) = rpc_lines(captured)
     assert line["request_id"] == replacement
+    logs.flush()
     assert presented not in captured.getvalue().decode()
 
 
@@ -172,6 +174,7 @@ async def test_no_key_material_in_the_logs(client: Client, captured: io.BytesIO)
     await outcome(client.keys.CreateKey(keys_pb2.CreateKeyRequest(name=client.root, permissions=["nope:x"]),
                                         metadata=auth(admin.api_key)))
 
+    logs.flush()
     text = captured.getvalue().decode()
     assert rpc_lines(captured), "the RPCs above were not logged at all"
     secrets_seen = [k for k in (client.root, admin.api_key, created.api_key, rotated.api_key, *wrong)
