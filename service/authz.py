@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from .cache.keys import KeyCache
+from .cache.keys import MISS, KeyCache, Miss
 from .clock import Clock, utcnow
-from .domain.decision import Code, Credential, Decision, decide, key_state
+from .domain.decision import Binding, Code, Credential, Decision, decide, key_state
 from .domain.errors import InvalidArgument, Unauthenticated
 from .domain.keys import KeyFormat, Shape, digest
 from .domain.permissions import Catalog
@@ -68,8 +68,11 @@ class Authorizer:
             return _MISSING
         if self._format.shape(api_key) is Shape.MALFORMED:
             return _MALFORMED
-        credential = await self._cache.credential(digest(api_key))
-        return _NOT_FOUND if credential is None else credential
+        key_digest = digest(api_key)
+        credential = self._cache.peek(key_digest)
+        if credential is MISS:
+            credential = await self._cache.credential(key_digest)
+        return _NOT_FOUND if credential is None else credential  # type: ignore[return-value]
 
     async def authenticate(self, api_key: str) -> Credential:
         """A live Credential for a caller of the admin API; Unauthenticated otherwise."""
@@ -105,5 +108,9 @@ class Authorizer:
 
     async def _decide(self, credential: Credential, item: CheckItem, now: datetime) -> Decision:
         workspace = item.workspace_id or credential.workspace_id
-        bindings = await self._cache.bindings(workspace, item.resource) if item.resource and workspace else ()
-        return decide(credential, item.resource, item.action, workspace, bindings, now)
+        bindings: tuple[Binding, ...] | Miss = ()
+        if item.resource and workspace:
+            bindings = self._cache.peek_bindings(workspace, item.resource)
+            if bindings is MISS:
+                bindings = await self._cache.bindings(workspace, item.resource)
+        return decide(credential, item.resource, item.action, workspace, bindings, now)  # type: ignore[arg-type]

@@ -26,8 +26,9 @@ class UsageRecorder:
         self._task: asyncio.Task[None] | None = None
 
     def record(self, key_id: UUID, when: datetime) -> None:
-        count, last = self._pending.get(key_id, (0, when))
-        self._pending[key_id] = (count + 1, max(last, when))
+        """On the Check path: calls arrive in time order, so the latest `when` is simply the last."""
+        entry = self._pending.get(key_id)
+        self._pending[key_id] = (1, when) if entry is None else (entry[0] + 1, when)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="usage-flush")

@@ -41,6 +41,13 @@ log = structlog.get_logger(__name__)
 V = TypeVar("V")
 
 
+class Miss:
+    """The answer is not in memory: ask `credential` / `bindings`, which may read the database."""
+
+
+MISS = Miss()
+
+
 @dataclass(frozen=True, slots=True)
 class CacheSettings:
     max_keys: int = 100_000
@@ -88,47 +95,69 @@ class KeyCache:
 
     # --- reads -------------------------------------------------------------------------
 
-    async def credential(self, digest: bytes) -> Credential | None:
-        """The credential of a digest, or None if no such key exists."""
+    def peek(self, digest: bytes) -> Credential | Miss | None:
+        """Answer from memory alone: the credential, None for a key known not to exist, or MISS.
+
+        Synchronous, so a cached Check awaits nothing.
+        """
         now = self._clock()
         entry = self._credentials.get(digest)
         if entry is not None:
-            return await self._answer(("k", digest), entry, now, lambda: self._fetch_credential(digest),
-                                      lambda value, at: self._keep_credential(digest, value, at))
+            return self._hit(("k", digest), entry, now, lambda: self._fetch_credential(digest),
+                             lambda value, at: self._keep_credential(digest, value, at))
         seen = self._negative.get(digest)
         if seen is not None and self._fresh(seen, now):
             return None
         if (self._known is not None and self._misses_in_flight >= self.settings.max_miss_lookups
                 and fingerprint(digest) not in self._known):
             return None  # a flood of unknown keys: shed it here, not in the database
-        return await self._load(("k", digest), lambda: self._fetch_credential(digest),
+        return MISS
+
+    async def credential(self, digest: bytes) -> Credential | None:
+        """The credential of a digest, or None if no such key exists."""
+        found = self.peek(digest)
+        if found is not MISS:
+            return found  # type: ignore[return-value]
+        return await self._read(("k", digest), self._credentials.get(digest), lambda: self._fetch_credential(digest),
                                 lambda value, at: self._keep_credential(digest, value, at))
 
-    async def bindings(self, workspace_id: str, resource: str) -> tuple[Binding, ...]:
+    def peek_bindings(self, workspace_id: str, resource: str) -> tuple[Binding, ...] | Miss:
         slot = (workspace_id, resource)
-        fetch = lambda: self._fetch_bindings(workspace_id, resource)  # noqa: E731
-        keep = lambda value, at: self._bindings.put(slot, _Entry(value, at))  # noqa: E731
         entry = self._bindings.get(slot)
         if entry is None:
-            return await self._load(("b", *slot), fetch, keep)
-        return await self._answer(("b", *slot), entry, self._clock(), fetch, keep)
+            return MISS
+        return self._hit(("b", *slot), entry, self._clock(), lambda: self._fetch_bindings(workspace_id, resource),
+                         lambda value, at: self._bindings.put(slot, _Entry(value, at)))
+
+    async def bindings(self, workspace_id: str, resource: str) -> tuple[Binding, ...]:
+        found = self.peek_bindings(workspace_id, resource)
+        if found is not MISS:
+            return found  # type: ignore[return-value]
+        slot = (workspace_id, resource)
+        return await self._read(("b", *slot), self._bindings.get(slot),
+                                lambda: self._fetch_bindings(workspace_id, resource),
+                                lambda value, at: self._bindings.put(slot, _Entry(value, at)))
 
     def _fresh(self, fetched_at: float, now: float) -> bool:
         return fetched_at >= self._valid_after and now - fetched_at < self.settings.ttl
 
-    async def _answer(self, slot: Hashable, entry: _Entry[V], now: float, fetch: Callable[[], Awaitable[V]],
-                      keep: Callable[[V, float], None]) -> V:
-        """A cached entry: fresh, refreshed ahead, or re-read; stale only through an outage."""
-        age = now - entry.fetched_at
-        if self._fresh(entry.fetched_at, now):
-            if age > self.settings.ttl * self.settings.refresh_ahead:
-                self._start_load(slot, fetch, keep)
-            return entry.value
+    def _hit(self, slot: Hashable, entry: _Entry[V], now: float, fetch: Callable[[], Awaitable[V]],
+             keep: Callable[[V, float], None]) -> V | Miss:
+        """A fresh entry's value (refreshing it in the background when it nears its ttl), else MISS."""
+        if not self._fresh(entry.fetched_at, now):
+            return MISS
+        if now - entry.fetched_at > self.settings.ttl * self.settings.refresh_ahead:
+            self._start_load(slot, fetch, keep)
+        return entry.value
+
+    async def _read(self, slot: Hashable, stale: _Entry[V] | None, fetch: Callable[[], Awaitable[V]],
+                    keep: Callable[[V, float], None]) -> V:
+        """Read from the database; if it is unreachable, a stale entry answers for `outage_grace` more."""
         try:
             return await self._load(slot, fetch, keep)
         except Unavailable:
-            if age < self.settings.ttl + self.settings.outage_grace:
-                return entry.value
+            if stale is not None and self._clock() - stale.fetched_at < self.settings.ttl + self.settings.outage_grace:
+                return stale.value
             raise
 
     async def _load(self, slot: Hashable, fetch: Callable[[], Awaitable[V]], keep: Callable[[V, float], None]) -> V:
