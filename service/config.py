@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -13,6 +14,7 @@ from .cache.keys import CacheSettings
 from .domain.errors import InvalidArgument
 from .domain.keys import DEFAULT_PREFIX, KeyFormat
 from .domain.permissions import Catalog
+from .domain.routes import RouteTable
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATA_DIR = Path(".keygate")
@@ -25,6 +27,7 @@ class Settings:
     data_dir: Path = DEFAULT_DATA_DIR
     key_prefix: str = DEFAULT_PREFIX
     catalog_file: Path | None = None
+    routes_file: Path | None = None  # Envoy route rules; default: the built-in Flowise rules
     log_level: str = "info"
     workers: int = 1
     cache: CacheSettings = field(default_factory=CacheSettings)
@@ -40,6 +43,7 @@ class Settings:
             "data_dir": Path(env.get("KEYGATE_DATA_DIR", str(DEFAULT_DATA_DIR))),
             "key_prefix": env.get("KEYGATE_KEY_PREFIX", DEFAULT_PREFIX),
             "catalog_file": Path(env["KEYGATE_CATALOG"]) if env.get("KEYGATE_CATALOG") else None,
+            "routes_file": Path(env["KEYGATE_ROUTES"]) if env.get("KEYGATE_ROUTES") else None,
             "log_level": env.get("KEYGATE_LOG_LEVEL", "info"),
             "workers": _int(env, "KEYGATE_WORKERS", default_workers()),
             "cache": CacheSettings(
@@ -60,16 +64,32 @@ class Settings:
         """The built-in catalog plus the operator's file: `categories: {name: [verb, ...]}`."""
         if self.catalog_file is None:
             return Catalog.build()
-        try:
-            data = yaml.safe_load(self.catalog_file.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise InvalidArgument("catalog", f"cannot read {self.catalog_file}: {exc}") from None
+        data = _read_yaml(self.catalog_file, "catalog")
         categories = data.get("categories") if isinstance(data, dict) else None
         if not isinstance(categories, dict) or not all(
             isinstance(v, list) and all(isinstance(x, str) for x in v) for v in categories.values()
         ):
             raise InvalidArgument("catalog", f"{self.catalog_file} must map 'categories' to lists of verbs")
         return Catalog.build(categories)
+
+
+    def routes(self, catalog: Catalog) -> RouteTable:
+        """The Envoy route rules: the operator's file, or the built-in Flowise rules."""
+        source = self.routes_file or Path(str(resources.files("keygate") / "flowise_routes.yaml"))
+        data = _read_yaml(source, "routes")
+        if not isinstance(data, dict):
+            raise InvalidArgument("routes", f"{source} must be a mapping with a 'routes' list")
+        try:
+            return RouteTable.parse(data, catalog)
+        except InvalidArgument as exc:
+            raise InvalidArgument("routes", f"{source}: {exc.message}") from None
+
+
+def _read_yaml(path: Path, what: str) -> object:
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidArgument(what, f"cannot read {path}: {exc}") from None
 
 
 def default_workers() -> int:

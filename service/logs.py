@@ -63,6 +63,7 @@ def configure(level: str = "info", stream: BinaryIO | None = None) -> None:
         logger_factory=structlog.BytesLoggerFactory(out),
         cache_logger_on_first_use=True,
     )
+    logging.basicConfig(handlers=[_ToStructlog()], level=max(_Logs.level, logging.WARNING), force=True)
 
 
 class _CurrentAccess:
@@ -72,6 +73,14 @@ class _CurrentAccess:
         _Logs.access.msg(message)
 
     info = msg
+
+
+class _ToStructlog(logging.Handler):
+    """Standard-library records (asyncpg, grpc) as structlog events: one JSON line each, even with a traceback."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        structlog.get_logger(record.name).log(record.levelno, record.getMessage(), logger=record.name,
+                                               exc_info=record.exc_info or False)
 
 
 def access_logger() -> Any:

@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import structlog
 import uvloop
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -20,6 +21,7 @@ from . import logs
 from .admin import KeyAdmin
 from .api.authz import AuthzServicer
 from .api.boundary import Boundary
+from .api.envoy import EnvoyAuthzServicer
 from .api.keys import KeyServicer
 from .authz import Authorizer
 from .cache.keys import KeyCache
@@ -37,7 +39,11 @@ def _service(module: Any, name: str) -> ServiceDescriptor:
     return module.DESCRIPTOR.services_by_name[name]
 
 
-SERVICE_NAMES = (_service(keys_pb2, "KeyService").full_name, _service(authz_pb2, "AuthzService").full_name)
+SERVICE_NAMES = (
+    _service(keys_pb2, "KeyService").full_name,
+    _service(authz_pb2, "AuthzService").full_name,
+    _service(external_auth_pb2, "Authorization").full_name,
+)
 SHUTDOWN_GRACE_SECONDS = 5.0
 ACCESS_LOG_FLUSH_SECONDS = 0.1
 
@@ -80,6 +86,9 @@ class App:
             boundary.wrap(KeyServicer(authorizer, admin), _service(keys_pb2, "KeyService")), server)
         authz_pb2_grpc.add_AuthzServiceServicer_to_server(
             boundary.wrap(AuthzServicer(authorizer), _service(authz_pb2, "AuthzService")), server)
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+            boundary.wrap(EnvoyAuthzServicer(authorizer, settings.routes(catalog)),
+                          _service(external_auth_pb2, "Authorization")), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(
             boundary.wrap(health_servicer, _service(health_pb2, "Health")), server)
@@ -154,8 +163,8 @@ async def serve_until_signalled(settings: Settings, url: str, *, on_ready: Calla
 def _announce(settings: Settings, port: int) -> None:
     host = settings.listen.rpartition(":")[0] or "127.0.0.1"
     workers = f", {settings.workers} worker processes" if settings.workers > 1 else ""
-    print(f"keygate is listening on {host}:{port} (gRPC: KeyService, AuthzService, health, reflection{workers})",
-          flush=True)
+    services = "KeyService, AuthzService, Envoy ext_authz, health, reflection"
+    print(f"keygate is listening on {host}:{port} (gRPC: {services}{workers})", flush=True)
 
 
 def _print_first_start(api_key: str) -> None:

@@ -118,8 +118,15 @@ class KeyCache:
         found = self.peek(digest)
         if found is not MISS:
             return found  # type: ignore[return-value]
-        return await self._read(("k", digest), self._credentials.get(digest), lambda: self._fetch_credential(digest),
-                                lambda value, at: self._keep_credential(digest, value, at))
+        # Counted from the moment a caller commits to a lookup, so a burst arriving in one
+        # loop iteration is shed by `peek` after the first `max_miss_lookups` of it.
+        self._misses_in_flight += 1
+        try:
+            return await self._read(("k", digest), self._credentials.get(digest),
+                                    lambda: self._fetch_credential(digest),
+                                    lambda value, at: self._keep_credential(digest, value, at))
+        finally:
+            self._misses_in_flight -= 1
 
     def peek_bindings(self, workspace_id: str, resource: str) -> tuple[Binding, ...] | Miss:
         slot = (workspace_id, resource)
@@ -190,12 +197,8 @@ class KeyCache:
         return value
 
     async def _fetch_credential(self, digest: bytes) -> Credential | None:
-        self._misses_in_flight += 1
-        try:
-            async with self._store.read() as tx:
-                found = await tx.key_by_digest(digest)
-        finally:
-            self._misses_in_flight -= 1
+        async with self._store.read() as tx:
+            found = await tx.key_by_digest(digest)
         if found is None:
             return None
         record, secret_expire_time = found

@@ -22,14 +22,18 @@ from ..domain.policy import KeySpec
 from ..domain.records import AuditEvent, AuditQuery, BindingRecord, KeyRecord
 from . import migrations
 
-# Errors that mean "the database is not there", as opposed to "the query was wrong".
+# Errors that mean "the database is not there (or not for us, right now)", as opposed to
+# "the query was wrong": connection failures, a server shutting down or refusing connections,
+# too many connections, and a pooled connection the server killed mid-use.
 _UNREACHABLE = (
     OSError,
     TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
-    asyncpg.AdminShutdownError,
+    asyncpg.exceptions.InternalClientError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.ObjectNotInPrerequisiteStateError,
 )
 
 _KEY_COLUMNS = """id, workspace_id, name, description, permissions, resources, display, metadata,

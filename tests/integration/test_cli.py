@@ -4,60 +4,15 @@ does), the root key printed once, `keygate keys ...` and `keygate check` against
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-KEYGATE = str(Path(sys.executable).with_name("keygate"))
+from .processes import Served, start, stop
+
 KEY_RE = re.compile(r"\bfl_[0-9A-Za-z]{49}\b")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Served:
-    process: subprocess.Popen[str]
-    address: str
-    banner: str
-
-    def run(self, *args: str, key: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
-        environ.update(KEYGATE_SERVER=self.address, **env)
-        if key is not None:
-            environ["KEYGATE_API_KEY"] = key
-        return subprocess.run([KEYGATE, *args], capture_output=True, text=True, env=environ, timeout=60)
-
-
-def start(data_dir: Path) -> Served:
-    address = f"127.0.0.1:{free_port()}"
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    process = subprocess.Popen([KEYGATE, "serve", "--listen", address, "--data-dir", str(data_dir)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    lines = []
-    for line in process.stdout:  # type: ignore[union-attr]
-        lines.append(line)
-        if "listening on" in line:
-            return Served(process, address, "".join(lines))
-    raise AssertionError(f"serve exited early: {''.join(lines)} {process.stderr.read()}")  # type: ignore[union-attr]
-
-
-def stop(served: Served) -> str:
-    served.process.send_signal(signal.SIGTERM)
-    _, stderr = served.process.communicate(timeout=30)
-    assert served.process.returncode == 0, stderr
-    return stderr
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +22,7 @@ def data_dir(pg_dirs: Callable[[str], Path]) -> Path:
 
 @pytest.fixture(scope="module")
 def served(data_dir: Path) -> Iterator[Served]:
-    served = start(data_dir)
+    served = start("--data-dir", str(data_dir))
     yield served
     if served.process.poll() is None:
         stop(served)
@@ -138,7 +93,7 @@ def test_restart_keeps_keys_and_prints_no_new_root_key(served: Served, root_key:
     logs = stop(served)
     assert root_key not in logs
     assert all(json.loads(line)["event"] for line in logs.splitlines() if line.startswith("{"))
-    again = start(data_dir)
+    again = start("--data-dir", str(data_dir))
     try:
         assert not KEY_RE.search(again.banner)
         assert again.run("keys", "list", key=root_key).returncode == 0

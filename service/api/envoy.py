@@ -1,0 +1,139 @@
+"""envoy.service.auth.v3.Authorization: the mesh door, rendered from the shared identify/decide path.
+
+identify, first half (here): route the HTTP request to (resource, action) and take the key
+from `Authorization: Bearer`, the configured header, or, on routes that allow it, the query
+string. Every place a key was found is stripped before the request travels upstream.
+render (here): an OK with identity headers, or a denial Envoy sends as is: 401 with
+WWW-Authenticate, 403, 400 for a request keygate cannot read, 503 with Retry-After when
+it cannot decide. Decision metadata goes into dynamic_metadata for access logs.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+import grpc
+import orjson
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
+from google.rpc import code_pb2, status_pb2
+
+from ..authz import Authorizer, CheckItem
+from ..domain.decision import Code, Decision
+from ..domain.errors import InvalidArgument, Unavailable
+from ..domain.routes import RouteTable
+from .boundary import request_id
+
+RETRY_AFTER_SECONDS = "1"
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_RPC_CODES = {401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED, 400: code_pb2.INVALID_ARGUMENT,
+              503: code_pb2.UNAVAILABLE}
+
+
+def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=name, value=value), append_action=_OVERWRITE)
+
+
+def _metadata(code: str, key_id: str = "", workspace_id: str = "") -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    out.update({"code": code, "key_id": key_id, "workspace_id": workspace_id, "decision_id": request_id.get()})
+    return out
+
+
+def _denied(http_status: int, code: str, message: str, *, key_presented: bool = False,
+            key_id: str = "", workspace_id: str = "") -> external_auth_pb2.CheckResponse:
+    headers = [_header("content-type", "application/json")]
+    if http_status == 401:
+        challenge = 'Bearer realm="keygate"' + (', error="invalid_token"' if key_presented else "")
+        headers.append(_header("www-authenticate", challenge))
+    if http_status == 503:
+        headers.append(_header("retry-after", RETRY_AFTER_SECONDS))
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=_RPC_CODES[http_status], message=message),
+        denied_response=external_auth_pb2.DeniedHttpResponse(
+            status=http_status_pb2.HttpStatus(code=http_status),  # type: ignore[arg-type]
+            headers=headers,
+            body=orjson.dumps({"code": code, "message": message}).decode(),
+        ),
+        dynamic_metadata=_metadata(code, key_id, workspace_id),
+    )
+
+
+class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
+    def __init__(self, authorizer: Authorizer, routes: RouteTable) -> None:
+        self._authorizer = authorizer
+        self._routes = routes
+
+    async def Check(self, request: external_auth_pb2.CheckRequest,
+                    context: grpc.aio.ServicerContext) -> external_auth_pb2.CheckResponse:
+        http = request.attributes.request.http
+        path, _, query = http.path.partition("?")
+        match = self._routes.match(http.method, path)
+        if match is None:
+            if self._routes.allow_unmatched:
+                return external_auth_pb2.CheckResponse(status=status_pb2.Status(code=code_pb2.OK),
+                                                       dynamic_metadata=_metadata("UNMATCHED_ALLOWED"))
+            return _denied(403, "NO_MATCHING_ROUTE", f"no route rule covers {http.method} {path}")
+
+        key, strip_headers, strip_query = self._take_key(http.headers, query, match.route.query_key)
+        workspace = http.headers.get(self._routes.workspace_header, "") if self._routes.workspace_header else ""
+        item = CheckItem(match.resource, match.route.action, workspace)
+        try:
+            self._authorizer.validate(item)
+            decision = await self._authorizer.check(key, item)
+        except InvalidArgument as exc:
+            return _denied(400, "INVALID_ARGUMENT", exc.message)
+        except Unavailable:
+            return _denied(503, "UNAVAILABLE", "keygate cannot decide right now; retry shortly")
+        if not decision.allowed:
+            return self._refuse(decision, key)
+        credential = decision.credential
+        assert credential is not None  # an allowed decision always names its key
+        return external_auth_pb2.CheckResponse(
+            status=status_pb2.Status(code=code_pb2.OK),
+            ok_response=external_auth_pb2.OkHttpResponse(
+                headers=[
+                    _header("x-keygate-key-id", credential.key_id_text),
+                    _header("x-keygate-workspace-id", credential.workspace_id),
+                    _header("x-keygate-key-name", credential.key_name),
+                ],
+                headers_to_remove=strip_headers,
+                query_parameters_to_remove=strip_query,
+            ),
+            dynamic_metadata=_metadata(Code.OK.value, credential.key_id_text, credential.workspace_id),
+        )
+
+    def _take_key(self, headers: object, query: str, query_allowed: bool) -> tuple[str, list[str], list[str]]:
+        """The presented key, and every header and query parameter that carried a key (to strip)."""
+        get = headers.get  # type: ignore[attr-defined]
+        key = ""
+        strip_headers: list[str] = []
+        authorization = get("authorization", "")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer":
+            key = token.strip()
+            strip_headers.append("authorization")
+        custom = get(self._routes.key_header, "")
+        if custom:
+            key = key or custom.strip()
+            strip_headers.append(self._routes.key_header)
+        strip_query: list[str] = []
+        if query:
+            name = self._routes.query_parameter
+            in_query = [v for k, v in parse_qsl(query, keep_blank_values=True) if k == name]
+            if in_query:
+                strip_query.append(name)  # stripped even where not accepted: it must not reach upstream logs
+                if query_allowed:
+                    key = key or in_query[0]
+        return key, strip_headers, strip_query
+
+    @staticmethod
+    def _refuse(decision: Decision, key: str) -> external_auth_pb2.CheckResponse:
+        credential = decision.credential
+        return _denied(
+            decision.code.http_status, decision.code.value, decision.reason, key_presented=bool(key),
+            key_id=credential.key_id_text if credential else "",
+            workspace_id=credential.workspace_id if credential else "",
+        )

@@ -1,0 +1,104 @@
+"""HTTP route rules for the mesh door: method + path template -> (resource, action).
+
+A rule such as `POST /api/v1/prediction/{id}` -> `chatflows/{id}` + `predictions:create`
+turns an HTTP request Envoy asks about into the same question Check answers. The first
+matching rule wins; a request no rule matches is denied unless `unmatched` is "allow".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InvalidArgument
+from .permissions import Catalog
+from .resources import validate_pattern
+
+_VARIABLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "*"})
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str  # template, e.g. /api/v1/prediction/{id}
+    action: str
+    resource: str = ""  # template, e.g. chatflows/{id}; empty = collection-level
+    query_key: bool = False  # may the key come in the query string on this route?
+    regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        parts = _VARIABLE.split(self.path)
+        pattern = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>[^/]+)" for i, p in enumerate(parts))
+        object.__setattr__(self, "regex", re.compile(f"^{pattern}/?\\Z"))
+
+    def resolve(self, method: str, path: str) -> str | None:
+        """The resource this request names, or None if the rule does not match it."""
+        if self.method not in ("*", method):
+            return None
+        match = self.regex.match(path)
+        if match is None:
+            return None
+        return _VARIABLE.sub(lambda m: match.group(m.group(1)), self.resource)
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    route: Route
+    resource: str
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTable:
+    routes: tuple[Route, ...]
+    allow_unmatched: bool = False
+    key_header: str = "x-api-key"
+    query_parameter: str = "apiKey"
+    workspace_header: str = ""  # a header naming the workspace of the request, if the mesh sets one
+
+    def match(self, method: str, path: str) -> Match | None:
+        for route in self.routes:
+            resource = route.resolve(method, path)
+            if resource is not None:
+                return Match(route, resource)
+        return None
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any], catalog: Catalog) -> RouteTable:
+        """A table from a routes file's content; InvalidArgument names the first bad entry."""
+        key = data.get("key") or {}
+        unmatched = data.get("unmatched", "deny")
+        if unmatched not in ("deny", "allow"):
+            raise InvalidArgument("unmatched", "must be 'deny' or 'allow'")
+        rules = data.get("routes")
+        if not isinstance(rules, Sequence) or not rules:
+            raise InvalidArgument("routes", "list at least one route")
+        return cls(
+            routes=tuple(_route(rule, f"routes[{i}]", catalog) for i, rule in enumerate(rules)),
+            allow_unmatched=unmatched == "allow",
+            key_header=str(key.get("header", "x-api-key")).lower(),
+            query_parameter=str(key.get("query_parameter", "apiKey")),
+            workspace_header=str(data.get("workspace_header", "")).lower(),
+        )
+
+
+def _route(rule: Any, at: str, catalog: Catalog) -> Route:
+    if not isinstance(rule, Mapping):
+        raise InvalidArgument(at, "each route is a mapping with method, path and action")
+    method = str(rule.get("method", "")).upper()
+    if method not in _METHODS:
+        raise InvalidArgument(f"{at}.method", f"{method!r} is not an HTTP method (or '*')")
+    path = str(rule.get("path", ""))
+    if not path.startswith("/"):
+        raise InvalidArgument(f"{at}.path", "must start with '/'")
+    action = catalog.validate_action(str(rule.get("action", "")), f"{at}.action")
+    resource = str(rule.get("resource", ""))
+    names = set(_VARIABLE.findall(path))
+    missing = set(_VARIABLE.findall(resource)) - names
+    if missing:
+        raise InvalidArgument(f"{at}.resource", f"uses {sorted(missing)} which the path does not capture")
+    if resource:
+        validate_pattern(_VARIABLE.sub("x", resource), f"{at}.resource")
+    return Route(method, path, action, resource, bool(rule.get("query_key", False)))

@@ -1,0 +1,112 @@
+"""Real `keygate` processes for tests: `serve` on a free port, the CLI against it, a clean stop.
+
+A served process writes its log (one JSON line per RPC) to a file, not a pipe: a pipe that
+nobody reads fills up under load and blocks the server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from keygate.v1 import authz_pb2_grpc, keys_pb2_grpc
+
+from .support import Client
+
+KEYGATE = str(Path(sys.executable).with_name("keygate"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_environment(**extra: str) -> dict[str, str]:
+    """This process's environment without keygate's own settings, plus `extra`."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_") and k != "DATABASE_URL"}
+    environ.update(extra)
+    return environ
+
+
+@dataclass
+class Served:
+    process: subprocess.Popen[str]
+    address: str
+    banner: str
+    log_path: Path
+
+    def run(self, *args: str, key: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
+        environ.update(KEYGATE_SERVER=self.address, **env)
+        if key is not None:
+            environ["KEYGATE_API_KEY"] = key
+        return subprocess.run([KEYGATE, *args], capture_output=True, text=True, env=environ, timeout=60)
+
+    def logs(self) -> str:
+        """Everything the server has written to stderr so far."""
+        return self.log_path.read_text()
+
+
+def start(*serve_args: str, env: Mapping[str, str] | None = None) -> Served:
+    """`keygate serve --listen 127.0.0.1:<free port> *serve_args`, returned once it says it is listening.
+
+    The environment carries no KEYGATE_* setting or DATABASE_URL but those in `env`.
+    """
+    address = f"127.0.0.1:{free_port()}"
+    fd, log_name = tempfile.mkstemp(prefix="keygate-serve-", suffix=".log")
+    with os.fdopen(fd, "w") as log:
+        process = subprocess.Popen([KEYGATE, "serve", "--listen", address, *serve_args], stdout=subprocess.PIPE,
+                                   stderr=log, text=True, env=clean_environment(**(env or {})))
+    served = Served(process, address, "", Path(log_name))
+    lines = []
+    for line in process.stdout:  # type: ignore[union-attr]
+        lines.append(line)
+        if "listening on" in line:
+            served.banner = "".join(lines)
+            return served
+    process.wait()
+    raise AssertionError(f"serve exited early: {''.join(lines)} {served.logs()}")
+
+
+def assert_no_failures(logs: str) -> None:
+    """A served process's log shows no crash, no traceback and no RPC that failed as INTERNAL."""
+    assert "Traceback" not in logs, logs
+    for line in logs.splitlines():
+        if line.startswith("{"):
+            entry = json.loads(line)
+            assert entry["event"] != "rpc_failed" and entry.get("code") != "INTERNAL", line
+
+
+def stop(served: Served) -> str:
+    """SIGTERM, a clean exit, and the server's log."""
+    served.process.send_signal(signal.SIGTERM)
+    served.process.communicate(timeout=30)
+    logs = served.logs()
+    served.log_path.unlink(missing_ok=True)
+    assert served.process.returncode == 0, logs
+    return logs
+
+
+def bootstrap(database_url: str) -> str:
+    """`keygate bootstrap`: a new root key, the only thing it prints."""
+    booted = subprocess.run([KEYGATE, "bootstrap", "--database-url", database_url], capture_output=True,
+                            text=True, env=clean_environment(), timeout=60)
+    assert booted.returncode == 0, booted.stderr
+    return booted.stdout.strip()
+
+
+def connect(served: Served, root: str) -> Client:
+    """A gRPC client of a served process (close `client.channel` when done)."""
+    channel = grpc.aio.insecure_channel(served.address)
+    return Client(channel, keys_pb2_grpc.KeyServiceStub(channel), authz_pb2_grpc.AuthzServiceStub(channel), root)
