@@ -1,0 +1,95 @@
+"""Route rules for the mesh door: matching, templates, and refusing bad rule files."""
+
+import pytest
+
+from keygate.config import Settings
+from keygate.domain.errors import InvalidArgument
+from keygate.domain.permissions import Catalog
+from keygate.domain.routes import RouteTable
+
+CATALOG = Catalog.build()
+FLOWISE = Settings().routes(CATALOG)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "resource", "action", "query_key"),
+    [
+        ("POST", "/api/v1/prediction/3f2a", "chatflows/3f2a", "predictions:create", True),
+        ("POST", "/api/v1/prediction/3f2a/", "chatflows/3f2a", "predictions:create", True),
+        ("GET", "/api/v1/chatflows", "", "chatflows:view", False),
+        ("GET", "/api/v1/chatflows/abc", "chatflows/abc", "chatflows:view", False),
+        ("DELETE", "/api/v1/chatflows/abc", "chatflows/abc", "chatflows:delete", False),
+        ("PUT", "/api/v1/agentflows/a1", "agentflows/a1", "agentflows:update", False),
+        ("POST", "/api/v1/apikey", "", "apikeys:create", False),
+        ("DELETE", "/api/v1/apikey/k9", "apikeys/k9", "apikeys:delete", False),
+    ],
+)
+def test_the_built_in_flowise_rules(method: str, path: str, resource: str, action: str, query_key: bool) -> None:
+    match = FLOWISE.match(method, path)
+    assert match is not None
+    assert (match.resource, match.route.action, match.route.query_key) == (resource, action, query_key)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/v1/prediction/3f2a"),  # wrong method
+        ("POST", "/api/v1/prediction"),  # no id
+        ("POST", "/api/v1/prediction/a/b"),  # a variable never spans a '/'
+        ("GET", "/api/v1/chatflowsX"),
+        ("GET", "/other"),
+    ],
+)
+def test_requests_no_rule_covers_do_not_match(method: str, path: str) -> None:
+    assert FLOWISE.match(method, path) is None
+    assert not FLOWISE.allow_unmatched  # and are therefore denied by default
+
+
+def test_first_matching_rule_wins_and_wildcard_methods_match_any() -> None:
+    table = RouteTable.parse({"routes": [
+        {"method": "GET", "path": "/x/{id}", "resource": "tools/{id}", "action": "tools:view"},
+        {"method": "*", "path": "/x/{id}", "resource": "tools/{id}", "action": "tools:update"},
+    ]}, CATALOG)
+    assert table.match("GET", "/x/1").route.action == "tools:view"  # type: ignore[union-attr]
+    assert table.match("PATCH", "/x/1").route.action == "tools:update"  # type: ignore[union-attr]
+
+
+def test_key_sources_and_unmatched_policy_are_configurable() -> None:
+    table = RouteTable.parse({
+        "key": {"header": "X-Flowise-Key", "query_parameter": "key"},
+        "unmatched": "allow",
+        "workspace_header": "X-Workspace",
+        "routes": [{"method": "GET", "path": "/a", "action": "tools:view"}],
+    }, CATALOG)
+    assert (table.key_header, table.query_parameter, table.allow_unmatched, table.workspace_header) == (
+        "x-flowise-key", "key", True, "x-workspace")
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"routes": []}, "routes"),
+        ({"unmatched": "maybe", "routes": [{"method": "GET", "path": "/a", "action": "tools:view"}]}, "unmatched"),
+        ({"routes": ["GET /a"]}, "routes[0]"),
+        ({"routes": [{"method": "FETCH", "path": "/a", "action": "tools:view"}]}, "routes[0].method"),
+        ({"routes": [{"method": "GET", "path": "a", "action": "tools:view"}]}, "routes[0].path"),
+        ({"routes": [{"method": "GET", "path": "/a", "action": "tools:fly"}]}, "routes[0].action"),
+        ({"routes": [{"method": "GET", "path": "/a", "action": "tools:*"}]}, "routes[0].action"),
+        ({"routes": [{"method": "GET", "path": "/a/{id}", "resource": "tools/{other}", "action": "tools:view"}]},
+         "routes[0].resource"),
+        ({"routes": [{"method": "GET", "path": "/a/{id}", "resource": "tools/*/{id}", "action": "tools:view"}]},
+         "routes[0].resource"),
+    ],
+)
+def test_bad_rule_files_name_the_entry(data: dict[str, object], field: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        RouteTable.parse(data, CATALOG)
+    assert info.value.field == field
+
+
+def test_an_unreadable_routes_file_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "routes.yaml"
+    bad.write_text("routes: [{method: GET, path: /a, action: nope:view}]")
+    with pytest.raises(InvalidArgument) as info:
+        Settings(routes_file=bad).routes(CATALOG)
+    assert str(bad) in info.value.message and "routes[0].action" in info.value.message
