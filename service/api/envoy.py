@@ -10,7 +10,8 @@ it cannot decide. Decision metadata goes into dynamic_metadata for access logs.
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl
+from dataclasses import dataclass, field
+from urllib.parse import quote, unquote, unquote_plus
 
 import grpc
 import orjson
@@ -27,6 +28,9 @@ from ..domain.routes import RouteTable
 from .boundary import request_id
 
 RETRY_AFTER_SECONDS = "1"
+# Header values are ASCII: a key name outside it is sent percent-encoded (UTF-8), the rest as is.
+_PRINTABLE_ASCII = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+IDENTITY_HEADERS = ("x-keygate-key-id", "x-keygate-workspace-id", "x-keygate-key-name")
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _RPC_CODES = {401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED, 400: code_pb2.INVALID_ARGUMENT,
               503: code_pb2.UNAVAILABLE}
@@ -61,6 +65,20 @@ def _denied(http_status: int, code: str, message: str, *, key_presented: bool = 
     )
 
 
+class DisguisedKey(Exception):
+    """A query parameter whose name is the key parameter only once percent-decoded: Envoy strips
+    parameters by their literal name, so such a key would travel upstream."""
+
+
+@dataclass(slots=True)
+class _Presented:
+    """The key a request presents, and every header and query parameter that carried one."""
+
+    key: str = ""
+    headers: list[str] = field(default_factory=list)
+    query: list[str] = field(default_factory=list)
+
+
 class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
     def __init__(self, authorizer: Authorizer, routes: RouteTable) -> None:
         self._authorizer = authorizer
@@ -71,63 +89,71 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         http = request.attributes.request.http
         path, _, query = http.path.partition("?")
         match = self._routes.match(http.method, path)
+        try:
+            presented = self._take_key(http.headers, query, match is not None and match.route.query_key)
+        except DisguisedKey:
+            return _denied(400, "INVALID_ARGUMENT", f"percent-encode no part of the {self._routes.query_parameter!r} "
+                                                    "parameter's name")
         if match is None:
-            if self._routes.allow_unmatched:
-                return external_auth_pb2.CheckResponse(status=status_pb2.Status(code=code_pb2.OK),
-                                                       dynamic_metadata=_metadata("UNMATCHED_ALLOWED"))
+            if self._routes.allow_unmatched:  # passed on as it came, minus keys and forged identity
+                return self._ok([], presented, _metadata("UNMATCHED_ALLOWED"))
             return _denied(403, "NO_MATCHING_ROUTE", f"no route rule covers {http.method} {path}")
 
-        key, strip_headers, strip_query = self._take_key(http.headers, query, match.route.query_key)
         workspace = http.headers.get(self._routes.workspace_header, "") if self._routes.workspace_header else ""
         item = CheckItem(match.resource, match.route.action, workspace)
         try:
             self._authorizer.validate(item)
-            decision = await self._authorizer.check(key, item)
+            decision = await self._authorizer.check(presented.key, item)
         except InvalidArgument as exc:
             return _denied(400, "INVALID_ARGUMENT", exc.message)
         except Unavailable:
             return _denied(503, "UNAVAILABLE", "keygate cannot decide right now; retry shortly")
-        if not decision.allowed:
-            return self._refuse(decision, key)
         credential = decision.credential
-        assert credential is not None  # an allowed decision always names its key
+        if not decision.allowed or credential is None:
+            return self._refuse(decision, presented.key)
+        identity = [
+            _header("x-keygate-key-id", credential.key_id_text),
+            _header("x-keygate-workspace-id", credential.workspace_id),
+            _header("x-keygate-key-name", quote(credential.key_name, safe=_PRINTABLE_ASCII)),
+        ]
+        return self._ok(identity, presented,
+                        _metadata(Code.OK.value, credential.key_id_text, credential.workspace_id))
+
+    @staticmethod
+    def _ok(identity: list[base_pb2.HeaderValueOption], presented: _Presented,
+            metadata: struct_pb2.Struct) -> external_auth_pb2.CheckResponse:
+        """Allow, with the identity headers set (or, without identity, any forged ones removed)."""
+        removed = presented.headers if identity else [*presented.headers, *IDENTITY_HEADERS]
         return external_auth_pb2.CheckResponse(
             status=status_pb2.Status(code=code_pb2.OK),
             ok_response=external_auth_pb2.OkHttpResponse(
-                headers=[
-                    _header("x-keygate-key-id", credential.key_id_text),
-                    _header("x-keygate-workspace-id", credential.workspace_id),
-                    _header("x-keygate-key-name", credential.key_name),
-                ],
-                headers_to_remove=strip_headers,
-                query_parameters_to_remove=strip_query,
-            ),
-            dynamic_metadata=_metadata(Code.OK.value, credential.key_id_text, credential.workspace_id),
+                headers=identity, headers_to_remove=removed, query_parameters_to_remove=presented.query),
+            dynamic_metadata=metadata,
         )
 
-    def _take_key(self, headers: object, query: str, query_allowed: bool) -> tuple[str, list[str], list[str]]:
-        """The presented key, and every header and query parameter that carried a key (to strip)."""
+    def _take_key(self, headers: object, query: str, query_allowed: bool) -> _Presented:
+        """The presented key: Bearer first, then the key header, then (where allowed) the query."""
         get = headers.get  # type: ignore[attr-defined]
-        key = ""
-        strip_headers: list[str] = []
-        authorization = get("authorization", "")
-        scheme, _, token = authorization.partition(" ")
+        presented = _Presented()
+        scheme, _, token = get("authorization", "").partition(" ")
         if scheme.lower() == "bearer":
-            key = token.strip()
-            strip_headers.append("authorization")
+            presented.key = token.strip()
+            presented.headers.append("authorization")
         custom = get(self._routes.key_header, "")
         if custom:
-            key = key or custom.strip()
-            strip_headers.append(self._routes.key_header)
-        strip_query: list[str] = []
-        if query:
-            name = self._routes.query_parameter
-            in_query = [v for k, v in parse_qsl(query, keep_blank_values=True) if k == name]
-            if in_query:
-                strip_query.append(name)  # stripped even where not accepted: it must not reach upstream logs
-                if query_allowed:
-                    key = key or in_query[0]
-        return key, strip_headers, strip_query
+            presented.key = presented.key or custom.strip()
+            presented.headers.append(self._routes.key_header)
+        name = self._routes.query_parameter
+        for part in query.split("&") if query else ():
+            raw_name, _, value = part.partition("=")
+            if raw_name == name:
+                if name not in presented.query:
+                    presented.query.append(name)  # stripped even where not accepted: keep it out of upstream logs
+                if query_allowed and not presented.key:
+                    presented.key = unquote_plus(value)
+            elif unquote(raw_name) == name:
+                raise DisguisedKey
+        return presented
 
     @staticmethod
     def _refuse(decision: Decision, key: str) -> external_auth_pb2.CheckResponse:
