@@ -6,6 +6,7 @@ that says "retry", never an INTERNAL error carrying driver text.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
@@ -21,6 +22,8 @@ from ..domain.keys import fingerprint
 from ..domain.policy import KeySpec
 from ..domain.records import AuditEvent, AuditQuery, BindingRecord, KeyRecord
 from . import migrations
+
+CLOSE_TIMEOUT_SECONDS = 5.0
 
 # Errors that mean "the database is not there (or not for us, right now)", as opposed to
 # "the query was wrong": connection failures, a server shutting down or refusing connections,
@@ -313,8 +316,12 @@ class Store:
             async with self._pool.acquire() as conn:
                 return await migrations.migrate(conn)
 
-    async def close(self) -> None:
-        await self._pool.close()
+    async def close(self, timeout: float = CLOSE_TIMEOUT_SECONDS) -> None:
+        """Close gracefully, but never hang a shutdown on a connection that is not given back."""
+        try:
+            await asyncio.wait_for(self._pool.close(), timeout)
+        except TimeoutError:
+            self._pool.terminate()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[Tx]:
