@@ -22,6 +22,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+## The README's benchmark figures, as one table (see bench/; `$(BIN)/python -m bench --quick` for a smoke run).
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
 ## Regenerate the stubs in service/v1 from protos/.
 proto: $(STAMP)
 	$(BIN)/python protos/generate.py

@@ -148,11 +148,7 @@ class KeyAdmin:
         after = paging.decode(page_token, query, _key_cursor)
         async with self._store.read() as tx:
             rows = await tx.list_keys(scope, after, size + 1)
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = paging.encode([rows[-1].create_time.isoformat(), str(rows[-1].id)], query)
-        return rows, token
+        return paging.page(rows, size, lambda last: [last.create_time.isoformat(), str(last.id)], query)
 
     async def update_key(self, caller: Caller, key_id: UUID, fields: Mapping[str, object], mask: Sequence[str],
                          etag: str) -> KeyRecord:
@@ -273,11 +269,7 @@ class KeyAdmin:
         before = paging.decode(page_token, fingerprint, _audit_cursor)
         async with self._store.read() as tx:
             rows = await tx.list_audit(query, before, size + 1)
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = paging.encode([rows[-1].id], fingerprint)
-        return rows, token
+        return paging.page(rows, size, lambda last: [last.id], fingerprint)
 
 
 def _set_fields(spec: KeySpec) -> tuple[str, ...]:

@@ -61,3 +61,12 @@ def decode(token: str, query: Sequence[object], parse: Callable[[Cursor], T]) ->
     if fingerprint != _fingerprint(query):
         raise InvalidArgument("page_token", "was issued for a different query; keep the other fields unchanged")
     return position
+
+
+def page(rows: list[T], size: int, cursor: Callable[[T], Cursor], query: Sequence[object]) -> tuple[list[T], str]:
+    """Rows fetched with LIMIT size + 1 -> (this page, the token of the next or ""): the extra row
+    only tells that another page exists."""
+    if len(rows) <= size:
+        return rows, ""
+    rows = rows[:size]
+    return rows, encode(cursor(rows[-1]), query)
