@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from .cache.keys import MISS, KeyCache, Miss
+from .cache.keys import MISS, KeyCache
 from .clock import Clock, utcnow
-from .domain.decision import Binding, Code, Credential, Decision, decide, key_state
+from .domain.decision import Code, Credential, Decision, decide, key_state
 from .domain.errors import InvalidArgument, Unauthenticated
-from .domain.keys import KeyFormat, Shape, digest
+from .domain.keys import MAX_KEY_LEN, KeyFormat, Shape, digest
 from .domain.permissions import Catalog
 from .domain.policy import validate_workspace_id
 from .domain.resources import validate_resource
@@ -62,13 +62,13 @@ class Authorizer:
         for i, item in enumerate(items):
             self.validate(item, f"items[{i}].")
 
-    async def identify(self, api_key: str) -> Credential | Decision:
+    async def identify(self, api_key: str, key_digest: bytes | None = None) -> Credential | Decision:
         """The key's Credential, or the Decision that it cannot be identified."""
         if not api_key:
             return _MISSING
         if self._format.shape(api_key) is Shape.MALFORMED:
             return _MALFORMED
-        key_digest = digest(api_key)
+        key_digest = key_digest or digest(api_key)
         credential = self._cache.peek(key_digest)
         if credential is MISS:
             credential = await self._cache.credential(key_digest)
@@ -85,14 +85,27 @@ class Authorizer:
         return identified
 
     async def check(self, api_key: str, item: CheckItem) -> Decision:
-        """Check: the hot path. Validate `item` first."""
-        identified = await self.identify(api_key)
-        if isinstance(identified, Decision):
-            return identified
+        """Check: the hot path. InvalidArgument for a malformed request.
+
+        A question asked before, about a key whose cache entries are still fresh and unchanged,
+        is answered from the cache's remembered decisions: no validation, no decide, no lookup.
+        """
         now = self._clock()
-        decision = await self._decide(identified, item, now)
+        if not api_key or len(api_key) > MAX_KEY_LEN:
+            self.validate(item)
+            return _MISSING if not api_key else _MALFORMED
+        key_digest = digest(api_key)
+        slot = (key_digest, item.resource, item.action, item.workspace_id)
+        decision = self._cache.recall(slot, now)
+        if decision is None:
+            self.validate(item)
+            identified = await self.identify(api_key, key_digest)
+            if isinstance(identified, Decision):
+                return identified
+            decision, bindings_slot = await self._decide(identified, item, now)
+            self._cache.remember(slot, decision, key_digest, bindings_slot)
         if decision.allowed:
-            self._usage.record(identified.key_id, now)
+            self._usage.record(decision.credential.key_id, now)  # type: ignore[union-attr]
         return decision
 
     async def check_batch(self, api_key: str, items: Sequence[CheckItem]) -> list[Decision]:
@@ -101,16 +114,19 @@ class Authorizer:
         if isinstance(identified, Decision):
             return [identified] * len(items)
         now = self._clock()
-        decisions = [await self._decide(identified, item, now) for item in items]
+        decisions = [(await self._decide(identified, item, now))[0] for item in items]
         if any(d.allowed for d in decisions):
             self._usage.record(identified.key_id, now)
         return decisions
 
-    async def _decide(self, credential: Credential, item: CheckItem, now: datetime) -> Decision:
+    async def _decide(self, credential: Credential, item: CheckItem,
+                      now: datetime) -> tuple[Decision, tuple[str, str] | None]:
+        """The decision, and the (workspace, resource) whose bindings it consulted, if any."""
         workspace = item.workspace_id or credential.workspace_id
-        bindings: tuple[Binding, ...] | Miss = ()
-        if item.resource and workspace:
-            bindings = self._cache.peek_bindings(workspace, item.resource)
-            if bindings is MISS:
-                bindings = await self._cache.bindings(workspace, item.resource)
-        return decide(credential, item.resource, item.action, workspace, bindings, now)  # type: ignore[arg-type]
+        if not (item.resource and workspace):
+            return decide(credential, item.resource, item.action, workspace, (), now), None
+        bindings_slot = (workspace, item.resource)
+        bindings = self._cache.peek_bindings(*bindings_slot)
+        if bindings is MISS:
+            bindings = await self._cache.bindings(*bindings_slot)
+        return decide(credential, item.resource, item.action, workspace, bindings, now), bindings_slot  # type: ignore[arg-type]

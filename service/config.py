@@ -50,6 +50,7 @@ class Settings:
                 max_keys=_int(env, "KEYGATE_CACHE_MAX_KEYS", cache.max_keys),
                 max_negative=_int(env, "KEYGATE_CACHE_MAX_NEGATIVE", cache.max_negative),
                 max_bindings=_int(env, "KEYGATE_CACHE_MAX_BINDINGS", cache.max_bindings),
+                max_decisions=_int(env, "KEYGATE_CACHE_MAX_DECISIONS", cache.max_decisions),
                 ttl=_float(env, "KEYGATE_CACHE_TTL", cache.ttl),
                 outage_grace=_float(env, "KEYGATE_OUTAGE_GRACE", cache.outage_grace),
             ),

@@ -17,7 +17,6 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
         self, request: authz_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> authz_pb2.CheckResponse:
         item = CheckItem(request.resource, request.action, request.workspace_id)
-        self._authorizer.validate(item)
         return check_response(await self._authorizer.check(request.api_key, item))
 
     async def BatchCheck(

@@ -102,7 +102,6 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         workspace = http.headers.get(self._routes.workspace_header, "") if self._routes.workspace_header else ""
         item = CheckItem(match.resource, match.route.action, workspace)
         try:
-            self._authorizer.validate(item)
             decision = await self._authorizer.check(presented.key, item)
         except InvalidArgument as exc:
             return _denied(400, "INVALID_ARGUMENT", exc.message)

@@ -22,13 +22,14 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Generic, NamedTuple, TypeVar
 from uuid import UUID
 
 import structlog
 
 from ..domain import changes
-from ..domain.decision import Binding, Credential
+from ..domain.decision import Binding, Credential, Decision
 from ..domain.errors import Unavailable
 from ..domain.keys import fingerprint
 from ..domain.permissions import Catalog
@@ -57,6 +58,14 @@ class CacheSettings:
     outage_grace: float = 60.0  # further seconds an entry may answer while the database is unreachable
     refresh_ahead: float = 0.8  # fraction of ttl after which a hit refreshes in the background
     max_miss_lookups: int = 8  # concurrent lookups of uncached keys before the known-keys filter answers alone
+    max_decisions: int = 100_000  # remembered decisions (key, resource, action, workspace)
+
+
+class _Remembered(NamedTuple):
+    decision: Decision
+    epoch: int
+    fresh_until: float  # monotonic: when the oldest cache entry behind it goes stale
+    expires: datetime | None  # wall clock: when the key (or its rotated secret) expires
 
 
 class _Entry(NamedTuple, Generic[V]):
@@ -81,13 +90,15 @@ class KeyCache:
         self._generation = 0  # bumped by every invalidation; a read that overlaps one is not cached
         self._inflight: dict[Hashable, asyncio.Future[object]] = {}
         self._misses_in_flight = 0
+        self._decisions: LRU[Hashable, _Remembered] = LRU(settings.max_decisions)
+        self._epoch = 0  # bumped by anything that may change a decision: changes, reloads, resyncs
         store.on_commit(self.apply)
 
     # --- sizes, for tests and metrics ------------------------------------------------
 
     def sizes(self) -> dict[str, int]:
         return {"keys": len(self._credentials), "negative": len(self._negative), "bindings": len(self._bindings),
-                "known": self._known.count if self._known else 0}
+                "decisions": len(self._decisions), "known": self._known.count if self._known else 0}
 
     @property
     def synchronized(self) -> bool:
@@ -134,7 +145,7 @@ class KeyCache:
         if entry is None:
             return MISS
         return self._hit(("b", *slot), entry, self._clock(), lambda: self._fetch_bindings(workspace_id, resource),
-                         lambda value, at: self._bindings.put(slot, _Entry(value, at)))
+                         lambda value, at: self._keep_bindings(slot, value, at))
 
     async def bindings(self, workspace_id: str, resource: str) -> tuple[Binding, ...]:
         found = self.peek_bindings(workspace_id, resource)
@@ -143,7 +154,33 @@ class KeyCache:
         slot = (workspace_id, resource)
         return await self._read(("b", *slot), self._bindings.get(slot),
                                 lambda: self._fetch_bindings(workspace_id, resource),
-                                lambda value, at: self._bindings.put(slot, _Entry(value, at)))
+                                lambda value, at: self._keep_bindings(slot, value, at))
+
+    # --- remembered decisions: a repeated Check costs one dictionary lookup ----------------
+
+    def recall(self, slot: Hashable, now: datetime) -> Decision | None:
+        """A decision made for exactly this question, if nothing it rests on has changed or aged."""
+        remembered = self._decisions.get(slot)
+        if (remembered is None or remembered.epoch != self._epoch or self._clock() >= remembered.fresh_until
+                or (remembered.expires is not None and now >= remembered.expires)):
+            return None
+        return remembered.decision
+
+    def remember(self, slot: Hashable, decision: Decision, digest: bytes, bindings: tuple[str, str] | None) -> None:
+        """Keep `decision` for as long as the credential (and bindings) it was made from stay fresh."""
+        credential = decision.credential
+        if credential is None:
+            return
+        fresh_until = self._fresh_until(self._credentials.peek(digest))
+        if bindings is not None:
+            fresh_until = min(fresh_until, self._fresh_until(self._bindings.peek(bindings)))
+        expiries = [t for t in (credential.expire_time, credential.secret_expire_time) if t is not None]
+        self._decisions.put(slot, _Remembered(decision, self._epoch, fresh_until, min(expiries, default=None)))
+
+    def _fresh_until(self, entry: _Entry[object] | None) -> float:
+        if entry is None or entry.fetched_at < self._valid_after:
+            return -math.inf
+        return entry.fetched_at + self.settings.ttl
 
     def _fresh(self, fetched_at: float, now: float) -> bool:
         return fetched_at >= self._valid_after and now - fetched_at < self.settings.ttl
@@ -209,6 +246,7 @@ class KeyCache:
             return tuple(await tx.bindings_for(workspace_id, resource))
 
     def _keep_credential(self, digest: bytes, credential: Credential | None, fetched_at: float) -> None:
+        self._epoch += 1
         if credential is None:
             self._drop_digest(digest)
             self._negative.put(digest, fetched_at)
@@ -216,6 +254,10 @@ class KeyCache:
         self._negative.pop(digest)
         self._credentials.put(digest, _Entry(credential, fetched_at))
         self._by_key.setdefault(credential.key_id, set()).add(digest)
+
+    def _keep_bindings(self, slot: tuple[str, str], bindings: tuple[Binding, ...], fetched_at: float) -> None:
+        self._epoch += 1
+        self._bindings.put(slot, _Entry(bindings, fetched_at))
 
     def _forget(self, digest: bytes, entry: _Entry[Credential]) -> None:
         """Evicted from the LRU: keep the key index in step."""
@@ -244,6 +286,7 @@ class KeyCache:
 
     def apply(self, change: changes.Change) -> None:
         self._generation += 1
+        self._epoch += 1
         if isinstance(change, changes.BindingChanged):
             self._bindings.pop((change.workspace_id, change.resource))
             return
@@ -261,6 +304,7 @@ class KeyCache:
 
     def clear(self) -> None:
         self._generation += 1
+        self._epoch += 1
         self._credentials.clear()
         self._by_key.clear()
         self._negative.clear()
@@ -269,6 +313,7 @@ class KeyCache:
     def desynchronize(self) -> None:
         """The change listener is down: changes may be missed, so nothing cached is fresh any more."""
         self._generation += 1
+        self._epoch += 1
         self._valid_after = self._clock()
         self._known = None
 
@@ -276,6 +321,7 @@ class KeyCache:
         """The listener is (back) up: everything read before now may have missed a change, and the
         filter of known keys is rebuilt from a snapshot plus whatever is announced meanwhile."""
         self._generation += 1
+        self._epoch += 1
         self._valid_after = self._clock()
         await self.rebuild_filter()
 
