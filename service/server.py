@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import signal
 import sys
 from collections.abc import Callable
@@ -152,10 +151,9 @@ async def _prepare(settings: Settings, url: str) -> None:
 async def serve_until_signalled(settings: Settings, url: str, *, on_ready: Callable[[int], None],
                                 reuse_port: bool = False) -> None:
     app = await App.start(settings, url, reuse_port=reuse_port)
-    if os.environ.get("KEYGATE_GC_FREEZE", "1") == "1":
-        # Everything built at start-up (modules, protobuf descriptors, the catalog) lives as long as the
-        # process: move it out of the collector's sight, so collections scan only what requests allocate.
-        gc.freeze()
+    # Everything built at start-up (modules, protobuf descriptors, the catalog) lives as long as the
+    # process: move it out of the collector's sight, so collections scan only what requests allocate.
+    gc.freeze()
     on_ready(app.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
