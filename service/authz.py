@@ -45,10 +45,6 @@ class Authorizer:
         self._usage = usage
         self._clock = clock
 
-    @property
-    def catalog(self) -> Catalog:
-        return self._catalog
-
     def validate(self, item: CheckItem, at: str = "") -> None:
         """INVALID_ARGUMENT for a malformed request, naming the field (`at` prefixes it: `items[2].`)."""
         validate_resource(item.resource, f"{at}resource")
