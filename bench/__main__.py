@@ -5,7 +5,9 @@
    each server's own saturation (Python grpc.aio client, open loop);
 2. cold keys: every call presents a key the server process has never seen (a fresh process per
    round), with 10k and with 1M keys in the table;
-3. Flowise's per-request verification (scan for the plaintext, then scrypt) at 10k keys vs keygate.
+3. Flowise's per-request verification (scan for the plaintext, then scrypt) at 10k keys vs keygate;
+4. Envoy in front (issue 4), route answering `direct_response`: no auth filter, Envoy's static
+   `api_key_auth`, ext_authz to a constant-allow Python server, ext_authz to keygate (`envoy.py`).
 
 Variants are measured in interleaved rounds (A, B, A, B, ...) and each figure is the median of
 the rounds, so a slow patch of the machine hits both sides alike.
@@ -27,7 +29,7 @@ from types import FrameType
 from keygate import logs
 from keygate.v1 import authz_pb2
 
-from . import flowise_baseline, h2load, keys, latency, postgres, report, servers
+from . import envoy, flowise_baseline, h2load, keys, latency, postgres, report, servers
 from .stats import median
 
 METHOD_PATH = "/keygate.v1.AuthzService/Check"
@@ -48,6 +50,8 @@ class Plan:
     clients: int  # h2load connections at saturation, the same for every server
     streams: int  # h2load streams in flight per connection
     connections: int  # the latency client's connections
+    envoy_duration: float  # seconds per measured Envoy run (throughput, then latency)
+    envoy_warm_up: float
 
     @property
     def h2load_shape(self) -> str:
@@ -58,6 +62,7 @@ class Plan:
 class Context:
     plan: Plan
     h2load: str
+    envoy: str
     workdir: Path
 
 
@@ -66,11 +71,13 @@ def check_request(api_key: str) -> authz_pb2.CheckRequest:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench", description="keygate's benchmarks (issue 3).")
+    parser = argparse.ArgumentParser(prog="python -m bench", description="keygate's benchmarks (issues 3 and 4).")
     parser.add_argument("--quick", action="store_true", help="a smoke run: short rounds, 100k instead of 1M keys")
     parser.add_argument("--workers", type=int, help="worker processes per server (default: keygate's default)")
     parser.add_argument("--duration", type=float, help="seconds per measured round (default 10; --quick 3)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per figure (median; default 3)")
+    parser.add_argument("--envoy-duration", type=float,
+                        help="seconds per measured Envoy run, each of throughput and latency (default 4; --quick 1.5)")
     return parser.parse_args(argv)
 
 
@@ -94,6 +101,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         clients=max(8, 2 * workers),
         streams=16,
         connections=max(4, 2 * workers),
+        envoy_duration=args.envoy_duration or (1.5 if args.quick else 4.0),
+        envoy_warm_up=0.5 if args.quick else 1.0,
     )
 
 
@@ -110,6 +119,7 @@ class Findings:
     p99: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     rps: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     worst_lag_ms: float = 0.0
+    notes: list[str] = field(default_factory=list)  # sections' own notes, after the common ones
 
     def add_latency(self, variant: str, measured: latency.Latency, round_: int) -> None:
         if measured.failures:
@@ -236,6 +246,12 @@ def run(ctx: Context, pg: postgres.Postgres) -> Findings:
     cold(ctx, found, [(small_label, small_url, small.keep), (large_label, large_url, large.keep)])
     report.progress("3. Flowise baseline ...")
     flowise(ctx, found, pg.create_database("flowise", migrate=False), "keygate (cached)", _cold(small_label))
+    report.progress("4. Envoy: no auth filter, api_key_auth, ext_authz to a constant-allow server, to keygate ...")
+    outcome = envoy.run(h2load_exe=ctx.h2load, envoy_exe=ctx.envoy, workdir=ctx.workdir, database_url=small_url,
+                        api_key=small.keep[0], workers_flag=plan.workers_flag, rounds=plan.rounds,
+                        duration=plan.envoy_duration, warm_up=plan.envoy_warm_up)
+    found.figures += outcome.figures
+    found.notes += outcome.notes
     return found
 
 
@@ -254,6 +270,7 @@ def _notes(plan: Plan, found: Findings) -> list[str]:
         "- Cold keys: a fresh keygate process per round; every call presents a key that process has not seen.",
         "- Flowise-style figures time the verification alone (no HTTP server around it); keygate's include "
         "the whole gRPC round trip.",
+        *found.notes,
     ]
 
 
@@ -266,9 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     logs.configure("warning")
     executable = h2load.ensure_installed()
+    envoy_executable = envoy.executable()
     plan = make_plan(args)
     workdir = Path(tempfile.mkdtemp(prefix="keygate-bench-"))
-    ctx = Context(plan, executable, workdir)
+    ctx = Context(plan, executable, envoy_executable, workdir)
     report.progress(f"keygate bench: {plan.workers} worker(s), {plan.rounds} rounds of {plan.duration:g} s; "
                     f"scratch directory {workdir}")
     busy_before = report.busy_cpus()
@@ -290,11 +308,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    header = report.machine({"PostgreSQL": pg_version, "h2load": h2load.version(executable)})
+    header = report.machine({"PostgreSQL": pg_version, "h2load": h2load.version(executable),
+                             "Envoy": envoy.version(envoy_executable)})
     no_flag = "" if plan.workers_flag else " (keygate has no --workers yet)"
     header.append(
         f"- settings: {plan.workers} worker(s) per server{no_flag}, "
         f"{plan.rounds} interleaved rounds of {plan.duration:g} s (+{plan.warm_up:g} s warm-up), medians; "
+        f"Envoy runs of {plan.envoy_duration:g} s (+{plan.envoy_warm_up:g} s warm-up); "
         f"keygate log level {os.environ.get('KEYGATE_LOG_LEVEL', 'info')}"
         + ("; --quick" if args.quick else "")
     )

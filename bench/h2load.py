@@ -6,6 +6,9 @@ frame (a zero byte, a 4-byte big-endian length, the serialized request), and the
 HTTP 2xx is not gRPC success: the status travels in the trailers. An OK reply carries the
 response message as DATA and an error does not, so `verify` checks that every request
 received exactly one response message of the expected size.
+
+The Envoy section sends plain HTTP/2 (h2c) requests instead (`run_http`, `Result.verify_http`),
+and reads per-request latencies from h2load's --log-file (`read_log`).
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ import shutil
 import struct
 import subprocess
 import sys
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf.message import Message
 
 GRPC_FRAME_HEADER = 5  # compressed flag + length
+GRPC_HEADERS = ("content-type: application/grpc", "te: trailers")
 PACKAGE = "nghttp2-client"
 
 
@@ -78,6 +84,18 @@ class Result:
         if problems:
             raise RuntimeError("h2load: not every call succeeded: " + "; ".join(problems))
 
+    def verify_http(self, body_size: int) -> None:
+        """Raise unless every request was answered 2xx with a body of `body_size` bytes (plain HTTP/2)."""
+        problems = []
+        if self.failed or self.status_2xx != self.done or self.succeeded != self.done:
+            problems.append(f"{self.failed} failed, {self.status_2xx} 2xx of {self.done} done")
+        if self.done == 0:
+            problems.append("no request completed")
+        elif abs(self.data_bytes - self.done * body_size) > 0.01 * self.done * body_size:
+            problems.append(f"received {self.data_bytes} bytes of bodies, expected about {self.done * body_size}")
+        if problems:
+            raise RuntimeError("h2load: not every request succeeded: " + "; ".join(problems))
+
 
 def run(executable: str, url: str, body: Path, *, clients: int, streams: int, duration: float,
         warm_up: float) -> Result:
@@ -87,16 +105,42 @@ def run(executable: str, url: str, body: Path, *, clients: int, streams: int, du
     the traffic total, which would spoil `Result.verify`.
     """
     if warm_up > 0:
-        _run(executable, url, body, clients, streams, warm_up)
-    return _run(executable, url, body, clients, streams, duration)
+        _run(executable, url, body, clients, streams, warm_up, GRPC_HEADERS)
+    return _run(executable, url, body, clients, streams, duration, GRPC_HEADERS)
 
 
-def _run(executable: str, url: str, body: Path, clients: int, streams: int, duration: float) -> Result:
-    command = [
-        executable, url, "-d", str(body),
-        "-H", "content-type: application/grpc", "-H", "te: trailers",
-        "-c", str(clients), "-m", str(streams), "-t", "1", "-D", f"{round(duration * 1000)}ms",
-    ]
+def run_http(executable: str, url: str, body: Path, headers: Sequence[str], *, clients: int, streams: int,
+             duration: float, log_file: Path | None = None) -> Result:
+    """One closed-loop run of plain HTTP/2 (h2c) POSTs of `body`, no warm-up of its own.
+
+    With `log_file`, h2load writes one line per request there (see `read_log`).
+    """
+    return _run(executable, url, body, clients, streams, duration, headers, log_file)
+
+
+def read_log(path: Path) -> tuple[list[float], Counter[int]]:
+    """h2load's --log-file: each request's time from its start to the end of its response, in
+    seconds, and how many requests got each HTTP status."""
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    with path.open() as rows:
+        for row in rows:
+            fields = row.split("\t")
+            if len(fields) < 3:
+                continue
+            statuses[int(fields[1])] += 1
+            latencies.append(int(fields[2]) / 1e6)
+    return latencies, statuses
+
+
+def _run(executable: str, url: str, body: Path, clients: int, streams: int, duration: float,
+         headers: Sequence[str], log_file: Path | None = None) -> Result:
+    command = [executable, url, "-d", str(body)]
+    for header in headers:
+        command += ["-H", header]
+    command += ["-c", str(clients), "-m", str(streams), "-t", "1", "-D", f"{round(duration * 1000)}ms"]
+    if log_file is not None:
+        command += ["--log-file", str(log_file)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60)
     if done.returncode != 0:
         raise RuntimeError(f"h2load failed ({done.returncode}): {done.stderr or done.stdout}")

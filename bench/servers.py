@@ -115,7 +115,7 @@ def default_workers(help_text: str | None) -> int:
     return int(env) if env.isdigit() and int(env) > 0 else int(match.group(1)) if match else 1
 
 
-def _spawn(command: list[str], log: Path) -> subprocess.Popen[bytes]:
+def spawn(command: list[str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
 
@@ -126,7 +126,7 @@ def start_keygate(database_url: str, workers: int, with_workers_flag: bool, logd
     if with_workers_flag:
         command += ["--workers", str(workers)]
     log = logdir / f"keygate-{tag}.log"
-    return Server(f"keygate ({tag})", port, workers, [_spawn(command, log)], log)
+    return Server(f"keygate ({tag})", port, workers, [spawn(command, log)], log)
 
 
 def start_constant(workers: int, logdir: Path) -> Server:
@@ -135,7 +135,7 @@ def start_constant(workers: int, logdir: Path) -> Server:
     if workers > 1:
         command.append("--reuseport")
     log = logdir / "constant.log"
-    return Server("constant", port, workers, [_spawn(command, log) for _ in range(workers)], log)
+    return Server("constant", port, workers, [spawn(command, log) for _ in range(workers)], log)
 
 
 def check_once(target: str, request: authz_pb2.CheckRequest, timeout: float = 5.0) -> authz_pb2.CheckResponse:
@@ -187,10 +187,10 @@ def wait_ready(server: Server, probe: authz_pb2.CheckRequest) -> None:
         raise RuntimeError(f"{server.name} denied the benchmark key: {authz_pb2.DecisionCode.Name(answer.code)} "
                            f"({answer.reason})")
     server.reply = answer
-    _wait_settled(server)
+    wait_settled(server)
 
 
-def _session_cpu_seconds(sessions: set[int]) -> float:
+def session_cpu_seconds(sessions: set[int]) -> float:
     """CPU time used so far by every process in these sessions (a server and any workers it forked)."""
     ticks = 0
     for entry in Path("/proc").iterdir():
@@ -205,16 +205,16 @@ def _session_cpu_seconds(sessions: set[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def _wait_settled(server: Server, interval: float = 0.5) -> None:
+def wait_settled(server: Server, interval: float = 0.5) -> None:
     """Wait until the server is idle: answering Check is not the end of starting up (keygate, for
     one, loads a filter of every stored key in the background), and that work must not land
     inside a measurement."""
     sessions = {p.pid for p in server.processes}
     deadline = time.monotonic() + SETTLE_TIMEOUT
-    used = _session_cpu_seconds(sessions)
+    used = session_cpu_seconds(sessions)
     while time.monotonic() < deadline:
         time.sleep(interval)
-        now = _session_cpu_seconds(sessions)
+        now = session_cpu_seconds(sessions)
         if now - used < SETTLED_CPU * interval:
             return
         used = now

@@ -1,0 +1,87 @@
+"""The limit for Envoy ext_authz on this stack: a grpc.aio server under uvloop (as keygate runs) whose
+envoy.service.auth.v3.Authorization/Check allows every request with a constant answer.
+
+The answer has the shape and size of keygate's own for an allowed `Authorization: Bearer` key: the
+three identity headers, `authorization` in headers_to_remove, and the same dynamic metadata (code,
+key_id, workspace_id, decision_id), so Envoy receives and applies the same bytes from both servers.
+It sets no trailing metadata (keygate adds an x-request-id trailer): the constant server does less.
+
+Run: `python -m bench.constant_ext_authz --listen 127.0.0.1:PORT`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+import grpc
+import uvloop
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from google.protobuf import struct_pb2
+from google.rpc import code_pb2, status_pb2
+
+from .constant_server import ANSWER
+
+DECISION_ID = "0" * 20  # keygate's request ids: 12 hex digits of process prefix + an 8-digit counter
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=name, value=value), append_action=_OVERWRITE)
+
+
+def _answer() -> external_auth_pb2.CheckResponse:
+    metadata = struct_pb2.Struct()
+    metadata.update({"code": "OK", "key_id": ANSWER.key_id, "workspace_id": ANSWER.workspace_id,
+                     "decision_id": DECISION_ID})
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=code_pb2.OK),
+        ok_response=external_auth_pb2.OkHttpResponse(
+            headers=[
+                _header("x-keygate-key-id", ANSWER.key_id),
+                _header("x-keygate-workspace-id", ANSWER.workspace_id),
+                _header("x-keygate-key-name", ANSWER.key_name),
+            ],
+            headers_to_remove=["authorization"],
+        ),
+        dynamic_metadata=metadata,
+    )
+
+
+ALLOW = _answer()
+
+
+class ConstantExtAuthz(external_auth_pb2_grpc.AuthorizationServicer):
+    async def Check(self, request: external_auth_pb2.CheckRequest,
+                    context: grpc.aio.ServicerContext) -> external_auth_pb2.CheckResponse:
+        return ALLOW
+
+
+async def serve(listen: str) -> None:
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])  # a taken port is an error, not a share
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(ConstantExtAuthz(), server)
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise SystemExit(f"constant_ext_authz: cannot listen on {listen}")
+    await server.start()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--listen", required=True)
+    args = parser.parse_args()
+    uvloop.run(serve(args.listen))
+
+
+if __name__ == "__main__":
+    main()
