@@ -37,7 +37,7 @@ def _run(main: Callable[[], Awaitable[int | None]]) -> int:
 def _serve(args: argparse.Namespace) -> int:
     try:
         settings = _settings(args)
-        logs.configure(settings.log_level)
+        logs.configure(settings.log_level, access=settings.access_log)
         server.run(settings)
     except KeygateError as exc:
         print(f"keygate: {exc.message}", file=sys.stderr)
@@ -55,7 +55,7 @@ async def _with_store(settings: Settings, work: Callable[[Store], Awaitable[int 
 
 def _migrate(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, access=settings.access_log)
 
     async def work(store: Store) -> None:
         applied = await store.migrate()

@@ -29,6 +29,7 @@ class Settings:
     catalog_file: Path | None = None
     routes_file: Path | None = None  # Envoy route rules; default: the built-in Flowise rules
     log_level: str = "info"
+    access_log: bool = True  # one JSON line per RPC
     workers: int = 1
     cache: CacheSettings = field(default_factory=CacheSettings)
 
@@ -45,6 +46,7 @@ class Settings:
             "catalog_file": Path(env["KEYGATE_CATALOG"]) if env.get("KEYGATE_CATALOG") else None,
             "routes_file": Path(env["KEYGATE_ROUTES"]) if env.get("KEYGATE_ROUTES") else None,
             "log_level": env.get("KEYGATE_LOG_LEVEL", "info"),
+            "access_log": _switch(env, "KEYGATE_ACCESS_LOG"),
             "workers": _int(env, "KEYGATE_WORKERS", default_workers()),
             "cache": CacheSettings(
                 max_keys=_int(env, "KEYGATE_CACHE_MAX_KEYS", cache.max_keys),
@@ -97,6 +99,13 @@ def default_workers() -> int:
     """One process per two cores: one grpc.aio process already keeps ~1.4 cores busy
     (perf-notes), so more processes than that only contend."""
     return max(1, (os.cpu_count() or 1) // 2)
+
+
+def _switch(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "on").lower()
+    if raw not in ("on", "off"):
+        raise InvalidArgument(name, f"must be 'on' or 'off', not {raw!r}")
+    return raw == "on"
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:

@@ -34,7 +34,7 @@ def _worker(settings: Settings, url: str, ready: multiprocessing.Queue[int]) -> 
     """A worker process's main: serve on the shared port until signalled."""
     from .server import serve_until_signalled
 
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, access=settings.access_log)
     uvloop.run(serve_until_signalled(settings, url, on_ready=ready.put, reuse_port=True))
 
 

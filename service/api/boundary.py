@@ -79,7 +79,8 @@ class Boundary:
                 _events.exception("rpc_failed", method=method, request_id=rid, error=type(exc).__name__)
                 await context.abort(status.code, status.details, (*status.trailing_metadata, *echo))
             finally:
-                log.info("rpc", method=method, code=code.name,
-                         latency_ms=round((time.perf_counter() - started) * 1000, 3), request_id=rid)
+                if log is not None:
+                    log.info("rpc", method=method, code=code.name,
+                             latency_ms=round((time.perf_counter() - started) * 1000, 3), request_id=rid)
 
         return handle

@@ -186,3 +186,22 @@ async def test_other_services_are_logged_too(client: Client, captured: io.BytesI
     await health_pb2_grpc.HealthStub(client.channel).Check(health_pb2.HealthCheckRequest())
     (line,) = rpc_lines(captured)
     assert line["method"] == "/grpc.health.v1.Health/Check" and line["code"] == "OK"
+
+
+async def test_the_access_log_can_be_switched_off(database_url: str) -> None:
+    """KEYGATE_ACCESS_LOG=off: no per-RPC lines (with it on, the tests above see one per RPC)."""
+    from keygate.config import Settings
+    from keygate.server import App
+
+    stream = io.BytesIO()
+    logs.configure(stream=stream, access=False)
+    try:
+        app = await App.start(Settings(listen="127.0.0.1:0", access_log=False), database_url)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        await app.stop(grace=0)
+        logs.flush()
+        events = [json.loads(line)["event"] for line in stream.getvalue().decode().splitlines()]
+        assert "rpc" not in events
+    finally:
+        logs.configure()
