@@ -7,6 +7,7 @@ matching rule wins; a request no rule matches is denied unless `unmatched` is "a
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ class RouteTable:
     query_parameter: str = "apiKey"
     workspace_header: str = ""  # a header naming the workspace of the request, if the mesh sets one
 
+    @functools.lru_cache(maxsize=8192)  # noqa: B019 - tables live as long as the process
     def match(self, method: str, path: str) -> Match | None:
         for route in self.routes:
             resource = route.resolve(method, path)
