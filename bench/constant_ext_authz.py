@@ -12,8 +12,6 @@ Run: `python -m bench.constant_ext_authz --listen 127.0.0.1:PORT`.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 
 import grpc
 import uvloop
@@ -22,7 +20,7 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
-from .constant_server import ANSWER
+from .constant_server import ANSWER, serve_until_signalled
 
 DECISION_ID = "0" * 20  # keygate's request ids: 12 hex digits of process prefix + an 8-digit counter
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
@@ -59,28 +57,13 @@ class ConstantExtAuthz(external_auth_pb2_grpc.AuthorizationServicer):
         return ALLOW
 
 
-async def serve(listen: str) -> None:
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])  # a taken port is an error, not a share
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(ConstantExtAuthz(), server)
-    try:
-        port = server.add_insecure_port(listen)
-    except RuntimeError:
-        port = 0
-    if port == 0:
-        raise SystemExit(f"constant_ext_authz: cannot listen on {listen}")
-    await server.start()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await server.stop(1)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--listen", required=True)
     args = parser.parse_args()
-    uvloop.run(serve(args.listen))
+    register = lambda server: external_auth_pb2_grpc.add_AuthorizationServicer_to_server(  # noqa: E731
+        ConstantExtAuthz(), server)
+    uvloop.run(serve_until_signalled(register, args.listen, False, "constant_ext_authz"))
 
 
 if __name__ == "__main__":

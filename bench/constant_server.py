@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+from collections.abc import Callable
 
 import grpc
 import uvloop
@@ -34,11 +35,17 @@ class ConstantAuthz(authz_pb2_grpc.AuthzServiceServicer):
         return ANSWER
 
 
-async def serve(listen: str, reuseport: bool) -> None:
+async def serve_until_signalled(register: Callable[[grpc.aio.Server], None], listen: str, reuseport: bool,
+                                name: str) -> None:
+    """Run a grpc.aio server with what `register` adds until SIGINT or SIGTERM (shared by both baselines)."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuseport))])
-    authz_pb2_grpc.add_AuthzServiceServicer_to_server(ConstantAuthz(), server)
-    if server.add_insecure_port(listen) == 0:
-        raise SystemExit(f"constant_server: cannot listen on {listen}")
+    register(server)
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise SystemExit(f"{name}: cannot listen on {listen}")
     await server.start()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -52,7 +59,8 @@ def main() -> None:
     parser.add_argument("--listen", required=True)
     parser.add_argument("--reuseport", action="store_true", help="share the port with sibling workers")
     args = parser.parse_args()
-    uvloop.run(serve(args.listen, args.reuseport))
+    register = lambda server: authz_pb2_grpc.add_AuthzServiceServicer_to_server(ConstantAuthz(), server)  # noqa: E731
+    uvloop.run(serve_until_signalled(register, args.listen, args.reuseport, "constant_server"))
 
 
 if __name__ == "__main__":
