@@ -130,7 +130,7 @@ def run(settings: Settings) -> None:
     url = database_url(settings)
     uvloop.run(_prepare(settings, url))
     if settings.workers == 1:
-        uvloop.run(serve_until_signalled(settings, url, on_ready=lambda port: _announce(settings, port)))
+        uvloop.run(serve_until_signalled(settings, url, on_ready=lambda port: announce(settings, port)))
     else:
         Supervisor(settings, url).run()
 
@@ -164,7 +164,7 @@ async def serve_until_signalled(settings: Settings, url: str, *, on_ready: Calla
     await app.stop()
 
 
-def _announce(settings: Settings, port: int) -> None:
+def announce(settings: Settings, port: int) -> None:
     host = settings.listen.rpartition(":")[0] or "127.0.0.1"
     workers = f", {settings.workers} worker processes" if settings.workers > 1 else ""
     services = "KeyService, AuthzService, Envoy ext_authz, health, reflection"

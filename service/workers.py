@@ -63,14 +63,14 @@ class Supervisor:
         return process
 
     def run(self) -> None:
-        from .server import _announce
+        from .server import announce
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._request_stop)
         self._workers = [self._spawn(i) for i in range(self._settings.workers)]
         try:
             ports = {self._ready.get(timeout=READY_TIMEOUT) for _ in self._workers}
-            _announce(self._settings, ports.pop())
+            announce(self._settings, ports.pop())
             while not self._stopping:
                 time.sleep(0.2)
                 self._restart_dead()

@@ -87,11 +87,15 @@ class KeyCache:
         self._known: KnownDigests | None = None  # consulted only while complete
         self._building: list[bytes] | None = None  # fingerprints heard while a filter loads
         self._valid_after = -math.inf  # entries read before this are stale
-        self._generation = 0  # bumped by every invalidation; a read that overlaps one is not cached
+        # Two counters, because they guard different things. `_generation` moves only on invalidations:
+        # a read that overlaps one is not cached. `_epoch` also moves when any entry is (re)loaded:
+        # a remembered decision rests on entries that may have been replaced. One counter would make
+        # every concurrent cold load discard its result whenever another key's load finished first.
+        self._generation = 0
         self._inflight: dict[Hashable, asyncio.Future[object]] = {}
         self._misses_in_flight = 0
         self._decisions: LRU[Hashable, _Remembered] = LRU(settings.max_decisions)
-        self._epoch = 0  # bumped by anything that may change a decision: changes, reloads, resyncs
+        self._epoch = 0
         store.on_commit(self.apply)
 
     # --- sizes, for tests and metrics ------------------------------------------------

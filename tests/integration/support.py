@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -11,6 +13,8 @@ from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from keygate.config import Settings
+from keygate.server import App
 from keygate.v1 import authz_pb2, authz_pb2_grpc, keys_pb2, keys_pb2_grpc
 
 
@@ -68,3 +72,22 @@ async def rpc_error(awaitable: object) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await awaitable  # type: ignore[misc]
     return info.value
+
+
+@asynccontextmanager
+async def connect(app: App) -> AsyncIterator[Client]:
+    """A client of `app` holding a fresh root key."""
+    _, root = await app.admin.create_root_key()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        yield Client(channel, keys_pb2_grpc.KeyServiceStub(channel), authz_pb2_grpc.AuthzServiceStub(channel), root)
+
+
+@asynccontextmanager
+async def running(settings: Settings, url: str) -> AsyncIterator[tuple[App, Client]]:
+    """An App started by the test itself, with a root key and a client; stopped afterwards."""
+    app = await App.start(settings, url)
+    try:
+        async with connect(app) as client:
+            yield app, client
+    finally:
+        await app.stop(grace=0)

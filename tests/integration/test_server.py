@@ -7,8 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
@@ -21,25 +19,12 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from keygate.config import Settings
 from keygate.domain.errors import KeygateError
 from keygate.server import App
-from keygate.v1 import authz_pb2, authz_pb2_grpc, keys_pb2_grpc
+from keygate.v1 import authz_pb2
 
-from .support import Client, field_violations, rpc_error
+from .support import Client, field_violations, rpc_error, running
 
 KEY_SERVICE = "keygate.v1.KeyService"
 AUTHZ_SERVICE = "keygate.v1.AuthzService"
-
-
-@asynccontextmanager
-async def running(settings: Settings, url: str) -> AsyncIterator[tuple[App, Client]]:
-    """An App started by the test itself, with a root key and a client."""
-    app = await App.start(settings, url)
-    try:
-        _, root = await app.admin.create_root_key()
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-            yield app, Client(channel, keys_pb2_grpc.KeyServiceStub(channel),
-                              authz_pb2_grpc.AuthzServiceStub(channel), root)
-    finally:
-        await app.stop(grace=0)
 
 
 # --- health ----------------------------------------------------------------------------

@@ -26,8 +26,7 @@ from google.protobuf.message import Message
 from keygate.config import Settings
 from keygate.v1 import authz_pb2, keys_pb2
 
-from .support import Client, auth, field_violations, in_, rpc_error
-from .test_server import running
+from .support import Client, auth, field_violations, in_, rpc_error, running
 
 if TYPE_CHECKING:
     from ..conftest import Postgres
