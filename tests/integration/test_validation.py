@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 import asyncpg
 import grpc
 import pytest
-import pytest_asyncio
 from google.protobuf import duration_pb2, field_mask_pb2
 from google.protobuf.message import Message
 
@@ -104,9 +103,10 @@ class Shared:
     target: Target
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest.fixture
 async def shared(postgres: Postgres) -> AsyncIterator[Shared]:
-    """One server and database for the whole table: refusals write nothing, so the cases cannot interfere."""
+    """A server and database per case, on the test's own event loop: a grpc.aio server kept on a
+    module-scoped loop while other tests ran their own loops hung its teardown now and then."""
     url = await postgres.fresh_database()
     db = await asyncpg.connect(url)
     try:
@@ -293,7 +293,6 @@ BAD_INPUT = {
 }
 
 
-@pytest.mark.asyncio(loop_scope="module")
 @pytest.mark.parametrize("case", list(BAD_INPUT.values()), ids=list(BAD_INPUT))
 async def test_bad_input_is_refused_naming_the_field_and_writes_nothing(shared: Shared, case: Case) -> None:
     await refused(shared.client, shared.db, case, shared.target)
