@@ -74,7 +74,7 @@ class App:
         catalog = settings.catalog()
         key_format = settings.key_format()
         store = await Store.connect(url)
-        await store.migrate()
+        await store.migrate(catalog)
         cache = KeyCache(store, catalog, settings.cache)
         listener = ChangeListener(store, cache)
         usage = UsageRecorder(store)
@@ -137,10 +137,11 @@ def run(settings: Settings) -> None:
 
 async def _prepare(settings: Settings, url: str) -> None:
     """Migrations, and on an embedded database's first start a root key, printed once."""
+    catalog = settings.catalog()
     store = await Store.connect(url, min_size=1, max_size=1)
     try:
-        await store.migrate()
-        admin = KeyAdmin(store, settings.catalog(), settings.key_format())
+        await store.migrate(catalog)
+        admin = KeyAdmin(store, catalog, settings.key_format())
         if not settings.database_url and not await admin.has_root_key():
             _, api_key = await admin.create_root_key()
             _print_first_start(api_key)

@@ -1,6 +1,7 @@
 """KeySpec validation and the no-escalation rule."""
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from keygate.domain.decision import Credential
 from keygate.domain.errors import InvalidArgument, PermissionDenied
 from keygate.domain.permissions import Catalog
-from keygate.domain.policy import KeySpec, ensure_within, parse_id, validate_grace_period
+from keygate.domain.policy import KeySpec, ensure_not_retired, ensure_within, parse_id, validate_grace_period
 from keygate.domain.resources import Scope
 
 CATALOG = Catalog.build()
@@ -239,3 +240,30 @@ def test_grace_period_bounds(grace):
     with pytest.raises(InvalidArgument) as err:
         validate_grace_period(grace)
     assert err.value.field == "grace_period"
+
+
+# --- retired secrets: a secret replaced by a rotation, still in its grace period -------------
+
+
+def retired(expire_time=None, grace_ends=SOON, **kw) -> Credential:
+    return replace(cred(expire_time=expire_time, **kw), secret_expire_time=grace_ends)
+
+
+@pytest.mark.parametrize("fields", [{}, {"expire_time": LATER}, {"expire_time": SOON + timedelta(seconds=1)}])
+def test_a_retired_secret_cannot_grant_beyond_its_own_end(fields):
+    """Its end counts wherever the key's expiry counts: a key that never expires is not its to mint."""
+    with pytest.raises(PermissionDenied):
+        ensure_within(retired(), spec(**fields))
+
+
+def test_a_retired_secret_may_grant_up_to_its_own_end():
+    ensure_within(retired(), spec(expire_time=SOON))
+    ensure_within(retired(expire_time=SOON - timedelta(hours=1), grace_ends=LATER),
+                  spec(expire_time=SOON - timedelta(hours=1)))
+
+
+def test_a_retired_secret_cannot_rotate_or_reenable():
+    ensure_not_retired(cred(), "rotate keys")
+    with pytest.raises(PermissionDenied) as err:
+        ensure_not_retired(retired(), "rotate keys")
+    assert "current secret" in err.value.message
