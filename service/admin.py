@@ -235,7 +235,9 @@ class KeyAdmin:
                 raise InvalidArgument("actions", f"name the actions the binding governs; {resource!r} has no default")
             return wanted
         for i, action in enumerate(actions):
-            target(self._catalog, resource, action, f"actions[{i}]")
+            self._catalog.validate_action(action, f"actions[{i}]")
+            if not self._applies(action, resource):
+                raise InvalidArgument(f"actions[{i}]", f"{action!r} does not act on {resource!r}")
         return tuple(dict.fromkeys(actions))
 
     def _applies(self, action: str, resource: str) -> bool:

@@ -148,14 +148,14 @@ def _entry(category: str, entry: object) -> tuple[list[str], list[str]]:
     if isinstance(entry, Mapping):
         unknown = set(entry) - {"verbs", "collections"}
         if unknown:
-            raise InvalidArgument("catalog", f"{category!r} has unknown fields {sorted(map(str, unknown))}; "
+            raise InvalidArgument("catalog", f"categories.{category} has unknown fields {sorted(map(str, unknown))}; "
                                              "use 'verbs' and 'collections'")
         verbs, collections = entry.get("verbs", []), entry.get("collections", [])
     else:
         verbs, collections = entry, []
     for value, what in ((verbs, "verbs"), (collections, "collections")):
         if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
-            raise InvalidArgument("catalog", f"the {what} of {category!r} must be a list of names")
+            raise InvalidArgument("catalog", f"categories.{category}: {what} must be a list of names")
     return verbs, collections  # type: ignore[return-value]
 
 

@@ -224,3 +224,30 @@ async def test_two_migrators_without_help_from_the_test(empty_url: str, db: asyn
 
     assert sorted(len(r) for r in results) == [0, 0, 0, len(available())]
     assert await recorded(db) == shipped()
+
+
+async def test_stored_resources_are_made_canonical_and_bindings_merged(
+    empty_url: str, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Data written before the resource model (0002) is rewritten into the one spelling every door uses."""
+    shipped_all = available()
+    monkeypatch.setattr(migrations, "available", lambda: shipped_all[:1])
+    await migrate_once(empty_url)
+    flow = "9b2c1d3e-4f5a-4b6c-8d7e-0f1a2b3c4d5e"
+    key_id = await db.fetchval(
+        """INSERT INTO api_keys (id, workspace_id, name, permissions, resources, display)
+           VALUES (gen_random_uuid(), 'ws1', 'k', '{predictions:create}', $1, 'fl_x...y') RETURNING id""",
+        [f"Chatflows/{flow.upper()}", f"chatflows/{flow}", "TOOLS", "nosuch/x"])
+    for resource, actions in ((f"CHATFLOWS/{flow.replace('-', '')}", ["predictions:create"]),
+                              (f"chatflows/{flow}", ["chatflows:update"]), ("nosuch/Y", ["nosuch:use"])):
+        await db.execute("INSERT INTO resource_bindings (workspace_id, resource, key_id, actions) VALUES "
+                         "('ws1', $1, $2, $3)", resource, key_id, actions)
+    monkeypatch.setattr(migrations, "available", lambda: shipped_all)
+
+    await migrate_once(empty_url)
+
+    assert await db.fetchval("SELECT resources FROM api_keys WHERE id = $1", key_id) == [
+        f"chatflows/{flow}", "tools/*", "nosuch/x"]
+    bindings = await db.fetch("SELECT resource, actions FROM resource_bindings ORDER BY resource")
+    assert [(b["resource"], b["actions"]) for b in bindings] == [
+        (f"chatflows/{flow}", ["chatflows:update", "predictions:create"]), ("nosuch/Y", ["nosuch:use"])]

@@ -5,6 +5,8 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from keygate.domain.decision import Credential
 from keygate.domain.errors import InvalidArgument, PermissionDenied
@@ -267,3 +269,19 @@ def test_a_retired_secret_cannot_rotate_or_reenable():
     with pytest.raises(PermissionDenied) as err:
         ensure_not_retired(retired(), "rotate keys")
     assert "current secret" in err.value.message
+
+
+@settings(max_examples=300, deadline=None)
+@given(grace=st.integers(1, 10**7), key_life=st.none() | st.integers(1, 10**7), wanted=st.none() | st.integers(1, 10**8))
+def test_a_retired_secret_grants_nothing_that_outlives_it(grace, key_life, wanted):
+    """Whatever the key's own expiry and whatever is asked for: allowed exactly when the new key ends
+    no later than both the calling key and the retired secret."""
+    at = lambda seconds: None if seconds is None else NOW + timedelta(seconds=seconds)  # noqa: E731
+    caller = retired(expire_time=at(key_life), grace_ends=at(grace))
+    ends = min(grace, key_life if key_life is not None else grace)
+    try:
+        ensure_within(caller, spec(expire_time=at(wanted)))
+        granted = True
+    except PermissionDenied:
+        granted = False
+    assert granted is (wanted is not None and wanted <= ends)
