@@ -29,6 +29,9 @@ _PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{1,15}\Z")
 _FOREIGN_RE = re.compile(r"^[\x21-\x7e]+\Z")  # printable ASCII, no spaces
 _POWERS = [62**i for i in range(SECRET_LEN)]
 _OURS_RE = re.compile(rf"^[0-9A-Za-z]{{{SECRET_LEN + CHECKSUM_LEN}}}\Z")
+# What every key of ours contains, whatever its prefix: a run of at least SECRET_LEN base62 characters
+# (secret and checksum make one run of 49). Logs replace such runs; a request id holding one is refused.
+KEY_SHAPED = re.compile(rf"[0-9A-Za-z]{{{SECRET_LEN},}}")
 
 
 class Shape(enum.Enum):

@@ -139,19 +139,22 @@ async def test_migrated_schema_survives_a_second_run_with_its_data(empty_url: st
 async def test_upgrade_applies_only_the_new_files_in_number_order(
     empty_url: str, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A later release ships 0002 and 0003, where 0003 needs what 0002 made: only they run, in order."""
+    """A later release ships two files, where the second needs what the first made: only they run, in order."""
     await migrate_once(empty_url)
     base = available()
+    first, second = base[-1].version + 1, base[-1].version + 2
     newer = [
-        Migration(3, "0003_index_labels.sql", "CREATE INDEX key_labels_label ON key_labels (label);"),
-        Migration(2, "0002_labels.sql", "CREATE TABLE key_labels (key_id uuid REFERENCES api_keys (id), label text);"),
+        Migration(second, f"{second:04d}_index_labels.sql", "CREATE INDEX key_labels_label ON key_labels (label);"),
+        Migration(first, f"{first:04d}_labels.sql",
+                  "CREATE TABLE key_labels (key_id uuid REFERENCES api_keys (id), label text);"),
     ]
     monkeypatch.setattr(migrations, "available", lambda: sorted([*base, *newer], key=lambda m: m.version))
 
     applied = await migrate_once(empty_url)
 
-    assert applied == ["0002_labels.sql", "0003_index_labels.sql"]
-    assert await recorded(db) == [*shipped(), (2, "0002_labels.sql"), (3, "0003_index_labels.sql")]
+    assert applied == [f"{first:04d}_labels.sql", f"{second:04d}_index_labels.sql"]
+    assert await recorded(db) == [*shipped(), (first, f"{first:04d}_labels.sql"),
+                                  (second, f"{second:04d}_index_labels.sql")]
     assert await db.fetchval("SELECT to_regclass('key_labels_label') IS NOT NULL")
 
 
