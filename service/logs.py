@@ -85,7 +85,9 @@ def configure(level: str = "info", stream: BinaryIO | None = None, *, access: bo
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_Logs.level),
         logger_factory=structlog.BytesLoggerFactory(out),
-        cache_logger_on_first_use=True,
+        # Application events are rare: not caching lets every later `configure` (a test's capture
+        # included) reach loggers already used, instead of leaving them writing to the old stream.
+        cache_logger_on_first_use=False,
     )
     logging.basicConfig(handlers=[_ToStructlog()], level=max(_Logs.level, logging.WARNING), force=True)
 
