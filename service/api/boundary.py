@@ -77,9 +77,13 @@ class Boundary:
         self._malformed_log = logs.Throttle()
 
     def register(self, server: grpc.aio.Server, servicer: object, service: ServiceDescriptor) -> None:
-        """Serve `servicer`'s implementation of every method of `service` on `server`, behind the boundary."""
+        """Serve the methods of `service` that `servicer` implements on `server`, behind the boundary.
+
+        A method left to the generated base class (which raises NotImplementedError, e.g. Health.List)
+        is not registered, so grpc answers UNIMPLEMENTED instead of our boundary reporting a bug.
+        """
         handlers = {method.name: self._handler(service, method, getattr(servicer, method.name))
-                    for method in service.methods}
+                    for method in service.methods if _implemented(servicer, method.name)}
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
         server.add_registered_method_handlers(service.full_name, handlers)
 
@@ -149,6 +153,11 @@ class Boundary:
                              latency_ms=round((time.perf_counter() - started) * 1000, 3), request_id=rid)
 
         return handle
+
+
+def _implemented(servicer: object, name: str) -> bool:
+    """Not the stub that generated `*_pb2_grpc` base classes provide for every method."""
+    return not getattr(type(servicer), name).__module__.endswith("_pb2_grpc")
 
 
 async def _refuse(context: grpc.aio.ServicerContext, message_name: str) -> None:
