@@ -278,7 +278,8 @@ LISTS = {  # method -> (its request, the query fingerprint unsigned tokens carri
     "/keygate.v1.KeyService/ListAuditEvents": (keys_pb2.ListAuditEventsRequest,
                                                ("audit", None, "None", "None", "", "None", "None")),
 }
-CURSORS = st.lists(st.one_of(st.integers(min_value=-(10**30), max_value=10**30), st.text(max_size=40)), max_size=3)
+ANY_INT = st.one_of(st.integers(), st.integers(min_value=2**63, max_value=10**30))  # past bigint too
+CURSORS = st.one_of(st.tuples(ANY_INT).map(list), st.lists(st.one_of(ANY_INT, st.text(max_size=40)), max_size=3))
 
 
 @EXAMPLES
