@@ -134,7 +134,6 @@ async def test_a_flood_of_malformed_bodies_writes_a_bounded_number_of_warnings(s
     lines = served.lines()
     warnings = [line for line in lines if line["event"] == "malformed_request"]
     assert logs.THROTTLE_LIMIT <= len(warnings) <= logs.THROTTLE_LIMIT * windows
-    assert len([line for line in lines if line["event"] == "rpc"]) == 100  # the access log stays one line per RPC
     assert_no_failure_logged(lines)
 
 
