@@ -9,6 +9,7 @@ Each test runs its own server on its own event loop (see test_validation); prope
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -24,7 +25,7 @@ from envoy.service.auth.v3 import external_auth_pb2
 from google.protobuf import field_mask_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -365,3 +366,11 @@ async def test_a_key_sent_as_request_id_gets_a_fresh_one(served: Served) -> None
     audited = "\n".join(str(tuple(row)) for row in await served.db.fetch("SELECT * FROM audit_events"))
     assert leaked(leaky.api_key, json.dumps(served.lines())) is None
     assert leaked(leaky.api_key, audited) is None
+
+
+async def test_screened_streams_still_serve_well_formed_requests(served: Served) -> None:
+    """Health.Watch (a server stream behind the screening wrapper) answers as before."""
+    call = health_pb2_grpc.HealthStub(served.client.channel).Watch(health_pb2.HealthCheckRequest(service=""))
+    first = await asyncio.wait_for(call.read(), timeout=10)
+    assert first.status == health_pb2.HealthCheckResponse.SERVING
+    call.cancel()
