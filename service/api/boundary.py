@@ -20,7 +20,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 import grpc
 import structlog
@@ -62,7 +62,7 @@ def _malformed(message_name: str) -> InvalidArgument:
     return InvalidArgument("request", f"the body is not a valid {message_name} message")
 
 
-def acceptable_request_id(value: object) -> bool:
+def acceptable_request_id(value: object) -> TypeGuard[str]:
     """A caller's request id is echoed, logged and audited, so it must not be able to carry a key."""
     return (isinstance(value, str) and _REQUEST_ID_RE.match(value) is not None
             and (len(value) < SECRET_LEN or KEY_SHAPED.search(value) is None))
@@ -117,7 +117,7 @@ class Boundary:
     def _request_id(self, context: grpc.aio.ServicerContext) -> str:
         for key, value in context.invocation_metadata() or ():
             if key == REQUEST_ID_HEADER and acceptable_request_id(value):
-                return value  # type: ignore[no-any-return]
+                return value
         return f"{self._prefix}{next(self._counter):08x}"
 
     def _wrap(self, method: str, message_name: str, behavior: Behavior) -> Behavior:
