@@ -8,6 +8,8 @@ A workspace key never learns that another workspace's key exists: such ids are N
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -21,13 +23,14 @@ from .domain.decision import Code, Credential, decide
 from .domain.errors import Aborted, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from .domain.keys import KeyFormat, digest
 from .domain.permissions import ROOT, Catalog
-from .domain.policy import KeySpec, ensure_not_retired, ensure_within, validate_grace_period
+from .domain.policy import KeySpec, ensure_not_retired, ensure_within, validate_grace_period, validate_workspace_id
 from .domain.records import AuditEvent, AuditQuery, BindingRecord, KeyRecord
 from .domain.resources import canonical_resource, target
 from .store.postgres import Store, Tx
 
 UPDATABLE_FIELDS = ("name", "description", "permissions", "resources", "expire_time", "disabled", "metadata")
 DEFAULT_BINDING_ACTIONS = ("predictions:create",)
+_AUDIT_ACTION_RE = re.compile(r"^[A-Za-z]{1,64}\Z")  # audit rows name the call: CreateKey, RotateKey, ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,11 +42,15 @@ class Caller:
 
 
 class KeyAdmin:
-    def __init__(self, store: Store, catalog: Catalog, key_format: KeyFormat, clock: Clock = utcnow) -> None:
+    def __init__(self, store: Store, catalog: Catalog, key_format: KeyFormat, clock: Clock = utcnow,
+                 page_tokens: paging.PageTokens | None = None) -> None:
+        """`page_tokens` signs list pages with the secret every replica shares (`serve` passes it); without
+        it, tokens hold only within this process, which is enough for `bootstrap` and first starts."""
         self._store = store
         self._catalog = catalog
         self._format = key_format
         self._clock = clock
+        self._tokens = page_tokens or paging.PageTokens(os.urandom(32))
 
     # --- authorization helpers ------------------------------------------------------
 
@@ -140,6 +147,8 @@ class KeyAdmin:
     async def list_keys(self, caller: Caller, workspace_id: str, page_size: int,
                         page_token: str) -> tuple[list[KeyRecord], str]:
         size = paging.page_size(page_size)
+        if workspace_id:
+            validate_workspace_id(workspace_id)
         credential = caller.credential
         async with self._audited(caller, "ListKeys", credential.workspace_id):
             self._require_permission(caller, "apikeys:view")
@@ -147,10 +156,10 @@ class KeyAdmin:
                 raise PermissionDenied("a key can only manage its own workspace")
         workspace = workspace_id or (None if credential.root else credential.workspace_id)
         query = ("keys", workspace)
-        after = paging.decode(page_token, query, _key_cursor)
+        after = self._tokens.decode(page_token, query, _key_cursor)
         async with self._store.read() as tx:
             rows = await tx.list_keys(workspace, after, size + 1, _viewable_ids(credential))
-        return paging.page(rows, size, lambda last: [last.create_time.isoformat(), str(last.id)], query)
+        return self._tokens.page(rows, size, lambda last: [last.create_time.isoformat(), str(last.id)], query)
 
     async def update_key(self, caller: Caller, key_id: UUID, fields: Mapping[str, object], mask: Sequence[str],
                          etag: str) -> KeyRecord:
@@ -275,6 +284,8 @@ class KeyAdmin:
 
     async def list_bindings(self, caller: Caller, *, resource: str = "", key_id: UUID | None = None,
                             workspace_id: str = "") -> list[BindingRecord]:
+        if workspace_id:
+            validate_workspace_id(workspace_id)
         action = ""
         if key_id is None:
             resource, action = self._binding_target(resource, "view")
@@ -294,16 +305,20 @@ class KeyAdmin:
     async def list_audit(self, caller: Caller, query: AuditQuery, page_size: int,
                          page_token: str) -> tuple[list[AuditEvent], str]:
         size = paging.page_size(page_size)
+        if query.workspace_id:
+            validate_workspace_id(query.workspace_id)
+        if query.action and not _AUDIT_ACTION_RE.match(query.action):
+            raise InvalidArgument("action", "must be the name of an audited call, such as 'CreateKey'")
         async with self._audited(caller, "ListAuditEvents", caller.credential.workspace_id):
             self._authorize(caller, "logs:view", "", query.workspace_id or "")
         if not caller.credential.root:
             query = replace(query, workspace_id=caller.credential.workspace_id)
         fingerprint = ("audit", query.workspace_id, str(query.key_id), str(query.actor_key_id), query.action,
                        str(query.start_time), str(query.end_time))
-        before = paging.decode(page_token, fingerprint, _audit_cursor)
+        before = self._tokens.decode(page_token, fingerprint, _audit_cursor)
         async with self._store.read() as tx:
             rows = await tx.list_audit(query, before, size + 1)
-        return paging.page(rows, size, lambda last: [last.id], fingerprint)
+        return self._tokens.page(rows, size, lambda last: [last.id], fingerprint)
 
 
 def _set_fields(spec: KeySpec) -> tuple[str, ...]:

@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .errors import InvalidArgument
+from .errors import KEY_SHAPED, InvalidArgument
 from .permissions import Catalog
 
 MAX_RESOURCE_LEN = 256
@@ -50,6 +50,12 @@ def canonical_id(segment: str) -> str:
     return segment
 
 
+def _refuse_key_shaped(name: str, field: str) -> None:
+    """A name holding what looks like an API key is refused before it can be stored, audited or quoted."""
+    if KEY_SHAPED.search(name):
+        raise InvalidArgument(field, "holds what looks like an API key; a resource name never carries one")
+
+
 def _canonical_path(catalog: Catalog, segments: list[str], field: str) -> str:
     collection = catalog.collection(segments[0])
     if collection is None:
@@ -62,6 +68,7 @@ def canonical_resource(catalog: Catalog, resource: str, field: str = "resource")
     """A concrete resource name (no wildcards) in its canonical spelling. Empty stays empty: the collection."""
     if not resource:
         return resource
+    _refuse_key_shaped(resource, field)
     if len(resource) > MAX_RESOURCE_LEN or not _RESOURCE_RE.match(resource):
         raise InvalidArgument(field, f"must look like 'collection/id': {_SHAPE}")
     segments = resource.split("/")
@@ -73,6 +80,7 @@ def canonical_resource(catalog: Catalog, resource: str, field: str = "resource")
 
 def canonical_pattern(catalog: Catalog, pattern: str, field: str) -> str:
     """A scope entry in its canonical spelling: `collection/*`, or a resource (the root of a subtree)."""
+    _refuse_key_shaped(pattern, field)
     if len(pattern) > MAX_RESOURCE_LEN or not _PATTERN_RE.match(pattern):
         raise InvalidArgument(field, f"{pattern!r} is not a resource pattern; use 'collection/id' or 'collection/*'")
     segments = pattern.split("/")

@@ -196,6 +196,13 @@ class Tx:
             while rows := await cursor.fetch(batch):
                 yield [r["digest"] for r in rows]
 
+    async def server_secret(self, name: str) -> bytes:
+        """A secret the server keeps for itself (migrations create them), the same for every replica."""
+        value = await self._conn.fetchval("SELECT value FROM server_secrets WHERE name = $1", name)
+        if value is None:
+            raise RuntimeError(f"server secret {name!r} is missing: run the migrations")
+        return bytes(value)
+
     async def has_root_key(self) -> bool:
         return bool(await self._conn.fetchval("SELECT EXISTS (SELECT 1 FROM api_keys WHERE workspace_id = '')"))
 

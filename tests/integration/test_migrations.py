@@ -141,20 +141,23 @@ async def test_migrated_schema_survives_a_second_run_with_its_data(empty_url: st
 async def test_upgrade_applies_only_the_new_files_in_number_order(
     empty_url: str, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A later release ships 0101 and 0102, where 0102 needs what 0101 made: only they run, in order."""
+    """A later release ships two files, where the second needs what the first made: only they run, in order."""
     await migrate_once(empty_url)
     base = available()
+    first, second = base[-1].version + 1, base[-1].version + 2
     newer = [
-        Migration.from_sql(102, "0102_index_labels.sql", "CREATE INDEX key_labels_label ON key_labels (label);"),
-        Migration.from_sql(101, "0101_labels.sql",
+        Migration.from_sql(second, f"{second:04d}_index_labels.sql",
+                           "CREATE INDEX key_labels_label ON key_labels (label);"),
+        Migration.from_sql(first, f"{first:04d}_labels.sql",
                            "CREATE TABLE key_labels (key_id uuid REFERENCES api_keys (id), label text);"),
     ]
     monkeypatch.setattr(migrations, "available", lambda: sorted([*base, *newer], key=lambda m: m.version))
 
     applied = await migrate_once(empty_url)
 
-    assert applied == ["0101_labels.sql", "0102_index_labels.sql"]
-    assert await recorded(db) == [*shipped(), (101, "0101_labels.sql"), (102, "0102_index_labels.sql")]
+    assert applied == [f"{first:04d}_labels.sql", f"{second:04d}_index_labels.sql"]
+    assert await recorded(db) == [*shipped(), (first, f"{first:04d}_labels.sql"),
+                                  (second, f"{second:04d}_index_labels.sql")]
     assert await db.fetchval("SELECT to_regclass('key_labels_label') IS NOT NULL")
 
 
