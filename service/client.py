@@ -553,7 +553,7 @@ def _configure_delete(parser: argparse.ArgumentParser) -> Command:
     return Command("DeleteKey", _from_args(keys_pb2.DeleteKeyRequest, "id"), _say("deleted key {id}"))
 
 
-def _read_etag(client: Client, request: keys_pb2.RotateKeyRequest) -> None:
+def read_etag(client: Client, request: keys_pb2.RotateKeyRequest) -> None:
     """Rotate the key as read (unless --etag names the version): if another admin rotates or changes it
     in between, this rotation fails with ABORTED rather than both answering OK."""
     if not request.etag:
@@ -567,7 +567,7 @@ def _configure_rotate(parser: argparse.ArgumentParser) -> Command:
     parser.add_argument("--etag", help="refuse the rotation if the key changed since this etag was read "
                                        "(default: the etag read just before rotating)")
     build = _from_args(keys_pb2.RotateKeyRequest, "id", "grace_period", "etag")
-    return Command("RotateKey", build, _render_rotated, prepare=_read_etag)
+    return Command("RotateKey", build, _render_rotated, prepare=read_etag)
 
 
 def _configure_bind(parser: argparse.ArgumentParser) -> Command:

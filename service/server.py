@@ -190,11 +190,11 @@ async def serve_until_signalled(settings: Settings, url: str, *, on_ready: Calla
     # Everything built at start-up (modules, protobuf descriptors, the catalog) lives as long as the
     # process: move it out of the collector's sight, so collections scan only what requests allocate.
     gc.freeze()
-    on_ready(app.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    on_ready(app.port)  # only now: a SIGTERM right after the announcement must stop us cleanly
     await stop.wait()
     log.info("stopping")
     await app.stop()
