@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from importlib import metadata
 from collections.abc import Awaitable, Callable
+from importlib import metadata
 from pathlib import Path
 
 import uvloop

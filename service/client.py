@@ -129,7 +129,8 @@ def _positive(kind: Callable[[str], float | int], zero: bool = False) -> Callabl
             value = kind(text)
         except ValueError:
             value = -1
-        if not (0 <= value if zero else 0 < value) or value == math.inf:
+        allowed = value >= 0 if zero else value > 0
+        if not allowed or value == math.inf:
             raise argparse.ArgumentTypeError(f"{text!r} is not a {'non-negative' if zero else 'positive'} number")
         return value
 

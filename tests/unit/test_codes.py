@@ -14,7 +14,7 @@ def test_every_proto_decision_code_is_a_domain_code_with_an_http_status() -> Non
 
 
 def test_rate_limited_is_reserved_until_limits_exist() -> None:
-    assert "RATE_LIMITED" not in authz_pb2.DecisionCode.keys()
+    assert "RATE_LIMITED" not in authz_pb2.DecisionCode.DESCRIPTOR.values_by_name
     enum = authz_pb2.DESCRIPTOR.enum_types_by_name["DecisionCode"]
     # Reserved so that no other code takes the name or the number before issue 10's limits.
     proto = descriptor_pb2.EnumDescriptorProto()
