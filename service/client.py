@@ -321,8 +321,8 @@ def _render_rotated(args: argparse.Namespace, response: keys_pb2.CreateKeyRespon
 PERMISSION_COLUMNS: tuple[_Column, ...] = (
     ("PERMISSION", lambda p: p.name),
     ("ACTS_ON", lambda p: _list(p.collections)),
-    ("IMPLIES", lambda p: _list(p.implies)),
     ("DESCRIPTION", lambda p: p.description),
+    ("IMPLIES", lambda p: _list(p.implies)),  # last: a wildcard implies a long list
 )
 
 
