@@ -1,10 +1,15 @@
-"""`keygate serve | migrate | bootstrap | keys ...`."""
+"""`keygate serve | migrate | bootstrap | keys ... | check | permissions`.
+
+Exit status: 0 done; 1 failed (a configuration error, an error the server answered); 2 a wrong command line.
+`check` answers with its status instead: 0 allowed, 1 denied, 2 no answer (any error).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Awaitable, Callable
+from importlib import metadata
 from pathlib import Path
 
 import uvloop
@@ -27,21 +32,13 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _run(main: Callable[[], Awaitable[int | None]]) -> int:
-    try:
-        return uvloop.run(main()) or 0
-    except KeygateError as exc:
-        print(f"keygate: {exc.message}", file=sys.stderr)
-        return 1
+    return uvloop.run(main()) or 0
 
 
 def _serve(args: argparse.Namespace) -> int:
-    try:
-        settings = _settings(args)
-        logs.configure(settings.log_level, access=settings.access_log)
-        server.run(settings)
-    except KeygateError as exc:
-        print(f"keygate: {exc.message}", file=sys.stderr)
-        return 1
+    settings = _settings(args)
+    logs.configure(settings.log_level, access=settings.access_log)
+    server.run(settings)
     return 0
 
 
@@ -87,6 +84,7 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keygate", description="API keys and authorization decisions over gRPC.")
+    parser.add_argument("--version", action="version", version=f"keygate {metadata.version('keygate')}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def database_options(p: argparse.ArgumentParser) -> None:
@@ -111,9 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     client.add_parser(commands)
     client.add_check_parser(commands)
+    client.add_permissions_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run one command; a configuration or server-side error is one line on stderr, never a traceback."""
     args = build_parser().parse_args(argv)
-    sys.exit(args.func(args))
+    try:
+        code = args.func(args)
+    except KeygateError as exc:
+        print(f"keygate: {exc.message}", file=sys.stderr)
+        code = 1
+    sys.exit(code)

@@ -1,4 +1,5 @@
-"""`keygate keys ...` (the admin client for KeyService) and `keygate check` (AuthzService.Check).
+"""`keygate keys ...` (the admin client for KeyService), `keygate check` (AuthzService.Check) and
+`keygate permissions` (AuthzService.ListPermissions).
 
 The caller's key comes only from KEYGATE_API_KEY: a flag would leak it into shell history and
 `ps`. Each subcommand is data (an RPC, a request builder, a renderer) run by one function, so
@@ -120,16 +121,17 @@ def metadata_arg(text: str) -> tuple[str, str]:
     return key, value
 
 
-def _positive(kind: Callable[[str], float | int]) -> Callable[[str], Any]:
-    """An argparse type accepting only positive numbers of `kind`."""
+def _positive(kind: Callable[[str], float | int], zero: bool = False) -> Callable[[str], Any]:
+    """An argparse type accepting only positive numbers of `kind` (and 0 if `zero`)."""
 
     def convert(text: str) -> float | int:
         try:
             value = kind(text)
         except ValueError:
-            value = 0
-        if not 0 < value < math.inf:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+            value = -1
+        allowed = value >= 0 if zero else value > 0
+        if not allowed or value == math.inf:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'non-negative' if zero else 'positive'} number")
         return value
 
     return convert
@@ -232,6 +234,7 @@ KEY_COLUMNS: tuple[_Column, ...] = (
     ("DISPLAY", lambda k: k.display),
     ("PERMISSIONS", lambda k: _list(k.permissions)),
     ("EXPIRES", lambda k: _when(k, "expire_time", "never")),
+    ("OLD_SECRET_UNTIL", lambda k: _when(k, "previous_secret_expire_time")),
     ("DISABLED", lambda k: "yes" if k.disabled else "no"),
 )
 
@@ -245,6 +248,7 @@ KEY_FIELDS: tuple[_Column, ...] = (
     ("permissions", lambda k: _list(k.permissions)),
     ("resources", lambda k: _list(k.resources) or "(every resource of the workspace)"),
     ("expires", lambda k: _when(k, "expire_time", "never")),
+    ("old secret until", lambda k: _when(k, "previous_secret_expire_time", "(no rotated secret still works)")),
     ("disabled", lambda k: "yes" if k.disabled else "no"),
     ("created", lambda k: _when(k, "create_time")),
     ("updated", lambda k: _when(k, "update_time")),
@@ -285,7 +289,8 @@ def _table(items_field: str, columns: Sequence[_Column], empty: str) -> Renderer
     def render(args: argparse.Namespace, response: Any) -> None:
         print_table(columns, getattr(response, items_field), empty)
         if getattr(response, "next_page_token", ""):
-            print("more results: add --all to fetch every page", file=sys.stderr)
+            print(f"more results: --page-token {response.next_page_token} for the next page, --all for every page",
+                  file=sys.stderr)
 
     return render
 
@@ -301,6 +306,24 @@ def _render_issued(args: argparse.Namespace, response: keys_pb2.CreateKeyRespons
     print()
     print(f"api_key: {response.api_key}")
     print("warning: this API key is shown only once and cannot be retrieved again; store it now.", file=sys.stderr)
+
+
+def _render_rotated(args: argparse.Namespace, response: keys_pb2.CreateKeyResponse) -> None:
+    """The new secret, and when the one it replaces stops working: the date the owner must switch by."""
+    _render_issued(args, response)
+    if response.key.HasField("previous_secret_expire_time"):
+        print(f"the previous secret keeps working until {_when(response.key, 'previous_secret_expire_time')}",
+              file=sys.stderr)
+    else:
+        print("the previous secret no longer works", file=sys.stderr)
+
+
+PERMISSION_COLUMNS: tuple[_Column, ...] = (
+    ("PERMISSION", lambda p: p.name),
+    ("ACTS_ON", lambda p: _list(p.collections)),
+    ("DESCRIPTION", lambda p: p.description),
+    ("IMPLIES", lambda p: _list(p.implies)),  # last: a wildcard implies a long list
+)
 
 
 def _say(template: str) -> Renderer:
@@ -349,25 +372,39 @@ class Client:
 
 
 def report_rpc_error(err: grpc.RpcError, server: str, timeout: float) -> None:
-    """`error: STATUS: details`, then each field violation, so a bad flag is easy to find."""
+    """`error: STATUS: details`, then each field violation the details do not already say.
+
+    UNAVAILABLE has two causes a user fixes differently: no keygate at the address (grpc's own status,
+    without details), or keygate answering that it cannot decide now, its database being unreachable
+    (keygate's status, which always carries google.rpc details).
+    """
     call = err if isinstance(err, grpc.Call) else None
     code = call.code() if call else grpc.StatusCode.UNKNOWN
     details = (call.details() if call else None) or str(err)
-    if code is grpc.StatusCode.UNAVAILABLE:
+    status = _rich_status(call)
+    if code is grpc.StatusCode.UNAVAILABLE and status is None:
         details = f"cannot reach keygate at {server} (set --server or {SERVER_ENV}): {details}"
+    elif code is grpc.StatusCode.UNAVAILABLE:
+        details = f"keygate at {server} answered but cannot decide now: {details}"
     elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
         details = f"no answer from {server} within {timeout:g}s (--timeout): {details}"
     print(f"error: {code.name}: {_text(details)}", file=sys.stderr)
-    for violation in _field_violations(call):
-        print(f"  {_text(violation.field)}: {_text(violation.description)}", file=sys.stderr)
+    for violation in _field_violations(status):
+        line = f"{violation.field}: {violation.description}"
+        if not details.endswith(line):
+            print(f"  {_text(line)}", file=sys.stderr)
 
 
-def _field_violations(call: grpc.Call | None) -> list[error_details_pb2.BadRequest.FieldViolation]:
-    """BadRequest violations from the rich status, if the server sent one."""
+def _rich_status(call: grpc.Call | None) -> Any:
+    """The google.rpc.Status keygate attaches to its errors; None from grpc itself (or a proxy)."""
     try:
-        status = rpc_status.from_call(call) if call else None
+        return rpc_status.from_call(call) if call else None
     except ValueError:  # trailers disagree with the call's status: show the call's own
-        return []
+        return None
+
+
+def _field_violations(status: Any) -> list[error_details_pb2.BadRequest.FieldViolation]:
+    """BadRequest violations from the rich status, if the server sent one."""
     violations: list[error_details_pb2.BadRequest.FieldViolation] = []
     for detail in status.details if status else ():
         bad_request = error_details_pb2.BadRequest()
@@ -376,45 +413,56 @@ def _field_violations(call: grpc.Call | None) -> list[error_details_pb2.BadReque
     return violations
 
 
+def _done(response: Any) -> int:
+    return 0
+
+
 @dataclass(frozen=True, slots=True)
 class Command:
-    """One subcommand: which RPC, how to build its request, how to show its answer."""
+    """One subcommand: which RPC, how to build its request, how to show its answer, what to exit with."""
 
     method: str
     build: Callable[[argparse.Namespace], Message]
     render: Renderer
     paged: bool = False
-    service: str = "KeyService"  # AuthzService needs no caller key
+    service: str = "KeyService"
+    authenticated: bool = True  # sends KEYGATE_API_KEY as `authorization: Bearer`; Check carries its key inside
+    prepare: Callable[[Client, Any], None] | None = None  # calls that complete the request, e.g. read an etag
+    verdict: Callable[[Any], int] = _done  # the exit code of an answer
+    failed: int = 1  # the exit code of an RPC error
 
 
-def run(command: Command, args: argparse.Namespace) -> int:
-    """Build, authenticate, call, render: the exit code is 2 for usage, 1 for an RPC error."""
+def run(command: Command, prog: str, args: argparse.Namespace) -> int:
+    """Build, authenticate, call, render: the exit code is 2 for usage, `command.failed` for an RPC error,
+    else the answer's verdict."""
     try:
         request = command.build(args)
     except UsageError as exc:
-        print(f"keygate {getattr(args, 'keys_command', 'check')}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    api_key = os.environ.get(API_KEY_ENV, "").strip()
-    if not api_key and command.service == "KeyService":
-        print(f"error: set {API_KEY_ENV} to the API key to act with (it is never taken from the command line)",
-              file=sys.stderr)
+    api_key = os.environ.get(API_KEY_ENV, "").strip() if command.authenticated else ""
+    if command.authenticated and not api_key:
+        print(f"{prog}: error: set {API_KEY_ENV} to the API key to act with (it is never taken from the command "
+              "line)", file=sys.stderr)
         return 2
     server = args.server or os.environ.get(SERVER_ENV) or DEFAULT_SERVER
     try:
         with grpc.insecure_channel(server) as channel:
             client = Client(channel, api_key, args.timeout)
+            if command.prepare is not None:
+                command.prepare(client, request)
             if command.paged and args.all:
                 response = client.call_all_pages(command.method, request)
             else:
                 response = client.call(command.method, request, command.service)
     except grpc.RpcError as err:
         report_rpc_error(err, server, args.timeout)
-        return 1
+        return command.failed
     if args.json:
         print_json(response)
     else:
         command.render(args, response)
-    return 0
+    return command.verdict(response)
 
 
 # --- the command line ---------------------------------------------------------------------
@@ -443,9 +491,15 @@ def _add_key_fields(parser: argparse.ArgumentParser) -> None:
                         help="repeat for more (update: replaces them all)")
 
 
+PAGING_FIELDS = ("workspace_id", "page_size", "page_token")
+
+
 def _add_paging(parser: argparse.ArgumentParser) -> None:
+    """Options of the paged lists; their dests are PAGING_FIELDS."""
     parser.add_argument("--workspace", dest="workspace_id", metavar="W", help="narrow to a workspace (root callers)")
-    parser.add_argument("--page-size", type=_positive(int), metavar="N", help="results per call (server default 50)")
+    parser.add_argument("--page-size", type=_positive(int, zero=True), metavar="N",
+                        help="results per call: 1 to 1000, 0 for the server's default (50)")
+    parser.add_argument("--page-token", metavar="TOKEN", help="continue where the previous page ended")
     parser.add_argument("--all", action="store_true", help="follow next_page_token to the last page")
 
 
@@ -464,7 +518,7 @@ def _configure_create(parser: argparse.ArgumentParser) -> Command:
 
 def _configure_list(parser: argparse.ArgumentParser) -> Command:
     _add_paging(parser)
-    build = _from_args(keys_pb2.ListKeysRequest, "workspace_id", "page_size")
+    build = _from_args(keys_pb2.ListKeysRequest, *PAGING_FIELDS)
     return Command("ListKeys", build, _table("keys", KEY_COLUMNS, "no keys"), paged=True)
 
 
@@ -500,11 +554,21 @@ def _configure_delete(parser: argparse.ArgumentParser) -> Command:
     return Command("DeleteKey", _from_args(keys_pb2.DeleteKeyRequest, "id"), _say("deleted key {id}"))
 
 
+def read_etag(client: Client, request: keys_pb2.RotateKeyRequest) -> None:
+    """Rotate the key as read (unless --etag names the version): if another admin rotates or changes it
+    in between, this rotation fails with ABORTED rather than both answering OK."""
+    if not request.etag:
+        request.etag = client.call("GetKey", keys_pb2.GetKeyRequest(id=request.id)).etag
+
+
 def _configure_rotate(parser: argparse.ArgumentParser) -> Command:
     parser.add_argument("id", metavar="ID")
     parser.add_argument("--grace", dest="grace_period", type=duration_arg, metavar="DURATION",
                         help="how long the old secret keeps working: 0 (default), 90s, 15m, 12h, 7d")
-    return Command("RotateKey", _from_args(keys_pb2.RotateKeyRequest, "id", "grace_period"), _render_issued)
+    parser.add_argument("--etag", help="refuse the rotation if the key changed since this etag was read "
+                                       "(default: the etag read just before rotating)")
+    build = _from_args(keys_pb2.RotateKeyRequest, "id", "grace_period", "etag")
+    return Command("RotateKey", build, _render_rotated, prepare=read_etag)
 
 
 def _configure_bind(parser: argparse.ArgumentParser) -> Command:
@@ -542,7 +606,7 @@ def _configure_audit(parser: argparse.ArgumentParser) -> Command:
     parser.add_argument("--until", dest="end_time", type=_timestamp_arg(-1), metavar="T",
                         help="exclusive; RFC 3339 or ago: 1h")
     _add_paging(parser)
-    fields = ("key_id", "actor_key_id", "action", "start_time", "end_time", "workspace_id", "page_size")
+    fields = ("key_id", "actor_key_id", "action", "start_time", "end_time", *PAGING_FIELDS)
     build = _from_args(keys_pb2.ListAuditEventsRequest, *fields)
     return Command("ListAuditEvents", build, _table("events", AUDIT_COLUMNS, "no audit events"), paged=True)
 
@@ -572,7 +636,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         parser = commands.add_parser(name, help=summary, description=summary)
         command = configure(parser)
         _add_common(parser, defaults=False)
-        parser.set_defaults(func=functools.partial(run, command))
+        parser.set_defaults(func=functools.partial(run, command, parser.prog))
 
 
 # --- keygate check ----------------------------------------------------------------------------
@@ -594,14 +658,33 @@ def _render_check(args: argparse.Namespace, response: authz_pb2.CheckResponse) -
     print(f"{verdict}  {code}  {response.http_status}  {who if response.allowed else _text(response.reason)}")
 
 
+CHECK_EXIT_CODES = "exit status: 0 allowed, 1 denied, 2 no answer (a usage error, or an RPC error such as an unknown " \
+                   "action or an unreachable server)"
+
+
 def add_check_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register `check`: ask AuthzService whether a key may perform an action."""
-    parser = subparsers.add_parser("check", help="ask whether a key may perform an action (AuthzService.Check)")
+    """Register `check`: ask AuthzService whether a key may perform an action. The exit status is the answer,
+    so a script can write `if keygate check ...`; an error is 2, never to be mistaken for a denial."""
+    parser = subparsers.add_parser("check", help="ask whether a key may perform an action (AuthzService.Check)",
+                                   description="Ask whether a key may perform an action.", epilog=CHECK_EXIT_CODES)
     parser.add_argument("--key-env", default=API_KEY_ENV, metavar="VAR",
                         help=f"environment variable holding the key to check (default {API_KEY_ENV})")
-    parser.add_argument("--resource", default="", metavar="R", help="e.g. chatflows/<id>; empty: the collection")
+    parser.add_argument("--resource", default="", metavar="R",
+                        help="e.g. chatflows/<id>; empty: the action on its whole collection(s)")
     parser.add_argument("--action", required=True, metavar="A", help="a catalog permission, e.g. predictions:create")
     parser.add_argument("--workspace", dest="workspace_id", default="", metavar="W")
     _add_common(parser, defaults=True)
-    command = Command("Check", _build_check, _render_check, service="AuthzService")
-    parser.set_defaults(func=functools.partial(run, command))
+    command = Command("Check", _build_check, _render_check, service="AuthzService", authenticated=False,
+                      verdict=lambda response: 0 if response.allowed else 1, failed=2)
+    parser.set_defaults(func=functools.partial(run, command, parser.prog))
+
+
+def add_permissions_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register `permissions`: the catalog a key's permissions are chosen from (AuthzService.ListPermissions)."""
+    summary = "list the permissions keys can be granted, what each implies and acts on"
+    parser = subparsers.add_parser("permissions", help=summary, description=f"{summary.capitalize()}. "
+                                   f"Any live key may ask; it is read from {API_KEY_ENV}.")
+    _add_common(parser, defaults=True)
+    command = Command("ListPermissions", lambda args: authz_pb2.ListPermissionsRequest(),
+                      _table("permissions", PERMISSION_COLUMNS, "no permissions"), service="AuthzService")
+    parser.set_defaults(func=functools.partial(run, command, parser.prog))

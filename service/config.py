@@ -18,6 +18,7 @@ from .domain.routes import RouteTable
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATA_DIR = Path(".keygate")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +46,7 @@ class Settings:
             "key_prefix": env.get("KEYGATE_KEY_PREFIX", DEFAULT_PREFIX),
             "catalog_file": Path(env["KEYGATE_CATALOG"]) if env.get("KEYGATE_CATALOG") else None,
             "routes_file": Path(env["KEYGATE_ROUTES"]) if env.get("KEYGATE_ROUTES") else None,
-            "log_level": env.get("KEYGATE_LOG_LEVEL", "info"),
+            "log_level": _choice(env, "KEYGATE_LOG_LEVEL", LOG_LEVELS, "info"),
             "access_log": _switch(env, "KEYGATE_ACCESS_LOG"),
             "workers": _int(env, "KEYGATE_WORKERS", default_workers()),
             "cache": CacheSettings(
@@ -103,11 +104,16 @@ def default_workers() -> int:
     return max(1, (os.cpu_count() or 1) // 2)
 
 
+def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...], default: str) -> str:
+    """One of `allowed` (any case); InvalidArgument naming the variable and the allowed values otherwise."""
+    raw = env.get(name, "").lower() or default
+    if raw not in allowed:
+        raise InvalidArgument(name, f"must be one of {', '.join(allowed)}, not {raw!r}")
+    return raw
+
+
 def _switch(env: Mapping[str, str], name: str) -> bool:
-    raw = env.get(name, "on").lower()
-    if raw not in ("on", "off"):
-        raise InvalidArgument(name, f"must be 'on' or 'off', not {raw!r}")
-    return raw == "on"
+    return _choice(env, name, ("on", "off"), "on") == "on"
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
+import shutil
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,10 +20,10 @@ import uvloop
 from envoy.service.auth.v3 import external_auth_pb2
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2
-from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from . import logs
 from .admin import KeyAdmin
+from .api import reflection
 from .api.authz import AuthzServicer
 from .api.boundary import Boundary
 from .api.envoy import EnvoyAuthzServicer
@@ -51,6 +55,35 @@ ACCESS_LOG_FLUSH_SECONDS = 0.1
 PAGE_TOKEN_SECRET = "page_token"  # its row in server_secrets (migration 0003)
 
 
+def refuse_taken_port(listen: str, *, reuse_port: bool = False) -> None:
+    """Exit with one line if `listen` is a host:port another socket already listens on.
+
+    A bind of our own, before grpc's: grpc's C core would first log a raw `add_port.cc` error line, which
+    no setting read after start-up silences. SO_REUSEADDR as grpc sets it (a socket in TIME_WAIT after a
+    restart is no conflict); SO_REUSEPORT only for workers sharing the port on purpose. Addresses this
+    cannot resolve are left to grpc, which refuses them itself.
+    """
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit() or int(port) == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError):
+        return
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise SystemExit(f"keygate: cannot listen on {listen}: the address is in use "
+                                     "(another keygate? set --listen or KEYGATE_LISTEN)") from None
+
+
 def database_url(settings: Settings) -> str:
     """The configured URL, or the embedded PostgreSQL's (started on demand in the data directory)."""
     return settings.database_url or embedded.start(settings.data_dir)
@@ -73,6 +106,7 @@ class App:
     async def start(cls, settings: Settings, url: str, *, reuse_port: bool = False) -> App:
         """Start serving. `reuse_port` only for workers sharing a port on purpose: otherwise a
         second server on a taken port must fail, not silently split its connections."""
+        refuse_taken_port(settings.listen, reuse_port=reuse_port)
         catalog = settings.catalog()
         key_format = settings.key_format()
         store = await Store.connect(url)
@@ -91,13 +125,11 @@ class App:
         # method's message into INVALID_ARGUMENT (grpc's own would answer UNKNOWN and log a traceback).
         boundary = Boundary()
         boundary.register(server, KeyServicer(authorizer, admin), _service(keys_pb2, "KeyService"))
-        boundary.register(server, AuthzServicer(authorizer), _service(authz_pb2, "AuthzService"))
+        boundary.register(server, AuthzServicer(authorizer, catalog), _service(authz_pb2, "AuthzService"))
         boundary.register(server, EnvoyAuthzServicer(authorizer, settings.routes(catalog)),
                           _service(external_auth_pb2, "Authorization"))
         boundary.register(server, health_servicer, _service(health_pb2, "Health"))
-        boundary.register(server, reflection.aio.ReflectionServicer(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)),
-            _service(reflection_pb2, "ServerReflection"))
+        reflection.enable((*SERVICE_NAMES, health.SERVICE_NAME), server, boundary)
         try:
             port = server.add_insecure_port(settings.listen)
         except RuntimeError:
@@ -131,6 +163,7 @@ async def _flush_access_log() -> None:
 
 def run(settings: Settings) -> None:
     """`keygate serve`: prepare the database once, then serve here or in `settings.workers` processes."""
+    refuse_taken_port(settings.listen)  # before anything is started, and whatever shares the port
     url = database_url(settings)
     uvloop.run(_prepare(settings, url))
     if settings.workers == 1:
@@ -159,11 +192,11 @@ async def serve_until_signalled(settings: Settings, url: str, *, on_ready: Calla
     # Everything built at start-up (modules, protobuf descriptors, the catalog) lives as long as the
     # process: move it out of the collector's sight, so collections scan only what requests allocate.
     gc.freeze()
-    on_ready(app.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    on_ready(app.port)  # only now: a SIGTERM right after the announcement must stop us cleanly
     await stop.wait()
     log.info("stopping")
     await app.stop()
@@ -184,7 +217,23 @@ def _print_first_start(api_key: str) -> None:
         f"    {api_key}\n\n"
         "  Use it from the shell (environment variables, never command-line flags):\n"
         "    export KEYGATE_API_KEY='<the key above>'\n"
-        "    keygate keys create --name my-app --workspace ws1 --permission chatflows:view\n",
+        f"    {command_name()} keys create --name my-app --workspace ws1 --permission chatflows:view\n",
         file=sys.stdout,
         flush=True,
     )
+
+
+def command_name() -> str:
+    """How to run this keygate from the user's shell: `keygate` when that is on PATH and is this one, else
+    this one's path, relative when below the current directory (`.venv/bin/keygate` after `make run`)."""
+    script = Path(sys.argv[0]).absolute()
+    if script.name != "keygate" or not script.is_file():
+        script = Path(sys.executable).absolute().with_name("keygate")
+    on_path = shutil.which("keygate")
+    if on_path and Path(on_path).resolve() == script.resolve():
+        return "keygate"
+    try:
+        relative = script.relative_to(Path.cwd())
+    except ValueError:
+        return str(script)
+    return str(relative) if relative.parent != Path() else f"./{relative}"

@@ -1,17 +1,26 @@
-"""AuthzService: Check and BatchCheck, rendered from the shared identify/decide path."""
+"""AuthzService: Check and BatchCheck, rendered from the shared identify/decide path; ListPermissions."""
 
 from __future__ import annotations
 
 import grpc
 
 from ..authz import Authorizer, CheckItem
+from ..domain.descriptions import list_permissions
+from ..domain.permissions import Catalog
 from ..v1 import authz_pb2, authz_pb2_grpc
 from .convert import check_response
+from .keys import bearer_token
 
 
 class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
-    def __init__(self, authorizer: Authorizer) -> None:
+    def __init__(self, authorizer: Authorizer, catalog: Catalog) -> None:
         self._authorizer = authorizer
+        # The catalog is fixed for the life of the process: render its listing once.
+        self._permissions = authz_pb2.ListPermissionsResponse(permissions=[
+            authz_pb2.Permission(name=p.name, description=p.description, implies=p.implies,
+                                 collections=p.collections)
+            for p in list_permissions(catalog)
+        ])
 
     async def Check(
         self, request: authz_pb2.CheckRequest, context: grpc.aio.ServicerContext
@@ -25,3 +34,11 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
         items = [CheckItem(i.resource, i.action, i.workspace_id) for i in request.items]
         decisions = await self._authorizer.check_batch(request.api_key, items)
         return authz_pb2.BatchCheckResponse(results=[check_response(d) for d in decisions])
+
+    async def ListPermissions(
+        self, request: authz_pb2.ListPermissionsRequest, context: grpc.aio.ServicerContext
+    ) -> authz_pb2.ListPermissionsResponse:
+        """Any live key may read the catalog: it is the same for every caller and holds no secret, but an
+        anonymous caller learns nothing about the deployment (an operator's categories included)."""
+        await self._authorizer.authenticate(bearer_token(context))
+        return self._permissions

@@ -76,20 +76,21 @@ class Boundary:
         self._counter = itertools.count(1)
         self._malformed_log = logs.Throttle()
 
-    def register(self, server: grpc.aio.Server, servicer: object, service: ServiceDescriptor) -> None:
+    def register(self, server: grpc.aio.Server, servicer: object, service: ServiceDescriptor,
+                 name: str = "") -> None:
         """Serve the methods of `service` that `servicer` implements on `server`, behind the boundary.
 
         A method left to the generated base class (which raises NotImplementedError, e.g. Health.List)
         is not registered, so grpc answers UNIMPLEMENTED instead of our boundary reporting a bug.
         """
-        handlers = {method.name: self._handler(service, method, getattr(servicer, method.name))
+        full_name = name or service.full_name  # `name`: the same service served under another package
+        handlers = {method.name: self._handler(full_name, method, getattr(servicer, method.name))
                     for method in service.methods if _implemented(servicer, method.name)}
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
-        server.add_registered_method_handlers(service.full_name, handlers)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(full_name, handlers),))
+        server.add_registered_method_handlers(full_name, handlers)
 
-    def _handler(self, service: ServiceDescriptor, method: MethodDescriptor,
-                 behavior: Behavior) -> grpc.RpcMethodHandler:
-        path = f"/{service.full_name}/{method.name}"
+    def _handler(self, service: str, method: MethodDescriptor, behavior: Behavior) -> grpc.RpcMethodHandler:
+        path = f"/{service}/{method.name}"
         name = method.input_type.full_name
         shape = (method.client_streaming, method.server_streaming)
         # Streams are not access-logged (a Watch lasts as long as its client); their requests are screened.

@@ -75,6 +75,7 @@ def api_key(record: KeyRecord) -> keys_pb2.ApiKey:
         metadata=dict(spec.metadata),
         etag=record.etag,
         root=record.root,
+        previous_secret_expire_time=timestamp(record.previous_secret_expire_time),
     )
 
 

@@ -35,12 +35,23 @@ class Code(enum.Enum):
 
     @property
     def http_status(self) -> int:
-        """The seeds' mapping: 401 when the caller is not who it must be, 403 when it may not."""
-        if self is Code.OK:
-            return 200
-        if self in (Code.PERMISSION_DENIED, Code.RESOURCE_OUT_OF_SCOPE, Code.WORKSPACE_MISMATCH):
-            return 403
-        return 401
+        """What an HTTP gateway answers: the seeds' 401 when the caller is not who it must be, 403 when it
+        may not. An explicit row per code, no fallback: a new code must choose its status."""
+        return HTTP_STATUS[self]
+
+
+HTTP_STATUS: dict[Code, int] = {
+    Code.OK: 200,
+    Code.KEY_MISSING: 401,
+    Code.KEY_MALFORMED: 401,
+    Code.KEY_NOT_FOUND: 401,
+    Code.KEY_EXPIRED: 401,
+    Code.KEY_DISABLED: 401,
+    Code.RESOURCE_BOUND_TO_OTHER_KEY: 401,  # Flowise answers 401 when a chatflow's assigned key is another
+    Code.PERMISSION_DENIED: 403,
+    Code.RESOURCE_OUT_OF_SCOPE: 403,
+    Code.WORKSPACE_MISMATCH: 403,
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ class KeyRecord:
     created_by: UUID | None = None
     last_used_time: datetime | None = None
     usage_count: int = 0
+    previous_secret_expire_time: datetime | None = None  # when the last retired secret still working stops
 
     @property
     def root(self) -> bool:

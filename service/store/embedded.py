@@ -3,7 +3,34 @@
 from __future__ import annotations
 
 import os
+import stat
+import tempfile
 from pathlib import Path
+
+RUNTIME_ENV = "XDG_RUNTIME_DIR"
+
+
+def private_runtime_dir(base: Path | None = None) -> None:
+    """Point XDG_RUNTIME_DIR at a directory of our own, mode 0700, unless the environment already names one.
+
+    pgserver keeps its lock file in the user's runtime directory (via platformdirs), which warns when the
+    variable is unset (containers, CI) and, when the directory is not private, warns and falls back to
+    another one, so that two starts would not even share a lock. Hence create it 0700 ourselves (pgserver
+    would create it 0755), and repair one left 0755 by earlier versions. A directory someone else owns, or a
+    symlink, is left alone and not used: platformdirs then warns, as it should.
+    """
+    if os.environ.get(RUNTIME_ENV):
+        return
+    path = (base or Path(tempfile.gettempdir())) / f"keygate-runtime-{os.getuid()}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        info = path.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            return
+        path.chmod(0o700)
+    except OSError:
+        return
+    os.environ[RUNTIME_ENV] = str(path)
 
 
 def start(data_dir: Path) -> str:
@@ -11,10 +38,8 @@ def start(data_dir: Path) -> str:
 
     The server keeps running while any process holds it and stops after the last one exits.
     """
-    # pgserver's platformdirs warns on import when XDG_RUNTIME_DIR is unset (containers, CI), so
-    # give it a private directory and import it only here, where it is needed.
-    os.environ.setdefault("XDG_RUNTIME_DIR", f"/tmp/keygate-runtime-{os.getuid()}")
-    import pgserver
+    private_runtime_dir()
+    import pgserver  # only here, where it is needed, and after the runtime directory is settled
 
     pgdata = data_dir.resolve() / "pg"
     pgdata.parent.mkdir(parents=True, exist_ok=True)

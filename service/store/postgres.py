@@ -40,8 +40,13 @@ _UNREACHABLE = (
     asyncpg.exceptions.ObjectNotInPrerequisiteStateError,
 )
 
+# The last column: when the retired secrets still in their grace period stop (each rotation caps the older
+# ones at its own end, so the latest end is the most recently retired secret's). clock_timestamp(), not
+# now(): a secret retired with grace 0 inside this very transaction has already stopped.
 _KEY_COLUMNS = """id, workspace_id, name, description, permissions, resources, display, metadata,
-    disabled, expire_time, create_time, update_time, last_used_time, usage_count, created_by, version"""
+    disabled, expire_time, create_time, update_time, last_used_time, usage_count, created_by, version,
+    (SELECT max(r.expire_time) FROM key_secrets r WHERE r.key_id = api_keys.id AND r.expire_time > clock_timestamp())
+        AS previous_secret_expire_time"""
 
 
 @contextmanager
@@ -72,6 +77,7 @@ def _key(row: asyncpg.Record) -> KeyRecord:
         created_by=row["created_by"],
         last_used_time=row["last_used_time"],
         usage_count=row["usage_count"],
+        previous_secret_expire_time=row["previous_secret_expire_time"],
     )
 
 

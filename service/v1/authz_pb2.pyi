@@ -20,7 +20,6 @@ class DecisionCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PERMISSION_DENIED: _ClassVar[DecisionCode]
     RESOURCE_OUT_OF_SCOPE: _ClassVar[DecisionCode]
     WORKSPACE_MISMATCH: _ClassVar[DecisionCode]
-    RATE_LIMITED: _ClassVar[DecisionCode]
 DECISION_CODE_UNSPECIFIED: DecisionCode
 OK: DecisionCode
 KEY_MISSING: DecisionCode
@@ -32,7 +31,6 @@ RESOURCE_BOUND_TO_OTHER_KEY: DecisionCode
 PERMISSION_DENIED: DecisionCode
 RESOURCE_OUT_OF_SCOPE: DecisionCode
 WORKSPACE_MISMATCH: DecisionCode
-RATE_LIMITED: DecisionCode
 
 class CheckRequest(_message.Message):
     __slots__ = ("api_key", "resource", "action", "workspace_id")
@@ -87,3 +85,25 @@ class BatchCheckResponse(_message.Message):
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[CheckResponse]
     def __init__(self, results: _Optional[_Iterable[_Union[CheckResponse, _Mapping]]] = ...) -> None: ...
+
+class ListPermissionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Permission(_message.Message):
+    __slots__ = ("name", "description", "implies", "collections")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    IMPLIES_FIELD_NUMBER: _ClassVar[int]
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    implies: _containers.RepeatedScalarFieldContainer[str]
+    collections: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., implies: _Optional[_Iterable[str]] = ..., collections: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListPermissionsResponse(_message.Message):
+    __slots__ = ("permissions",)
+    PERMISSIONS_FIELD_NUMBER: _ClassVar[int]
+    permissions: _containers.RepeatedCompositeFieldContainer[Permission]
+    def __init__(self, permissions: _Optional[_Iterable[_Union[Permission, _Mapping]]] = ...) -> None: ...

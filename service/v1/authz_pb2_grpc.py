@@ -44,6 +44,11 @@ class AuthzServiceStub:
                 request_serializer=keygate_dot_v1_dot_authz__pb2.BatchCheckRequest.SerializeToString,
                 response_deserializer=keygate_dot_v1_dot_authz__pb2.BatchCheckResponse.FromString,
                 _registered_method=True)
+        self.ListPermissions = channel.unary_unary(
+                '/keygate.v1.AuthzService/ListPermissions',
+                request_serializer=keygate_dot_v1_dot_authz__pb2.ListPermissionsRequest.SerializeToString,
+                response_deserializer=keygate_dot_v1_dot_authz__pb2.ListPermissionsResponse.FromString,
+                _registered_method=True)
 
 
 class AuthzServiceServicer:
@@ -62,6 +67,14 @@ class AuthzServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPermissions(self, request, context):
+        """The permission catalog: what a key-creation UI offers. Unlike Check, the caller authenticates with
+        `authorization: Bearer <key>` metadata (any live key; the catalog is the same for every caller).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthzServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +87,11 @@ def add_AuthzServiceServicer_to_server(servicer, server):
                     servicer.BatchCheck,
                     request_deserializer=keygate_dot_v1_dot_authz__pb2.BatchCheckRequest.FromString,
                     response_serializer=keygate_dot_v1_dot_authz__pb2.BatchCheckResponse.SerializeToString,
+            ),
+            'ListPermissions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPermissions,
+                    request_deserializer=keygate_dot_v1_dot_authz__pb2.ListPermissionsRequest.FromString,
+                    response_serializer=keygate_dot_v1_dot_authz__pb2.ListPermissionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -130,6 +148,33 @@ class AuthzService:
             '/keygate.v1.AuthzService/BatchCheck',
             keygate_dot_v1_dot_authz__pb2.BatchCheckRequest.SerializeToString,
             keygate_dot_v1_dot_authz__pb2.BatchCheckResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPermissions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keygate.v1.AuthzService/ListPermissions',
+            keygate_dot_v1_dot_authz__pb2.ListPermissionsRequest.SerializeToString,
+            keygate_dot_v1_dot_authz__pb2.ListPermissionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

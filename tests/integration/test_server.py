@@ -63,7 +63,7 @@ async def test_reflection_lists_the_services(client: Client) -> None:
 @pytest.mark.parametrize(("symbol", "methods"), [
     (KEY_SERVICE, {"CreateKey", "GetKey", "ListKeys", "UpdateKey", "DeleteKey", "RotateKey", "BindResource",
                    "UnbindResource", "ListBindings", "ListAuditEvents"}),
-    (AUTHZ_SERVICE, {"Check", "BatchCheck"}),
+    (AUTHZ_SERVICE, {"Check", "BatchCheck", "ListPermissions"}),
 ])
 async def test_reflection_describes_each_service(client: Client, symbol: str, methods: set[str]) -> None:
     """What grpcurl needs to call a method without the .proto files."""

@@ -1,0 +1,59 @@
+"""Starting keygate as a new user does: configuration mistakes, a taken port, the version, a second start."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from .processes import KEYGATE, clean_environment, start, stop
+
+
+def keygate(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([KEYGATE, *args], capture_output=True, text=True, env=clean_environment(**env), timeout=60)
+
+
+def test_version_comes_from_the_package_metadata() -> None:
+    from importlib import metadata
+
+    done = keygate("--version")
+    assert done.returncode == 0
+    assert done.stdout == f"keygate {metadata.version('keygate')}\n"
+
+
+def test_an_unknown_log_level_is_one_line_naming_the_variable_and_the_choices(database_url: str) -> None:
+    for command in (("serve", "--listen", "127.0.0.1:0"), ("migrate",), ("bootstrap",)):
+        done = keygate(*command, "--database-url", database_url, KEYGATE_LOG_LEVEL="verbose")
+        assert done.returncode == 1, done.stderr
+        assert done.stderr == ("keygate: KEYGATE_LOG_LEVEL: must be one of debug, info, warning, error, "
+                               "not 'verbose'\n")
+
+
+def test_a_taken_port_is_one_friendly_line(database_url: str) -> None:
+    """No raw `E... add_port.cc` line from grpc's C core before it, and nothing started."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        taken = f"127.0.0.1:{other.getsockname()[1]}"
+        done = keygate("serve", "--listen", taken, "--database-url", database_url)
+    assert done.returncode == 1
+    assert done.stderr == (f"keygate: cannot listen on {taken}: the address is in use "
+                           "(another keygate? set --listen or KEYGATE_LISTEN)\n")
+
+
+def test_a_second_start_does_not_warn_about_the_runtime_directory(pg_dirs: Callable[[str], Path]) -> None:
+    """keygate sets XDG_RUNTIME_DIR itself when it is unset: the directory must be one platformdirs accepts
+    (ours, 0700), also when the first start left it 0755 as pgserver creates it."""
+    data_dir, temp = pg_dirs("runtime-data"), pg_dirs("runtime-tmp")
+    runtime = temp / f"keygate-runtime-{os.getuid()}"
+    runtime.mkdir(mode=0o755)
+    runtime.chmod(0o755)
+    env = {"XDG_RUNTIME_DIR": "", "TMPDIR": str(temp)}
+    for _ in range(2):
+        served = start("--data-dir", str(data_dir), env=env)
+        logs = stop(served)
+        assert "XDG_RUNTIME_DIR" not in logs and "RuntimeDirWarning" not in logs, logs
+    assert stat.S_IMODE(runtime.stat().st_mode) == 0o700
