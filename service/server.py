@@ -73,7 +73,7 @@ class App:
         second server on a taken port must fail, not silently split its connections."""
         catalog = settings.catalog()
         key_format = settings.key_format()
-        store = await Store.connect(url)
+        store = await Store.connect(url, settings.database)
         await store.migrate()
         cache = KeyCache(store, catalog, settings.cache)
         listener = ChangeListener(store, cache)
@@ -137,7 +137,7 @@ def run(settings: Settings) -> None:
 
 async def _prepare(settings: Settings, url: str) -> None:
     """Migrations, and on an embedded database's first start a root key, printed once."""
-    store = await Store.connect(url, min_size=1, max_size=1)
+    store = await Store.connect(url, settings.database, min_size=1, max_size=1)
     try:
         await store.migrate()
         admin = KeyAdmin(store, settings.catalog(), settings.key_format())
