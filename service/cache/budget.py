@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+_ROUNDING = 1e-9  # a request exactly 1/rate after the last must not be refused for a rounding error
+
 
 class Budget:
     """At most `burst` at once and `rate` a second on average: `take` says whether one more fits.
@@ -20,7 +22,7 @@ class Budget:
     def take(self, now: float) -> bool:
         self._tokens = min(self._burst, self._tokens + max(0.0, now - self._at) * self._rate)
         self._at = max(self._at, now)
-        if self._tokens < 1:
+        if self._tokens < 1 - _ROUNDING:
             return False
         self._tokens -= 1
         return True

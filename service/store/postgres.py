@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ class DatabaseSettings:
     connect_timeout: float = 2.0  # seconds to open a connection (pool, change listener, migrations)
     acquire_timeout: float = 2.0  # seconds to wait for a pooled connection, and to hand it back (reset)
     statement_timeout: float = 5.0  # seconds any one statement may take
-    lookup_timeout: float = 0.5  # seconds a Check's lookup may take as a whole: acquire and query
+    lookup_timeout: float = 1.0  # seconds a Check's lookup may take as a whole: acquire and query
 
 # Errors that mean "the database is not there (or not for us, right now)", as opposed to
 # "the query was wrong": connection failures, a server shutting down or refusing connections,
@@ -417,13 +416,13 @@ class Store:
 
     @asynccontextmanager
     async def _pooled(self, budget: float | None) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection, used within `budget` seconds if given (each statement is bounded anyway).
-
-        One that met a timeout or a lost server is terminated rather than handed back for a reset.
+        """A pooled connection, acquired and used within `budget` seconds if given (each statement is
+        bounded anyway). One that met a timeout or a lost server is terminated rather than handed back
+        for a reset.
         """
-        loop = asyncio.get_running_loop()
-        deadline = None if budget is None else loop.time() + budget
-        conn = await self._pool.acquire(timeout=min(self.settings.acquire_timeout, budget or math.inf))
+        deadline = None if budget is None else asyncio.get_running_loop().time() + budget
+        conn = await self._pool.acquire(timeout=self.settings.acquire_timeout if budget is None
+                                        else min(self.settings.acquire_timeout, budget))
         try:
             async with asyncio.timeout_at(deadline):
                 yield conn
