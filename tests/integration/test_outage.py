@@ -20,9 +20,10 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 import grpc
@@ -42,6 +43,7 @@ POLL = 0.005
 RPC_TIMEOUT = 2.0  # a Check that hangs this long is a failure too (it shows as DEADLINE_EXCEEDED)
 FORMAT = KeyFormat()
 UNAVAILABLE = "UNAVAILABLE"  # an RPC error's status, as Answer.outcome
+T = TypeVar("T")
 
 
 # --- recording answers ------------------------------------------------------------------
@@ -434,12 +436,9 @@ async def run_outage(pg: PrivatePostgres) -> Outage:
 
             starting = time.monotonic()
             await pg.start()
-            recovered: float | None = None
-            with contextlib.suppress(AssertionError):
-                for call, want in ((check(client, cached.api_key), "OK"), (check(client, unknown), "KEY_NOT_FOUND"),
-                                   (lambda: client.create(name="after the outage"), "OK")):
-                    await eventually(call, want, starting + RECOVERY - time.monotonic())
-                recovered = time.monotonic() - starting
+            recovered = await recovery(starting, (
+                (check(client, cached.api_key), "OK"), (check(client, unknown), "KEY_NOT_FOUND"),
+                (lambda: client.create(name="after the outage"), "OK")))
             back = time.monotonic()
             await asyncio.sleep(0.5)
         alive = served.process.poll() is None
@@ -449,15 +448,29 @@ async def run_outage(pg: PrivatePostgres) -> Outage:
     return Outage(running, stopping, down, starting, back, recovered, admin, alive, logs)
 
 
-@pytest.fixture(scope="module")
-def outage(pg_dirs: Callable[[str], Path]) -> Iterator[Outage]:
-    """The database stopped and restarted under Check load, once for all the tests below."""
-    pg = PrivatePostgres(pg_dirs("outage") / "data")
+async def recovery(since: float, calls: Iterable[tuple[Callable[[], object], str]]) -> float | None:
+    """Seconds from `since` until each call has given its wanted answer, in turn; None if not within RECOVERY."""
+    with contextlib.suppress(AssertionError):
+        for call, want in calls:
+            await eventually(call, want, since + RECOVERY - time.monotonic())
+        return time.monotonic() - since
+    return None
+
+
+def on_private_postgres(pg_dirs: Callable[[str], Path], name: str,
+                        scenario: Callable[[PrivatePostgres], Awaitable[T]]) -> T:
+    """Run `scenario` on a PostgreSQL of its own, removed afterwards."""
+    pg = PrivatePostgres(pg_dirs(name) / "data")
     try:
-        seen = asyncio.run(run_outage(pg))
+        return asyncio.run(scenario(pg))
     finally:
         asyncio.run(pg.remove())
-    yield seen
+
+
+@pytest.fixture(scope="module")
+def outage(pg_dirs: Callable[[str], Path]) -> Outage:
+    """The database stopped and restarted under Check load, once for all the tests below."""
+    return on_private_postgres(pg_dirs, "outage", run_outage)
 
 
 def test_a_cached_key_answers_for_a_bounded_time_then_fails_closed(
@@ -565,13 +578,9 @@ async def run_hang(pg: PrivatePostgres) -> Hang:
                 await asyncio.sleep(hung + HUNG - time.monotonic())
             resumed = time.monotonic()
 
-            recovered: float | None = None
-            with contextlib.suppress(AssertionError):
-                for call, want in ((check(client, cached.api_key), "OK"),
-                                   (check(client, FORMAT.generate()), "KEY_NOT_FOUND"),
-                                   (lambda: client.create(name="after the hang"), "OK")):
-                    await eventually(call, want, resumed + RECOVERY - time.monotonic())
-                recovered = time.monotonic() - resumed
+            recovered = await recovery(resumed, (
+                (check(client, cached.api_key), "OK"), (check(client, FORMAT.generate()), "KEY_NOT_FOUND"),
+                (lambda: client.create(name="after the hang"), "OK")))
             back = time.monotonic()
             await asyncio.sleep(0.5)
     finally:
@@ -581,21 +590,17 @@ async def run_hang(pg: PrivatePostgres) -> Hang:
 
 
 @pytest.fixture(scope="module")
-def hang(pg_dirs: Callable[[str], Path]) -> Iterator[Hang]:
+def hang(pg_dirs: Callable[[str], Path]) -> Hang:
     """PostgreSQL hung and continued under Check load, once for the tests below (a server of its own:
     stopping the session's would stall every other test)."""
-    pg = PrivatePostgres(pg_dirs("hang") / "data")
-    try:
-        seen = asyncio.run(run_hang(pg))
-    finally:
-        asyncio.run(pg.remove())
-    yield seen
+    return on_private_postgres(pg_dirs, "hang", run_hang)
 
 
 def test_cached_keys_keep_answering_through_a_hung_database(hang: Hang, capsys: pytest.CaptureFixture[str]) -> None:
     answers = hang.load
     with capsys.disabled():
-        print(f"\ndatabase hung {hang.resumed - hang.hung:.1f}s: cached Checks' slowest {answers.slowest('cached', hang.hung, hang.resumed):.3f}s; uncached slowest "
+        print(f"\ndatabase hung {hang.resumed - hang.hung:.1f}s: cached Checks' slowest "
+              f"{answers.slowest('cached', hang.hung, hang.resumed):.3f}s; uncached slowest "
               f"{answers.slowest('new unknown', hang.hung, hang.resumed):.3f}s; admin {hang.admin}; "
               f"recovered {hang.recovered or float('nan'):.2f}s after SIGCONT", end="")
     assert answers.between("cached", hang.hung, hang.resumed) == {"OK"}
