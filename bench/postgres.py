@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from keygate.domain.permissions import Catalog
 from keygate.store.postgres import Store
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ class Postgres:
             if migrate:
                 store = await Store.connect(self.url(name))
                 try:
-                    await store.migrate()
+                    await store.migrate(Catalog.build())
                 finally:
                     await store.close()
 

@@ -7,6 +7,9 @@ A workspace key never learns that another workspace's key exists: such ids are N
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -20,13 +23,14 @@ from .domain.decision import Code, Credential, decide
 from .domain.errors import Aborted, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from .domain.keys import KeyFormat, digest
 from .domain.permissions import ROOT, Catalog
-from .domain.policy import KeySpec, ensure_within, validate_grace_period
+from .domain.policy import KeySpec, ensure_not_retired, ensure_within, validate_grace_period, validate_workspace_id
 from .domain.records import AuditEvent, AuditQuery, BindingRecord, KeyRecord
-from .domain.resources import validate_resource
+from .domain.resources import canonical_resource, target
 from .store.postgres import Store, Tx
 
 UPDATABLE_FIELDS = ("name", "description", "permissions", "resources", "expire_time", "disabled", "metadata")
 DEFAULT_BINDING_ACTIONS = ("predictions:create",)
+_AUDIT_ACTION_RE = re.compile(r"^[A-Za-z]{1,64}\Z")  # audit rows name the call: CreateKey, RotateKey, ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,17 +42,21 @@ class Caller:
 
 
 class KeyAdmin:
-    def __init__(self, store: Store, catalog: Catalog, key_format: KeyFormat, clock: Clock = utcnow) -> None:
+    def __init__(self, store: Store, catalog: Catalog, key_format: KeyFormat, clock: Clock = utcnow,
+                 page_tokens: paging.PageTokens | None = None) -> None:
+        """`page_tokens` signs list pages with the secret every replica shares (`serve` passes it); without
+        it, tokens hold only within this process, which is enough for `bootstrap` and first starts."""
         self._store = store
         self._catalog = catalog
         self._format = key_format
         self._clock = clock
+        self._tokens = page_tokens or paging.PageTokens(os.urandom(32))
 
     # --- authorization helpers ------------------------------------------------------
 
     def _authorize(self, caller: Caller, action: str, resource: str = "", workspace_id: str = "") -> None:
-        """The same decision Check makes, with no bindings (they govern use, not management)."""
-        decision = decide(caller.credential, resource, action, workspace_id, (), self._clock())
+        """The same decision Check makes, without the binding rule (bindings govern use, not management)."""
+        decision = decide(caller.credential, target(self._catalog, resource, action), workspace_id, self._clock())
         if decision.allowed:
             return
         if decision.code.http_status == 401:
@@ -139,16 +147,19 @@ class KeyAdmin:
     async def list_keys(self, caller: Caller, workspace_id: str, page_size: int,
                         page_token: str) -> tuple[list[KeyRecord], str]:
         size = paging.page_size(page_size)
-        async with self._audited(caller, "ListKeys", caller.credential.workspace_id):
+        if workspace_id:
+            validate_workspace_id(workspace_id)
+        credential = caller.credential
+        async with self._audited(caller, "ListKeys", credential.workspace_id):
             self._require_permission(caller, "apikeys:view")
-            if workspace_id:
-                self._authorize(caller, "apikeys:view", "", workspace_id)
-        scope = workspace_id or (None if caller.credential.root else caller.credential.workspace_id)
-        query = ("keys", scope)
-        after = paging.decode(page_token, query, _key_cursor)
+            if workspace_id and not credential.root and workspace_id != credential.workspace_id:
+                raise PermissionDenied("a key can only manage its own workspace")
+        workspace = workspace_id or (None if credential.root else credential.workspace_id)
+        query = ("keys", workspace)
+        after = self._tokens.decode(page_token, query, _key_cursor)
         async with self._store.read() as tx:
-            rows = await tx.list_keys(scope, after, size + 1)
-        return paging.page(rows, size, lambda last: [last.create_time.isoformat(), str(last.id)], query)
+            rows = await tx.list_keys(workspace, after, size + 1, _viewable_ids(credential))
+        return self._tokens.page(rows, size, lambda last: [last.create_time.isoformat(), str(last.id)], query)
 
     async def update_key(self, caller: Caller, key_id: UUID, fields: Mapping[str, object], mask: Sequence[str],
                          etag: str) -> KeyRecord:
@@ -162,8 +173,12 @@ class KeyAdmin:
                 new = replace(old, **{p: fields[p] for p in paths})
                 new = new.validated(self._catalog, self._clock(), check_expiry=new.expire_time != old.expire_time)
                 changed = tuple(p for p in paths if getattr(new, p) != getattr(old, p))
-                baseline = None if old.disabled and not new.disabled else record.credential(self._catalog)
-                ensure_within(caller.credential, new, baseline)
+                reenabled = old.disabled and not new.disabled
+                if reenabled:
+                    ensure_not_retired(caller.credential, "re-enable keys")
+                if key_id == caller.credential.key_id:
+                    ensure_not_retired(caller.credential, "change the key that retired it")
+                ensure_within(caller.credential, new, None if reenabled else record.credential(self._catalog))
                 if not changed:
                     return record
                 updated = await tx.update_key(key_id, new)
@@ -175,17 +190,31 @@ class KeyAdmin:
         async with self._audited(caller, "DeleteKey", caller.credential.workspace_id, target=key_id):
             async with self._store.transaction() as tx:
                 record = await self._load(tx, caller, key_id, "apikeys:delete", lock=True)
+                if key_id == caller.credential.key_id:
+                    ensure_not_retired(caller.credential, "delete the key that retired it")
                 await tx.delete_key(key_id)
                 await tx.audit(self._event(caller, "DeleteKey", "OK", record.spec.workspace_id,
                                            target_key_id=key_id))
 
-    async def rotate_key(self, caller: Caller, key_id: UUID, grace: timedelta) -> tuple[KeyRecord, str]:
-        """A new secret for the same key. The caller receives the key's rights, so it must hold them all."""
+    async def rotate_key(self, caller: Caller, key_id: UUID, grace: timedelta,
+                         etag: str = "") -> tuple[KeyRecord, str]:
+        """A new secret for the same key. The caller receives the key's rights, so it must hold them all,
+        and must not be a retired secret itself.
+
+        Of two rotations of one key that overlap, the one that waited for the other's lock fails
+        (ABORTED): both answering OK would hand one caller a secret that the other had just retired.
+        `etag`, when given, extends that to "the key has not changed since I read it".
+        """
         grace = validate_grace_period(grace)
         api_key = self._format.generate()
         async with self._audited(caller, "RotateKey", caller.credential.workspace_id, target=key_id):
             async with self._store.transaction() as tx:
+                seen = await tx.get_key(key_id)
                 record = await self._load(tx, caller, key_id, "apikeys:update", lock=True)
+                if seen is None or seen.version != record.version or (etag and etag != record.etag):
+                    raise Aborted("the key changed while this rotation waited (another rotation or update won); "
+                                  "get it again and retry")
+                ensure_not_retired(caller.credential, "rotate keys")
                 ensure_within(caller.credential, record.spec)
                 rotated = await tx.replace_secret(key_id, digest(api_key), self._format.display(api_key),
                                                   self._clock() + grace)
@@ -195,26 +224,38 @@ class KeyAdmin:
 
     # --- bindings -------------------------------------------------------------------
 
-    def _collection_action(self, resource: str, verb: str) -> str:
+    def _binding_target(self, resource: str, verb: str) -> tuple[str, str]:
+        """(canonical resource, the `<collection>:<verb>` permission that governs binding it)."""
+        resource = canonical_resource(self._catalog, resource)
+        if not resource:
+            raise InvalidArgument("resource", "name one resource, such as 'chatflows/<id>'")
         collection = resource.partition("/")[0]
         action = f"{collection}:{verb}"
         if verb not in self._catalog.verbs.get(collection, ()):
             raise InvalidArgument("resource", f"collection {collection!r} has no {action!r} in the catalog")
-        return action
+        return resource, action
 
-    def _binding_target(self, resource: str) -> str:
-        validate_resource(resource)
-        if "/" not in resource:
-            raise InvalidArgument("resource", "name one resource, such as 'chatflows/<id>'")
-        return resource
+    def _binding_actions(self, resource: str, actions: Sequence[str]) -> tuple[str, ...]:
+        """The actions a binding governs: each must act on the resource's collection. Default: using it
+        (`predictions:create`), for the collections that action acts on."""
+        if not actions:
+            wanted = tuple(a for a in DEFAULT_BINDING_ACTIONS if self._applies(a, resource))
+            if not wanted:
+                raise InvalidArgument("actions", f"name the actions the binding governs; {resource!r} has no default")
+            return wanted
+        for i, action in enumerate(actions):
+            self._catalog.validate_action(action, f"actions[{i}]")
+            if not self._applies(action, resource):
+                raise InvalidArgument(f"actions[{i}]", f"{action!r} does not act on {resource!r}")
+        return tuple(dict.fromkeys(actions))
+
+    def _applies(self, action: str, resource: str) -> bool:
+        return resource.partition("/")[0] in self._catalog.collections(action)
 
     async def bind(self, caller: Caller, resource: str, key_id: UUID,
                    actions: Sequence[str]) -> BindingRecord:
-        resource = self._binding_target(resource)
-        action = self._collection_action(resource, "update")
-        wanted = tuple(dict.fromkeys(actions)) or DEFAULT_BINDING_ACTIONS
-        for i, a in enumerate(wanted):
-            self._catalog.validate_action(a, f"actions[{i}]")
+        resource, action = self._binding_target(resource, "update")
+        wanted = self._binding_actions(resource, actions)
         async with self._audited(caller, "BindResource", caller.credential.workspace_id, target=key_id,
                                  resource=resource), self._store.transaction() as tx:
             self._require_permission(caller, action)
@@ -229,8 +270,7 @@ class KeyAdmin:
             return binding
 
     async def unbind(self, caller: Caller, resource: str, key_id: UUID) -> None:
-        resource = self._binding_target(resource)
-        action = self._collection_action(resource, "update")
+        resource, action = self._binding_target(resource, "update")
         async with self._audited(caller, "UnbindResource", caller.credential.workspace_id, target=key_id,
                                  resource=resource), self._store.transaction() as tx:
             self._require_permission(caller, action)
@@ -244,37 +284,61 @@ class KeyAdmin:
 
     async def list_bindings(self, caller: Caller, *, resource: str = "", key_id: UUID | None = None,
                             workspace_id: str = "") -> list[BindingRecord]:
+        if workspace_id:
+            validate_workspace_id(workspace_id)
+        action = ""
+        if key_id is None:
+            resource, action = self._binding_target(resource, "view")
         async with self._audited(caller, "ListBindings", caller.credential.workspace_id, target=key_id,
                                  resource=resource), self._store.read() as tx:
             if key_id is not None:
                 record = await self._load(tx, caller, key_id, "apikeys:view")
                 return await tx.list_bindings(workspace_id=record.spec.workspace_id, key_id=key_id)
-            resource = self._binding_target(resource)
-            action = self._collection_action(resource, "view")
             workspace = workspace_id or caller.credential.workspace_id
+            if not workspace:
+                raise InvalidArgument("workspace_id", "root callers must name the workspace whose bindings to list")
             self._authorize(caller, action, resource, workspace)
-            return await tx.list_bindings(workspace_id=workspace or None, resource=resource)
+            return await tx.list_bindings(workspace_id=workspace, resource=resource)
 
     # --- audit ----------------------------------------------------------------------
 
     async def list_audit(self, caller: Caller, query: AuditQuery, page_size: int,
                          page_token: str) -> tuple[list[AuditEvent], str]:
         size = paging.page_size(page_size)
+        if query.workspace_id:
+            validate_workspace_id(query.workspace_id)
+        if query.action and not _AUDIT_ACTION_RE.match(query.action):
+            raise InvalidArgument("action", "must be the name of an audited call, such as 'CreateKey'")
         async with self._audited(caller, "ListAuditEvents", caller.credential.workspace_id):
             self._authorize(caller, "logs:view", "", query.workspace_id or "")
         if not caller.credential.root:
             query = replace(query, workspace_id=caller.credential.workspace_id)
         fingerprint = ("audit", query.workspace_id, str(query.key_id), str(query.actor_key_id), query.action,
                        str(query.start_time), str(query.end_time))
-        before = paging.decode(page_token, fingerprint, _audit_cursor)
+        before = self._tokens.decode(page_token, fingerprint, _audit_cursor)
         async with self._store.read() as tx:
             rows = await tx.list_audit(query, before, size + 1)
-        return paging.page(rows, size, lambda last: [last.id], fingerprint)
+        return self._tokens.page(rows, size, lambda last: [last.id], fingerprint)
 
 
 def _set_fields(spec: KeySpec) -> tuple[str, ...]:
     """The fields a new key was given (those not left at their defaults), for its audit row."""
     return tuple(f for f in UPDATABLE_FIELDS if getattr(spec, f))
+
+
+def _viewable_ids(credential: Credential) -> list[UUID] | None:
+    """The keys a scoped caller may see (`apikeys/<id>` entries of its scope), or None for all of them:
+    a list shows exactly what GetKey would."""
+    scope = credential.scope
+    if scope.unrestricted or "apikeys" in scope.roots:
+        return None
+    ids = []
+    for root in scope.roots:
+        collection, _, rest = root.partition("/")
+        if collection == "apikeys" and "/" not in rest:
+            with contextlib.suppress(ValueError):
+                ids.append(UUID(rest))
+    return ids
 
 
 def _key_cursor(cursor: paging.Cursor) -> tuple[datetime, UUID]:

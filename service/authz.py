@@ -1,10 +1,11 @@
 """Identify and decide: the two phases every authorization request shares.
 
-`identify` turns a presented key into a Credential (shape and checksum first, so a
-malformed key costs no lookup; then the cache, then the store); `decide` is the pure
-domain function. Check,
-BatchCheck, the KeyService's caller authentication and the Envoy servicer differ
-only in how they take the key from the request and render the answer.
+`target` turns the request into its canonical Target (the resource model, one spelling per
+resource); `identify` turns a presented key into a Credential (shape and checksum first, so a
+malformed key costs no lookup; then the cache, then the store); `decide` and
+`bound_elsewhere` are the pure domain rules. Check, BatchCheck, the KeyService's caller
+authentication and the Envoy servicer differ only in how they take the key from the request
+and render the answer.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from datetime import datetime
 
 from .cache.keys import MISS, KeyCache
 from .clock import Clock, utcnow
-from .domain.decision import Code, Credential, Decision, decide, key_state
+from .domain.decision import Code, Credential, Decision, bound_elsewhere, decide, key_state
 from .domain.errors import InvalidArgument, Unauthenticated
 from .domain.keys import MAX_KEY_LEN, KeyFormat, Shape, digest
 from .domain.permissions import Catalog
 from .domain.policy import validate_workspace_id
-from .domain.resources import validate_resource
+from .domain.resources import Target, target
 from .usage import UsageRecorder
 
 MAX_BATCH = 100
@@ -31,6 +32,8 @@ _NOT_FOUND = Decision(Code.KEY_NOT_FOUND, "the API key is not known")
 
 @dataclass(frozen=True, slots=True)
 class CheckItem:
+    """One question as it arrived: any spelling. `Authorizer.target` makes it canonical."""
+
     resource: str
     action: str
     workspace_id: str = ""
@@ -45,18 +48,18 @@ class Authorizer:
         self._usage = usage
         self._clock = clock
 
-    def validate(self, item: CheckItem, at: str = "") -> None:
-        """INVALID_ARGUMENT for a malformed request, naming the field (`at` prefixes it: `items[2].`)."""
-        validate_resource(item.resource, f"{at}resource")
-        self._catalog.validate_action(item.action, f"{at}action")
+    def target(self, item: CheckItem, at: str = "") -> Target:
+        """The item's canonical Target; InvalidArgument for a malformed request, naming the field
+        (`at` prefixes it: `items[2].`)."""
+        found = target(self._catalog, item.resource, item.action, at)
         if item.workspace_id:
             validate_workspace_id(item.workspace_id, f"{at}workspace_id")
+        return found
 
-    def validate_batch(self, items: Sequence[CheckItem]) -> None:
+    def targets(self, items: Sequence[CheckItem]) -> list[Target]:
         if len(items) > MAX_BATCH:
             raise InvalidArgument("items", f"at most {MAX_BATCH} items per BatchCheck")
-        for i, item in enumerate(items):
-            self.validate(item, f"items[{i}].")
+        return [self.target(item, f"items[{i}].") for i, item in enumerate(items)]
 
     async def identify(self, api_key: str, key_digest: bytes | None = None) -> Credential | Decision:
         """The key's Credential, or the Decision that it cannot be identified."""
@@ -85,44 +88,57 @@ class Authorizer:
 
         A question asked before, about a key whose cache entries are still fresh and unchanged,
         is answered from the cache's remembered decisions: no validation, no decide, no lookup.
+        Remembered by the spelling that arrived, which maps to one canonical Target.
         """
         now = self._clock()
         if not api_key or len(api_key) > MAX_KEY_LEN:
-            self.validate(item)
+            self.target(item)
             return _MISSING if not api_key else _MALFORMED
         key_digest = digest(api_key)
         slot = (key_digest, item.resource, item.action, item.workspace_id)
         decision = self._cache.recall(slot, now)
         if decision is None:
-            self.validate(item)
+            wanted = self.target(item)
             identified = await self.identify(api_key, key_digest)
             if isinstance(identified, Decision):
                 return identified
-            decision, bindings_slot = await self._decide(identified, item, now)
+            workspace = item.workspace_id or identified.workspace_id
+            decision = decide(identified, wanted, workspace, now)
+            bindings_slot = _bindings_slot(decision, wanted, workspace)
+            if bindings_slot is not None:
+                bindings = self._cache.peek_bindings(*bindings_slot)
+                if bindings is MISS:
+                    bindings = await self._cache.bindings(*bindings_slot)
+                decision = bound_elsewhere(decision, wanted, bindings)  # type: ignore[arg-type]
             self._cache.remember(slot, decision, key_digest, bindings_slot)
         if decision.allowed:
             self._usage.record(decision.credential.key_id, now)  # type: ignore[union-attr]
         return decision
 
     async def check_batch(self, api_key: str, items: Sequence[CheckItem]) -> list[Decision]:
-        """One decision per item, for one key identified once. Validate `items` first."""
+        """One decision per item, for one key identified once; the bindings the decisions need are
+        read in one round trip. InvalidArgument (before any lookup) for a malformed item."""
+        wanted = self.targets(items)
         identified = await self.identify(api_key)
         if isinstance(identified, Decision):
             return [identified] * len(items)
         now = self._clock()
-        decisions = [(await self._decide(identified, item, now))[0] for item in items]
+        workspaces = [item.workspace_id or identified.workspace_id for item in items]
+        decisions = [decide(identified, t, w, now) for t, w in zip(wanted, workspaces, strict=True)]
+        slots = [_bindings_slot(d, t, w) for d, t, w in zip(decisions, wanted, workspaces, strict=True)]
+        needed = [s for s in slots if s is not None]
+        if needed:
+            bindings = await self._cache.bindings_many(needed)
+            decisions = [d if s is None else bound_elsewhere(d, t, bindings[s])
+                         for d, t, s in zip(decisions, wanted, slots, strict=True)]
         if any(d.allowed for d in decisions):
             self._usage.record(identified.key_id, now)
         return decisions
 
-    async def _decide(self, credential: Credential, item: CheckItem,
-                      now: datetime) -> tuple[Decision, tuple[str, str] | None]:
-        """The decision, and the (workspace, resource) whose bindings it consulted, if any."""
-        workspace = item.workspace_id or credential.workspace_id
-        if not (item.resource and workspace):
-            return decide(credential, item.resource, item.action, workspace, (), now), None
-        bindings_slot = (workspace, item.resource)
-        bindings = self._cache.peek_bindings(*bindings_slot)
-        if bindings is MISS:
-            bindings = await self._cache.bindings(*bindings_slot)
-        return decide(credential, item.resource, item.action, workspace, bindings, now), bindings_slot  # type: ignore[arg-type]
+
+def _bindings_slot(decision: Decision, wanted: Target, workspace: str) -> tuple[str, str] | None:
+    """The (workspace, resource) whose bindings the decision still depends on: only for a resource
+    the other rules allow, so a request refused anyway costs no bindings lookup."""
+    if decision.allowed and wanted.resource and workspace:
+        return workspace, wanted.resource
+    return None

@@ -58,7 +58,7 @@ def _migrate(args: argparse.Namespace) -> int:
     logs.configure(settings.log_level, access=settings.access_log)
 
     async def work(store: Store) -> None:
-        applied = await store.migrate()
+        applied = await store.migrate(settings.catalog())
         print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}", file=sys.stderr)
 
     return _run(lambda: _with_store(settings, work))
@@ -70,8 +70,9 @@ def _bootstrap(args: argparse.Namespace) -> int:
     logs.configure("warning")
 
     async def work(store: Store) -> None:
-        await store.migrate()
-        _, api_key = await KeyAdmin(store, settings.catalog(), settings.key_format()).create_root_key(args.name)
+        catalog = settings.catalog()
+        await store.migrate(catalog)
+        _, api_key = await KeyAdmin(store, catalog, settings.key_format()).create_root_key(args.name)
         print(api_key, flush=True)
 
     return _run(lambda: _with_store(settings, work))

@@ -73,16 +73,18 @@ class Settings:
         return KeyFormat(self.key_prefix)
 
     def catalog(self) -> Catalog:
-        """The built-in catalog plus the operator's file: `categories: {name: [verb, ...]}`."""
+        """The built-in catalog plus the operator's file: `categories: {name: [verb, ...]}`, or
+        `{name: {verbs: [...], collections: [...]}}` for a category acting on other collections."""
         if self.catalog_file is None:
             return Catalog.build()
         data = _read_yaml(self.catalog_file, "catalog")
         categories = data.get("categories") if isinstance(data, dict) else None
-        if not isinstance(categories, dict) or not all(
-            isinstance(v, list) and all(isinstance(x, str) for x in v) for v in categories.values()
-        ):
+        if not isinstance(categories, dict):
             raise InvalidArgument("catalog", f"{self.catalog_file} must map 'categories' to lists of verbs")
-        return Catalog.build(categories)
+        try:
+            return Catalog.build(categories)
+        except InvalidArgument as exc:
+            raise InvalidArgument("catalog", f"{self.catalog_file}: {exc.description}") from None
 
 
     def routes(self, catalog: Catalog) -> RouteTable:

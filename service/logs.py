@@ -4,18 +4,37 @@ Two pipelines. Application events (start, stop, warnings, failures) are written 
 The access log, one line per RPC, is the high-volume one: it has its own minimal chain
 and a buffer that `flush` writes out (the server flushes every 100 ms and on shutdown),
 so an RPC costs a few microseconds of logging instead of a formatted write() each.
+
+No key may reach a log, whoever put it where. The access chain writes only fields keygate
+controls (method, code, latency, a request id that cannot be key-shaped). The application
+chain, which also carries other libraries' records (grpc, asyncpg) and tracebacks, replaces
+anything key-shaped in each rendered line; bytes that grpc prints (metadata values as they
+arrived) are withheld whole; and each kind of standard-library record is bounded in rate,
+so a peer that makes a library complain cannot flood the log.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import time
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import orjson
 import structlog
 
+from .domain import errors
+from .domain.errors import KEY_SHAPED
+
 ACCESS_BUFFER_LIMIT = 64 * 1024
+REDACTED = errors.REDACTED.encode()
+THROTTLE_LIMIT = 5  # lines of one kind ...
+THROTTLE_WINDOW_SECONDS = 10.0  # ... per window
+THROTTLE_MAX_KINDS = 1000
+_KEY_SHAPED_BYTES = re.compile(KEY_SHAPED.pattern.encode())
 
 
 class BufferedLines:
@@ -63,11 +82,13 @@ def configure(level: str = "info", stream: BinaryIO | None = None, *, access: bo
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False)),
-            structlog.processors.JSONRenderer(serializer=orjson.dumps),
+            structlog.processors.JSONRenderer(serializer=_redacted_json),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_Logs.level),
         logger_factory=structlog.BytesLoggerFactory(out),
-        cache_logger_on_first_use=True,
+        # Application events are rare: not caching lets every later `configure` (a test's capture
+        # included) reach loggers already used, instead of leaving them writing to the old stream.
+        cache_logger_on_first_use=False,
     )
     logging.basicConfig(handlers=[_ToStructlog()], level=max(_Logs.level, logging.WARNING), force=True)
 
@@ -81,12 +102,86 @@ class _CurrentAccess:
     info = msg
 
 
+def _redacted_json(event: Any, **options: Any) -> bytes:
+    """The application chain's renderer: JSON with every key-shaped run replaced (inside a string it stays
+    valid JSON). Only application events pay for the scan; they are few."""
+    return _KEY_SHAPED_BYTES.sub(REDACTED, orjson.dumps(event, **options))
+
+
+@dataclass(slots=True)
+class _Window:
+    start: float
+    admitted: int = 1
+    dropped: int = 0
+
+
+class Throttle:
+    """At most `limit` lines of each kind per `window` seconds; the first line of a later window says how many
+    were dropped. Kinds are few (a method, a log call site); past `max_kinds` the count starts over."""
+
+    def __init__(self, limit: int = THROTTLE_LIMIT, window: float = THROTTLE_WINDOW_SECONDS,
+                 max_kinds: int = THROTTLE_MAX_KINDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self._limit = limit
+        self._window = window
+        self._max_kinds = max_kinds
+        self._clock = clock
+        self._kinds: dict[Hashable, _Window] = {}
+
+    def admit(self, kind: Hashable) -> int | None:
+        """None: drop this line. Otherwise log it, with the number dropped before it (0 usually)."""
+        now = self._clock()
+        window = self._kinds.get(kind)
+        if window is None or now - window.start >= self._window:
+            if window is None and len(self._kinds) >= self._max_kinds:
+                self._kinds.clear()
+            self._kinds[kind] = _Window(now)
+            return 0 if window is None else window.dropped
+        if window.admitted < self._limit:
+            window.admitted += 1
+            return 0
+        window.dropped += 1
+        return None
+
+
+def _withheld(arg: object) -> object:
+    return f"<{len(arg)} bytes withheld>" if isinstance(arg, bytes | bytearray) else arg
+
+
+def _message(record: logging.LogRecord) -> str:
+    """`record.getMessage()`, with bytes arguments withheld (and the bare template if they do not fit it)."""
+    args = record.args
+    if not args:
+        return str(record.msg)
+    kept = {k: _withheld(v) for k, v in args.items()} if isinstance(args, Mapping) else tuple(map(_withheld, args))
+    try:
+        return str(record.msg) % kept
+    except (TypeError, ValueError, KeyError):
+        return str(record.msg)
+
+
 class _ToStructlog(logging.Handler):
-    """Standard-library records (asyncpg, grpc) as structlog events: one JSON line each, even with a traceback."""
+    """Standard-library records (asyncpg, grpc) as structlog events: one JSON line each, even with a traceback.
+
+    Bytes arguments are withheld: grpc formats metadata values it cannot decode (a whole
+    `authorization` header) into its messages. An exception from decoding a peer's bytes is the
+    peer's mistake: its type is logged, not a traceback. Each call site is throttled.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._throttle = Throttle()
 
     def emit(self, record: logging.LogRecord) -> None:
-        structlog.get_logger(record.name).log(record.levelno, record.getMessage(), logger=record.name,
-                                               exc_info=record.exc_info or False)
+        dropped = self._throttle.admit((record.name, record.pathname, record.lineno))
+        if dropped is None:
+            return
+        fields: dict[str, object] = {"logger": record.name}
+        if dropped:
+            fields["dropped_before"] = dropped
+        level, exc_info = record.levelno, record.exc_info or False
+        if exc_info and isinstance(exc_info[1], UnicodeDecodeError):
+            level, exc_info, fields["error"] = logging.WARNING, False, "UnicodeDecodeError"
+        structlog.get_logger(record.name).log(level, _message(record), exc_info=exc_info, **fields)
 
 
 def access_logger() -> Any | None:

@@ -13,10 +13,10 @@ from typing import Any
 import grpc
 import structlog
 import uvloop
-from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.service.auth.v3 import external_auth_pb2
 from google.protobuf.descriptor import ServiceDescriptor
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from . import logs
 from .admin import KeyAdmin
@@ -28,10 +28,11 @@ from .authz import Authorizer
 from .cache.keys import KeyCache
 from .cache.listener import ChangeListener
 from .config import Settings
+from .domain import paging
 from .store import embedded
 from .store.postgres import Store
 from .usage import UsageRecorder
-from .v1 import authz_pb2, authz_pb2_grpc, keys_pb2, keys_pb2_grpc
+from .v1 import authz_pb2, keys_pb2
 from .workers import Supervisor
 
 log = structlog.get_logger(__name__)
@@ -47,6 +48,7 @@ SERVICE_NAMES = (
 )
 SHUTDOWN_GRACE_SECONDS = 5.0
 ACCESS_LOG_FLUSH_SECONDS = 0.1
+PAGE_TOKEN_SECRET = "page_token"  # its row in server_secrets (migration 0003)
 
 
 def database_url(settings: Settings) -> str:
@@ -74,26 +76,28 @@ class App:
         catalog = settings.catalog()
         key_format = settings.key_format()
         store = await Store.connect(url, settings.database)
-        await store.migrate()
+        await store.migrate(catalog)
         cache = KeyCache(store, catalog, settings.cache)
         listener = ChangeListener(store, cache)
         usage = UsageRecorder(store)
         authorizer = Authorizer(cache, catalog, key_format, usage)
-        admin = KeyAdmin(store, catalog, key_format)
+        async with store.read() as tx:
+            page_tokens = paging.PageTokens(await tx.server_secret(PAGE_TOKEN_SECRET))
+        admin = KeyAdmin(store, catalog, key_format, page_tokens=page_tokens)
 
         server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuse_port))])
-        boundary = Boundary()
-        keys_pb2_grpc.add_KeyServiceServicer_to_server(
-            boundary.wrap(KeyServicer(authorizer, admin), _service(keys_pb2, "KeyService")), server)
-        authz_pb2_grpc.add_AuthzServiceServicer_to_server(
-            boundary.wrap(AuthzServicer(authorizer), _service(authz_pb2, "AuthzService")), server)
-        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-            boundary.wrap(EnvoyAuthzServicer(authorizer, settings.routes(catalog)),
-                          _service(external_auth_pb2, "Authorization")), server)
         health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(
-            boundary.wrap(health_servicer, _service(health_pb2, "Health")), server)
-        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        # Every service through the boundary, whose request parser turns bytes that are not the
+        # method's message into INVALID_ARGUMENT (grpc's own would answer UNKNOWN and log a traceback).
+        boundary = Boundary()
+        boundary.register(server, KeyServicer(authorizer, admin), _service(keys_pb2, "KeyService"))
+        boundary.register(server, AuthzServicer(authorizer), _service(authz_pb2, "AuthzService"))
+        boundary.register(server, EnvoyAuthzServicer(authorizer, settings.routes(catalog)),
+                          _service(external_auth_pb2, "Authorization"))
+        boundary.register(server, health_servicer, _service(health_pb2, "Health"))
+        boundary.register(server, reflection.aio.ReflectionServicer(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)),
+            _service(reflection_pb2, "ServerReflection"))
         try:
             port = server.add_insecure_port(settings.listen)
         except RuntimeError:
@@ -137,10 +141,11 @@ def run(settings: Settings) -> None:
 
 async def _prepare(settings: Settings, url: str) -> None:
     """Migrations, and on an embedded database's first start a root key, printed once."""
+    catalog = settings.catalog()
     store = await Store.connect(url, settings.database, min_size=1, max_size=1)
     try:
-        await store.migrate()
-        admin = KeyAdmin(store, settings.catalog(), settings.key_format())
+        await store.migrate(catalog)
+        admin = KeyAdmin(store, catalog, settings.key_format())
         if not settings.database_url and not await admin.has_root_key():
             _, api_key = await admin.create_root_key()
             _print_first_start(api_key)

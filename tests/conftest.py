@@ -64,11 +64,12 @@ def postgres(pg_dirs: Callable[[str], Path]) -> Iterator[Postgres]:
     server.psql(f"CREATE DATABASE {TEMPLATE};")
     import asyncio
 
+    from keygate.domain.permissions import Catalog
     from keygate.store.postgres import Store
 
     async def migrate_template() -> None:
         store = await Store.connect(pg.url(TEMPLATE))
-        await store.migrate()
+        await store.migrate(Catalog.build())
         await store.close()
 
     asyncio.run(migrate_template())

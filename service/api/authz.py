@@ -23,6 +23,5 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
         self, request: authz_pb2.BatchCheckRequest, context: grpc.aio.ServicerContext
     ) -> authz_pb2.BatchCheckResponse:
         items = [CheckItem(i.resource, i.action, i.workspace_id) for i in request.items]
-        self._authorizer.validate_batch(items)
         decisions = await self._authorizer.check_batch(request.api_key, items)
         return authz_pb2.BatchCheckResponse(results=[check_response(d) for d in decisions])

@@ -1,27 +1,35 @@
-"""The boundary every keygate RPC crosses: request id, error translation, one structured log line.
+"""The boundary every keygate RPC crosses: request parsing, request id, error translation, one log line.
 
-Applied once, when servicers are registered (`Boundary.wrap`), rather than as a server
+Applied once, when servicers are registered (`Boundary.register`), rather than as a server
 interceptor, which would rebuild a method handler on every call: on the Check path
 every microsecond counts. Log lines carry the method, the status code, the latency and
 the request id, never metadata or request fields, so no key can reach a log.
+
+Requests are parsed by our own deserializer, which cannot fail: bytes that are not the
+method's message become `MALFORMED`, which the boundary answers with INVALID_ARGUMENT.
+A deserializer that raises would make grpc answer UNKNOWN and log a traceback per call,
+unauthenticated, before any handler of ours runs.
 """
 
 from __future__ import annotations
 
 import contextvars
+import inspect
 import itertools
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from typing import Any, TypeGuard
 
 import grpc
 import structlog
-from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf import message_factory
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from .. import logs
-from ..domain.errors import KeygateError
+from ..domain.errors import KEY_SHAPED, InvalidArgument, KeygateError
+from ..domain.keys import SECRET_LEN
 from .errors import internal_status, to_status
 
 _events = structlog.get_logger(__name__)
@@ -29,7 +37,35 @@ REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}\Z")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
-Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
+_HANDLERS = {  # (client streaming, server streaming) -> how grpc wants the handler
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+class _Malformed:
+    """What our deserializer returns for bytes that are not the method's message."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MALFORMED"
+
+
+MALFORMED = _Malformed()
+
+
+def _malformed(message_name: str) -> InvalidArgument:
+    return InvalidArgument("request", f"the body is not a valid {message_name} message")
+
+
+def acceptable_request_id(value: object) -> TypeGuard[str]:
+    """A caller's request id is echoed, logged and audited, so it must not be able to carry a key."""
+    return (isinstance(value, str) and _REQUEST_ID_RE.match(value) is not None
+            and (len(value) < SECRET_LEN or KEY_SHAPED.search(value) is None))
 
 
 class Boundary:
@@ -38,22 +74,53 @@ class Boundary:
         # Unique across processes and restarts, and cheaper than a uuid4 per call.
         self._prefix = os.urandom(6).hex()
         self._counter = itertools.count(1)
+        self._malformed_log = logs.Throttle()
 
-    def wrap(self, servicer: object, service: ServiceDescriptor) -> object:
-        """Replace the servicer's unary methods with wrapped ones; returns the servicer for chaining."""
-        for method in service.methods:
-            if not (method.client_streaming or method.server_streaming):
-                name = method.name
-                setattr(servicer, name, self._wrap(f"/{service.full_name}/{name}", getattr(servicer, name)))
-        return servicer
+    def register(self, server: grpc.aio.Server, servicer: object, service: ServiceDescriptor) -> None:
+        """Serve the methods of `service` that `servicer` implements on `server`, behind the boundary.
+
+        A method left to the generated base class (which raises NotImplementedError, e.g. Health.List)
+        is not registered, so grpc answers UNIMPLEMENTED instead of our boundary reporting a bug.
+        """
+        handlers = {method.name: self._handler(service, method, getattr(servicer, method.name))
+                    for method in service.methods if _implemented(servicer, method.name)}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+        server.add_registered_method_handlers(service.full_name, handlers)
+
+    def _handler(self, service: ServiceDescriptor, method: MethodDescriptor,
+                 behavior: Behavior) -> grpc.RpcMethodHandler:
+        path = f"/{service.full_name}/{method.name}"
+        name = method.input_type.full_name
+        shape = (method.client_streaming, method.server_streaming)
+        # Streams are not access-logged (a Watch lasts as long as its client); their requests are screened.
+        wrapped = self._wrap(path, name, behavior) if shape == (False, False) else _screened(behavior, name, shape[0])
+        return _HANDLERS[shape](
+            wrapped,
+            request_deserializer=self._parser(path, message_factory.GetMessageClass(method.input_type).FromString),
+            response_serializer=message_factory.GetMessageClass(method.output_type).SerializeToString,
+        )
+
+    def _parser(self, method: str, parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+        throttle = self._malformed_log
+
+        def parse_or_mark(data: bytes) -> Any:
+            try:
+                return parse(data)
+            except Exception:  # whatever the bytes were, they are the caller's mistake
+                dropped = throttle.admit(method)
+                if dropped is not None:
+                    _events.warning("malformed_request", method=method, size=len(data), dropped_before=dropped)
+                return MALFORMED
+
+        return parse_or_mark
 
     def _request_id(self, context: grpc.aio.ServicerContext) -> str:
         for key, value in context.invocation_metadata() or ():
-            if key == REQUEST_ID_HEADER and isinstance(value, str) and _REQUEST_ID_RE.match(value):
+            if key == REQUEST_ID_HEADER and acceptable_request_id(value):
                 return value
         return f"{self._prefix}{next(self._counter):08x}"
 
-    def _wrap(self, method: str, behavior: Behavior) -> Behavior:
+    def _wrap(self, method: str, message_name: str, behavior: Behavior) -> Behavior:
         log = self._log
 
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -63,6 +130,8 @@ class Boundary:
             echo = ((REQUEST_ID_HEADER, rid),)
             code = grpc.StatusCode.OK
             try:
+                if request is MALFORMED:
+                    raise _malformed(message_name)
                 response = await behavior(request, context)
                 context.set_trailing_metadata(echo)
                 return response
@@ -84,3 +153,44 @@ class Boundary:
                              latency_ms=round((time.perf_counter() - started) * 1000, 3), request_id=rid)
 
         return handle
+
+
+def _implemented(servicer: object, name: str) -> bool:
+    """Not the stub that generated `*_pb2_grpc` base classes provide for every method."""
+    return not getattr(type(servicer), name).__module__.endswith("_pb2_grpc")
+
+
+async def _refuse(context: grpc.aio.ServicerContext, message_name: str) -> None:
+    status = to_status(_malformed(message_name))
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+async def _screen_each(requests: AsyncIterable[Any], context: grpc.aio.ServicerContext,
+                       message_name: str) -> AsyncIterator[Any]:
+    async for request in requests:
+        if request is MALFORMED:
+            await _refuse(context, message_name)
+        yield request
+
+
+def _screened(behavior: Behavior, message_name: str, client_streaming: bool) -> Behavior:
+    """A streaming method whose malformed request(s) end the call with INVALID_ARGUMENT."""
+
+    async def screen(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if client_streaming:
+            return _screen_each(request, context, message_name)
+        if request is MALFORMED:
+            await _refuse(context, message_name)
+        return request
+
+    if inspect.isasyncgenfunction(behavior):
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async for response in behavior(await screen(request, context), context):
+                yield response
+
+        return stream
+
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await behavior(await screen(request, context), context)
+
+    return call

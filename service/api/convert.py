@@ -1,4 +1,8 @@
-"""Protobuf <-> domain values. No rules here: only shapes."""
+"""Protobuf <-> domain values. No rules here: only shapes.
+
+What the wire can carry but a well-formed message cannot (a Timestamp in year 10**11, a Duration
+overflowing timedelta) is refused here, as InvalidArgument naming the field, before any rule runs.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,12 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from ..domain.decision import Code, Decision
+from ..domain.errors import InvalidArgument
 from ..domain.records import AuditEvent, BindingRecord, KeyRecord
 from ..v1 import authz_pb2, keys_pb2
+
+MAX_DURATION_SECONDS = 315_576_000_000  # google.protobuf.Duration's own bound: 10,000 years
+NANOS_PER_SECOND = 1_000_000_000
 
 
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -20,14 +28,26 @@ def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
 
 
 def from_timestamp(message: object, field: str) -> datetime | None:
-    """The field as an aware UTC datetime, or None when it is not set."""
+    """The field as an aware UTC datetime, or None when it is not set.
+
+    InvalidArgument naming the field for a value outside the Timestamp range (years 1 to 9999, nanos
+    0 to 999,999,999): the wire carries any 64-bit seconds and 32-bit nanos.
+    """
     if not message.HasField(field):  # type: ignore[attr-defined]
         return None
-    return getattr(message, field).ToDatetime(tzinfo=UTC)
+    try:
+        return getattr(message, field).ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(field, "must be a valid Timestamp, between 0001-01-01 and 9999-12-31 UTC") from None
 
 
 def from_duration(message: object, field: str) -> timedelta:
+    """The field as a timedelta; InvalidArgument naming the field outside the Duration range
+    (+-10,000 years, nanos below one second and of the seconds' sign), which timedelta may not hold."""
     value: duration_pb2.Duration = getattr(message, field)
+    seconds, nanos = value.seconds, value.nanos
+    if abs(seconds) > MAX_DURATION_SECONDS or abs(nanos) >= NANOS_PER_SECOND or seconds * nanos < 0:
+        raise InvalidArgument(field, "must be a valid Duration: at most 10,000 years, nanos of the seconds' sign")
     return value.ToTimedelta()
 
 

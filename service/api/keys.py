@@ -82,7 +82,7 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
     async def RotateKey(self, request: keys_pb2.RotateKeyRequest, context: Any) -> keys_pb2.CreateKeyResponse:
         caller = await self._caller(context)
         record, api_key = await self._admin.rotate_key(caller, parse_id(request.id),
-                                                       convert.from_duration(request, "grace_period"))
+                                                       convert.from_duration(request, "grace_period"), request.etag)
         return keys_pb2.CreateKeyResponse(key=convert.api_key(record), api_key=api_key)
 
     async def BindResource(self, request: keys_pb2.BindResourceRequest, context: Any) -> keys_pb2.Binding:

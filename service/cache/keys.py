@@ -22,9 +22,10 @@ clock on every Check.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, NamedTuple, TypeVar
@@ -168,6 +169,15 @@ class KeyCache:
                                 lambda: self._fetch_bindings(workspace_id, resource),
                                 lambda value, at: self._keep_bindings(slot, value, at))
 
+    async def bindings_many(self, slots: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[Binding, ...]]:
+        """The bindings of several (workspace, resource) slots; those not in memory are read in one
+        round trip. Each slot is then answered by `bindings`, so freshness and outages work as for one."""
+        missing = [slot for slot in dict.fromkeys(slots) if self.peek_bindings(*slot) is MISS]
+        if len(missing) > 1:
+            with contextlib.suppress(Unavailable):  # each slot below reads (or fails) on its own
+                await self._fetch_and_keep(lambda: self._fetch_bindings_many(missing), self._keep_bindings_many)
+        return {slot: await self.bindings(*slot) for slot in dict.fromkeys(slots)}
+
     # --- remembered decisions: a repeated Check costs one dictionary lookup ----------------
 
     def recall(self, slot: Hashable, now: datetime) -> Decision | None:
@@ -264,8 +274,19 @@ class KeyCache:
         return record.credential(self._catalog, secret_expire_time)
 
     async def _fetch_bindings(self, workspace_id: str, resource: str) -> tuple[Binding, ...]:
+        slot = (workspace_id, resource)
         async with self._store.lookup() as tx:
-            return tuple(await tx.bindings_for(workspace_id, resource))
+            return (await tx.bindings_for_many([slot]))[slot]
+
+    async def _fetch_bindings_many(
+        self, slots: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[Binding, ...]]:
+        async with self._store.lookup() as tx:
+            return await tx.bindings_for_many(slots)
+
+    def _keep_bindings_many(self, found: dict[tuple[str, str], tuple[Binding, ...]], fetched_at: float) -> None:
+        for slot, bindings in found.items():
+            self._keep_bindings(slot, bindings, fetched_at)
 
     def _keep_credential(self, digest: bytes, credential: Credential | None, fetched_at: float) -> None:
         self._epoch += 1

@@ -1,10 +1,11 @@
-"""The decision: credential + resource + action + workspace -> a code. Pure and total.
+"""The decision: credential + target + workspace -> a code. Pure and total.
 
 Every door (AuthzService.Check, BatchCheck, the KeyService's own caller check, Envoy)
-ends here, so a rule fixed in `decide` is fixed everywhere. Checks run in this order,
-and the first that fails is the answer: expired, disabled, workspace, scope,
-permission, binding. The binding comes last so that a key which could not use the
-resource anyway learns nothing about who it is bound to.
+ends here, so a rule fixed here is fixed everywhere. Checks run in this order, and the
+first that fails is the answer: expired, disabled, workspace, scope, permission
+(`decide`), then binding (`bound_elsewhere`). The binding comes last so that a key which
+could not use the resource anyway learns nothing about who it is bound to, and so that
+the bindings are looked up only for a request every other rule allows.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
-from .resources import Scope
+from .resources import Scope, Target
 
 
 class Code(enum.Enum):
@@ -63,6 +64,17 @@ class Credential:
     def root(self) -> bool:
         return not self.workspace_id
 
+    @property
+    def retired(self) -> bool:
+        """Is this a secret that a rotation replaced (answering only for its grace period)?"""
+        return self.secret_expire_time is not None
+
+    @property
+    def ends(self) -> datetime | None:
+        """When this credential stops working: the key's expiry or the secret's own, whichever is first.
+        This, not the key's expiry, bounds what the credential may grant."""
+        return min((t for t in (self.expire_time, self.secret_expire_time) if t is not None), default=None)
+
 
 @dataclass(frozen=True, slots=True)
 class Binding:
@@ -96,29 +108,28 @@ def key_state(credential: Credential, now: datetime) -> Decision | None:
     return None
 
 
-def decide(
-    credential: Credential,
-    resource: str,
-    action: str,
-    workspace_id: str,
-    bindings: Sequence[Binding],
-    now: datetime,
-) -> Decision:
-    """Decide one request for an identified key. `bindings` are those of (workspace, resource)."""
-
-    def deny(code: Code, reason: str) -> Decision:
-        return Decision(code, reason, credential)
-
+def decide(credential: Credential, target: Target, workspace_id: str, now: datetime) -> Decision:
+    """Every rule but the binding, for an identified key. OK here still needs `bound_elsewhere`
+    when the target names a resource."""
     dead = key_state(credential, now)
     if dead is not None:
         return dead
     if workspace_id and not credential.root and workspace_id != credential.workspace_id:
-        return deny(Code.WORKSPACE_MISMATCH, "the key belongs to another workspace")
-    if not credential.scope.allows(resource, action):
-        return deny(Code.RESOURCE_OUT_OF_SCOPE, f"the key is not scoped to {resource or 'this collection'!r}")
-    if action not in credential.grants:
-        return deny(Code.PERMISSION_DENIED, f"the key lacks {action!r}")
-    governing = [b for b in bindings if action in b.actions]
-    if governing and all(b.key_id != credential.key_id for b in governing):
-        return deny(Code.RESOURCE_BOUND_TO_OTHER_KEY, f"{resource!r} is bound to another key for {action!r}")
+        return Decision(Code.WORKSPACE_MISMATCH, "the key belongs to another workspace", credential)
+    if not credential.scope.allows(target):
+        where = repr(target.resource) if target.resource else "the whole of " + ", ".join(target.collections)
+        return Decision(Code.RESOURCE_OUT_OF_SCOPE, f"the key is not scoped to {where}", credential)
+    if target.action not in credential.grants:
+        return Decision(Code.PERMISSION_DENIED, f"the key lacks {target.action!r}", credential)
     return Decision(Code.OK, "allowed", credential)
+
+
+def bound_elsewhere(allowed: Decision, target: Target, bindings: Sequence[Binding]) -> Decision:
+    """The binding rule, applied to what `decide` allowed: if any binding of the resource governs the
+    action, only a bound key may use it. `bindings` are those of (workspace, resource)."""
+    credential = allowed.credential
+    governing = [b for b in bindings if target.action in b.actions]
+    if credential is None or not governing or any(b.key_id == credential.key_id for b in governing):
+        return allowed
+    return Decision(Code.RESOURCE_BOUND_TO_OTHER_KEY,
+                    f"{target.resource!r} is bound to another key for {target.action!r}", credential)

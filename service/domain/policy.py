@@ -2,7 +2,8 @@
 
 A caller can never create or widen a key beyond itself: the key's permissions must be
 implied by the caller's, its scope must lie within the caller's, its workspace must be
-the caller's (root: any), and it may not outlive the caller.
+the caller's (root: any), and it may not outlive the caller's credential (for a secret
+replaced by a rotation, that ends with its grace period).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from datetime import datetime, timedelta
 from .decision import Credential
 from .errors import InvalidArgument, PermissionDenied
 from .permissions import ROOT, Catalog
-from .resources import MAX_SCOPE_ENTRIES, Scope, validate_pattern
+from .resources import MAX_SCOPE_ENTRIES, Scope, canonical_pattern
 
 MAX_NAME_LEN = 100
 MAX_DESCRIPTION_LEN = 1000
@@ -59,7 +60,7 @@ class KeySpec:
             name=validate_name(self.name),
             workspace_id=validate_workspace_id(self.workspace_id),
             permissions=validate_permissions(self.permissions, catalog),
-            resources=validate_resources(self.resources),
+            resources=validate_resources(self.resources, catalog),
             description=_validate_text(self.description, "description", MAX_DESCRIPTION_LEN, allow_empty=True),
             metadata=validate_metadata(self.metadata),
         )
@@ -99,12 +100,11 @@ def validate_permissions(permissions: Sequence[str], catalog: Catalog) -> tuple[
     return tuple(dict.fromkeys(permissions))
 
 
-def validate_resources(resources: Sequence[str]) -> tuple[str, ...]:
+def validate_resources(resources: Sequence[str], catalog: Catalog) -> tuple[str, ...]:
+    """The scope entries in their canonical spelling, without repeats."""
     if len(resources) > MAX_SCOPE_ENTRIES:
         raise InvalidArgument("resources", f"at most {MAX_SCOPE_ENTRIES} entries")
-    for i, pattern in enumerate(resources):
-        validate_pattern(pattern, f"resources[{i}]")
-    return tuple(dict.fromkeys(resources))
+    return tuple(dict.fromkeys(canonical_pattern(catalog, p, f"resources[{i}]") for i, p in enumerate(resources)))
 
 
 def validate_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
@@ -142,6 +142,13 @@ def _later(a: datetime | None, b: datetime | None) -> bool:
     return b is not None and (a is None or a > b)
 
 
+def ensure_not_retired(caller: Credential, what: str) -> None:
+    """A retired secret (replaced by a rotation, answering for its grace period) may not `what`:
+    whatever would let it outlive or replace the secret that retired it."""
+    if caller.retired:
+        raise PermissionDenied(f"a secret replaced by a rotation cannot {what}; use the key's current secret")
+
+
 def ensure_within(caller: Credential, spec: KeySpec, baseline: Credential | None = None) -> None:
     """Refuse (PermissionDenied) whatever `spec` would grant beyond both the caller and `baseline`.
 
@@ -163,10 +170,11 @@ def ensure_within(caller: Credential, spec: KeySpec, baseline: Credential | None
         if not holders:
             raise PermissionDenied(f"cannot grant {permission!r}: the calling key does not hold it")
         for piece in pieces:
-            covering = [s.expire_time for s in holders if s.scope.covers(piece)]
+            covering = [s.ends for s in holders if s.scope.covers(piece)]
             if not covering:
                 raise PermissionDenied(
                     f"cannot grant {permission!r} on a resource scope wider than the calling key's own"
                 )
             if _later(spec.expire_time, _latest(covering)):
-                raise PermissionDenied("expire_time must be set and no later than the calling key's own expiry")
+                raise PermissionDenied("expire_time must be set and no later than the calling key's own expiry "
+                                       "(or its secret's, for a secret replaced by a rotation)")

@@ -3,6 +3,9 @@
 A rule such as `POST /api/v1/prediction/{id}` -> `chatflows/{id}` + `predictions:create`
 turns an HTTP request Envoy asks about into the same question Check answers. The first
 matching rule wins; a request no rule matches is denied unless `unmatched` is "allow".
+Paths match case-blind, as Flowise's router (Express) matches them, so `/API/V1/Prediction/x`
+cannot slip past a rule written in lower case. The resource a rule produces is made
+canonical by the same resource model as every other door (`keygate.domain.resources`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 
 from .errors import InvalidArgument
 from .permissions import Catalog
-from .resources import validate_pattern
+from .resources import target
 
 _VARIABLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "*"})
@@ -33,7 +36,7 @@ class Route:
     def __post_init__(self) -> None:
         parts = _VARIABLE.split(self.path)
         pattern = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>[^/]+)" for i, p in enumerate(parts))
-        object.__setattr__(self, "regex", re.compile(f"^{pattern}/?\\Z"))
+        object.__setattr__(self, "regex", re.compile(f"^{pattern}/?\\Z", re.IGNORECASE))
 
     def resolve(self, method: str, path: str) -> str | None:
         """The resource this request names, or None if the rule does not match it."""
@@ -102,5 +105,7 @@ def _route(rule: Any, at: str, catalog: Catalog) -> Route:
     if missing:
         raise InvalidArgument(f"{at}.resource", f"uses {sorted(missing)} which the path does not capture")
     if resource:
-        validate_pattern(_VARIABLE.sub("x", resource), f"{at}.resource")
+        # The collection must be literal, in the catalog, and one the action acts on.
+        collection = target(catalog, _VARIABLE.sub("x", resource), action, f"{at}.").resource.partition("/")[0]
+        resource = collection + "/" + resource.partition("/")[2]
     return Route(method, path, action, resource, bool(rule.get("query_key", False)))

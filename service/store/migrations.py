@@ -1,30 +1,51 @@
-"""Apply the numbered SQL files in keygate.migrations, in order, each exactly once.
+"""Apply the numbered migrations in keygate.migrations, in order, each exactly once.
 
-The whole run holds a PostgreSQL advisory lock, so servers starting together take
-turns: the first applies what is missing, the others then find nothing to do.
+A migration is a SQL file (`0001_keys.sql`) or, where it needs keygate's own rules such as the
+catalog's spelling of resources, a Python module (`0002_canonical_resources.py`) with
+`async def apply(conn, catalog)`. Each runs in its own transaction with its bookkeeping row.
+The whole run holds a PostgreSQL advisory lock, so servers starting together take turns:
+the first applies what is missing, the others then find nothing to do.
 """
 
 from __future__ import annotations
 
+import importlib
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
 
 import asyncpg
 import structlog
 
+from ..domain.permissions import Catalog
+
 log = structlog.get_logger(__name__)
 
 # An arbitrary constant that names "keygate migrations" among advisory locks.
 _LOCK_ID = 0x6B657967_6174650
-_FILE_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql\Z")
+_FILE_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.(sql|py)\Z")
+
+Apply = Callable[[asyncpg.Connection, Catalog], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
 class Migration:
     version: int
     name: str
-    sql: str
+    apply: Apply
+
+    @classmethod
+    def from_sql(cls, version: int, name: str, text: str) -> Migration:
+        async def apply(conn: asyncpg.Connection, _catalog: Catalog) -> None:
+            await conn.execute(text)
+
+        return cls(version, name, apply)
+
+
+def _python(name: str) -> Apply:
+    module = importlib.import_module(f"keygate.migrations.{name.removesuffix('.py')}")
+    return module.apply  # type: ignore[no-any-return]
 
 
 def available() -> list[Migration]:
@@ -33,7 +54,11 @@ def available() -> list[Migration]:
     for entry in resources.files("keygate.migrations").iterdir():
         match = _FILE_RE.match(entry.name)
         if match:
-            found.append(Migration(int(match.group(1)), entry.name, entry.read_text()))
+            version = int(match.group(1))
+            if match.group(2) == "sql":
+                found.append(Migration.from_sql(version, entry.name, entry.read_text()))
+            else:
+                found.append(Migration(version, entry.name, _python(entry.name)))
     found.sort(key=lambda m: m.version)
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
@@ -41,7 +66,7 @@ def available() -> list[Migration]:
     return found
 
 
-async def migrate(conn: asyncpg.Connection) -> list[str]:
+async def migrate(conn: asyncpg.Connection, catalog: Catalog) -> list[str]:
     """Apply what is missing; return the names applied by this call."""
     applied_now: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
@@ -57,7 +82,7 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
             if migration.version in done:
                 continue
             async with conn.transaction():
-                await conn.execute(migration.sql)
+                await migration.apply(conn, catalog)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", migration.version, migration.name
                 )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +27,7 @@ from ..domain import changes
 from ..domain.decision import Binding
 from ..domain.errors import Unavailable
 from ..domain.keys import fingerprint
+from ..domain.permissions import Catalog
 from ..domain.policy import KeySpec
 from ..domain.records import AuditEvent, AuditQuery, BindingRecord, KeyRecord
 from . import migrations
@@ -146,18 +147,22 @@ class Tx:
         return None if row is None else _key(row)
 
     async def list_keys(
-        self, workspace_id: str | None, after: tuple[datetime, UUID] | None, limit: int
+        self, workspace_id: str | None, after: tuple[datetime, UUID] | None, limit: int,
+        ids: list[UUID] | None = None,
     ) -> list[KeyRecord]:
-        """Keys ordered by (create_time, id), after the cursor; every workspace when workspace_id is None."""
+        """Keys ordered by (create_time, id), after the cursor; every workspace when workspace_id is None,
+        only `ids` when given."""
         rows = await self._conn.fetch(
             f"""SELECT {_KEY_COLUMNS} FROM api_keys
                 WHERE ($1::text IS NULL OR workspace_id = $1)
                   AND ($2::timestamptz IS NULL OR (create_time, id) > ($2, $3::uuid))
+                  AND ($5::uuid[] IS NULL OR id = ANY($5))
                 ORDER BY create_time, id LIMIT $4""",
             workspace_id,
             after[0] if after else None,
             after[1] if after else None,
             limit,
+            ids,
         )
         return [_key(r) for r in rows]
 
@@ -218,6 +223,13 @@ class Tx:
             while rows := await cursor.fetch(batch):
                 yield [r["digest"] for r in rows]
 
+    async def server_secret(self, name: str) -> bytes:
+        """A secret the server keeps for itself (migrations create them), the same for every replica."""
+        value = await self._conn.fetchval("SELECT value FROM server_secrets WHERE name = $1", name)
+        if value is None:
+            raise RuntimeError(f"server secret {name!r} is missing: run the migrations")
+        return bytes(value)
+
     async def has_root_key(self) -> bool:
         return bool(await self._conn.fetchval("SELECT EXISTS (SELECT 1 FROM api_keys WHERE workspace_id = '')"))
 
@@ -232,12 +244,20 @@ class Tx:
 
     # --- bindings ---------------------------------------------------------------------
 
-    async def bindings_for(self, workspace_id: str, resource: str) -> list[Binding]:
+    async def bindings_for_many(
+        self, slots: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[Binding, ...]]:
+        """The bindings of each (workspace, resource) slot, in one query; a slot without any maps to ()."""
         rows = await self._conn.fetch(
-            "SELECT key_id, actions FROM resource_bindings WHERE workspace_id = $1 AND resource = $2",
-            workspace_id, resource,
+            """SELECT b.workspace_id, b.resource, b.key_id, b.actions FROM resource_bindings b
+               JOIN unnest($1::text[], $2::text[]) AS q (workspace_id, resource) USING (workspace_id, resource)""",
+            [w for w, _ in slots], [r for _, r in slots],
         )
-        return [Binding(resource, r["key_id"], tuple(r["actions"]), workspace_id) for r in rows]
+        found: dict[tuple[str, str], list[Binding]] = {slot: [] for slot in slots}
+        for r in rows:
+            found[(r["workspace_id"], r["resource"])].append(
+                Binding(r["resource"], r["key_id"], tuple(r["actions"]), r["workspace_id"]))
+        return {slot: tuple(bindings) for slot, bindings in found.items()}
 
     async def list_bindings(self, *, workspace_id: str | None, resource: str | None = None,
                             key_id: UUID | None = None) -> list[BindingRecord]:
@@ -349,8 +369,9 @@ class Store:
             conn.add_termination_listener(lambda _c: on_lost())
             return conn
 
-    async def migrate(self) -> list[str]:
+    async def migrate(self, catalog: Catalog) -> list[str]:
         """Apply pending migrations (see keygate.store.migrations); return the names applied.
+        `catalog` spells the collections of stored resource names.
 
         On a connection of its own without the statement timeout: a migration may rewrite a large
         table, or wait for another process's under the migration lock.
@@ -358,7 +379,7 @@ class Store:
         with _unreachable_is_unavailable():
             conn = await asyncpg.connect(self._url, timeout=self.settings.connect_timeout)
             try:
-                return await migrations.migrate(conn)
+                return await migrations.migrate(conn, catalog)
             finally:
                 await conn.close(timeout=self.settings.connect_timeout)
 

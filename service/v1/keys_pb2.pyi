@@ -132,12 +132,14 @@ class DeleteKeyResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class RotateKeyRequest(_message.Message):
-    __slots__ = ("id", "grace_period")
+    __slots__ = ("id", "grace_period", "etag")
     ID_FIELD_NUMBER: _ClassVar[int]
     GRACE_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
     id: str
     grace_period: _duration_pb2.Duration
-    def __init__(self, id: _Optional[str] = ..., grace_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    etag: str
+    def __init__(self, id: _Optional[str] = ..., grace_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., etag: _Optional[str] = ...) -> None: ...
 
 class Binding(_message.Message):
     __slots__ = ("resource", "key_id", "actions", "workspace_id", "create_time", "created_by")

@@ -227,6 +227,23 @@ async def test_denied_requests_get_keygates_answer_and_never_reach_upstream(mesh
     assert not key or key not in response.body.decode()
 
 
+@pytest.mark.parametrize("spell", [str.upper, lambda flow: flow.replace("-", ""), lambda flow: flow.upper()[:9]
+                                   + flow[9:].replace("-", "")], ids=["upper-case", "no-hyphens", "mixed"])
+async def test_a_bound_chatflow_cannot_be_reached_by_another_spelling_of_its_id(
+    mesh: Mesh, spell: Callable[[str], str]
+) -> None:
+    """Flowise keeps chatflow ids as PostgreSQL uuid, which reads every one of these as the bound id."""
+    flow = chatflow()
+    owner = await mesh.create(name="owner", permissions=["predictions:create"])
+    other = await mesh.create(name="other", permissions=["predictions:create"])
+    await mesh.keys.BindResource(keys_pb2.BindResourceRequest(resource=f"chatflows/{flow}", key_id=owner.key.id),
+                                 metadata=mesh.auth())
+    for path in (f"/api/v1/prediction/{spell(flow)}", f"/API/V1/Prediction/{spell(flow)}"):
+        response = await not_upstream(mesh, mesh.request("POST", path, bearer(other.api_key)))
+        assert_denied(response, 401, "RESOURCE_BOUND_TO_OTHER_KEY")
+        assert_identity(await mesh.request("POST", path, bearer(owner.api_key)), owner)
+
+
 async def test_encoded_slash_is_refused_by_envoy_before_authorization(mesh: Mesh) -> None:
     key = await mesh.create(permissions=["chatflows:view"])
     flow = f"/api/v1/chatflows/{chatflow()}"

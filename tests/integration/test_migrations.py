@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 import pytest
 
+from keygate.domain.permissions import Catalog
 from keygate.store import migrations
 from keygate.store.migrations import Migration, available
 from keygate.store.postgres import Store
@@ -30,12 +31,13 @@ _numbers = itertools.count()
 KEYGATE_TABLES = {"api_keys", "key_secrets", "resource_bindings", "audit_events"}
 MIGRATE_SCRIPT = """
 import asyncio, json, sys
+from keygate.domain.permissions import Catalog
 from keygate.store.postgres import Store
 
 async def main(url):
     store = await Store.connect(url)
     try:
-        print(json.dumps(await store.migrate()))
+        print(json.dumps(await store.migrate(Catalog.build())))
     finally:
         await store.close()
 
@@ -66,7 +68,7 @@ async def db(empty_url: str) -> AsyncIterator[asyncpg.Connection]:
 async def migrate_once(url: str) -> list[str]:
     store = await Store.connect(url)
     try:
-        return await store.migrate()
+        return await store.migrate(Catalog.build())
     finally:
         await store.close()
 
@@ -101,7 +103,7 @@ def test_shipped_migrations_are_numbered_files_in_order() -> None:
     versions = [m.version for m in found]
     assert versions == sorted(set(versions))
     assert found[0].name == "0001_keys.sql"
-    assert all(m.name.startswith(f"{m.version:04d}_") and m.name.endswith(".sql") and m.sql.strip() for m in found)
+    assert all(m.name.startswith(f"{m.version:04d}_") and m.name.endswith((".sql", ".py")) for m in found)
 
 
 async def test_first_run_applies_every_file_in_order_and_records_each_once(
@@ -139,19 +141,23 @@ async def test_migrated_schema_survives_a_second_run_with_its_data(empty_url: st
 async def test_upgrade_applies_only_the_new_files_in_number_order(
     empty_url: str, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A later release ships 0002 and 0003, where 0003 needs what 0002 made: only they run, in order."""
+    """A later release ships two files, where the second needs what the first made: only they run, in order."""
     await migrate_once(empty_url)
     base = available()
+    first, second = base[-1].version + 1, base[-1].version + 2
     newer = [
-        Migration(3, "0003_index_labels.sql", "CREATE INDEX key_labels_label ON key_labels (label);"),
-        Migration(2, "0002_labels.sql", "CREATE TABLE key_labels (key_id uuid REFERENCES api_keys (id), label text);"),
+        Migration.from_sql(second, f"{second:04d}_index_labels.sql",
+                           "CREATE INDEX key_labels_label ON key_labels (label);"),
+        Migration.from_sql(first, f"{first:04d}_labels.sql",
+                           "CREATE TABLE key_labels (key_id uuid REFERENCES api_keys (id), label text);"),
     ]
     monkeypatch.setattr(migrations, "available", lambda: sorted([*base, *newer], key=lambda m: m.version))
 
     applied = await migrate_once(empty_url)
 
-    assert applied == ["0002_labels.sql", "0003_index_labels.sql"]
-    assert await recorded(db) == [*shipped(), (2, "0002_labels.sql"), (3, "0003_index_labels.sql")]
+    assert applied == [f"{first:04d}_labels.sql", f"{second:04d}_index_labels.sql"]
+    assert await recorded(db) == [*shipped(), (first, f"{first:04d}_labels.sql"),
+                                  (second, f"{second:04d}_index_labels.sql")]
     assert await db.fetchval("SELECT to_regclass('key_labels_label') IS NOT NULL")
 
 
@@ -160,7 +166,7 @@ async def test_a_failing_file_is_neither_half_applied_nor_recorded(
 ) -> None:
     await migrate_once(empty_url)
     base = available()
-    broken = Migration(2, "0002_broken.sql", "CREATE TABLE half_done (x int); SELECT no_such_function();")
+    broken = Migration.from_sql(101, "0101_broken.sql", "CREATE TABLE half_done (x int); SELECT no_such_function();")
     monkeypatch.setattr(migrations, "available", lambda: [*base, broken])
 
     with pytest.raises(asyncpg.PostgresError):
@@ -169,9 +175,9 @@ async def test_a_failing_file_is_neither_half_applied_nor_recorded(
     assert await recorded(db) == shipped()
     assert "half_done" not in await tables(db)
     # The lock was released: a fixed file then goes through.
-    fixed = Migration(2, "0002_fixed.sql", "CREATE TABLE half_done (x int);")
+    fixed = Migration.from_sql(101, "0101_fixed.sql", "CREATE TABLE half_done (x int);")
     monkeypatch.setattr(migrations, "available", lambda: [*base, fixed])
-    assert await migrate_once(empty_url) == ["0002_fixed.sql"]
+    assert await migrate_once(empty_url) == ["0101_fixed.sql"]
 
 
 async def waiting_for_lock(db: asyncpg.Connection) -> int:
@@ -221,3 +227,30 @@ async def test_two_migrators_without_help_from_the_test(empty_url: str, db: asyn
 
     assert sorted(len(r) for r in results) == [0, 0, 0, len(available())]
     assert await recorded(db) == shipped()
+
+
+async def test_stored_resources_are_made_canonical_and_bindings_merged(
+    empty_url: str, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Data written before the resource model (0002) is rewritten into the one spelling every door uses."""
+    shipped_all = available()
+    monkeypatch.setattr(migrations, "available", lambda: shipped_all[:1])
+    await migrate_once(empty_url)
+    flow = "9b2c1d3e-4f5a-4b6c-8d7e-0f1a2b3c4d5e"
+    key_id = await db.fetchval(
+        """INSERT INTO api_keys (id, workspace_id, name, permissions, resources, display)
+           VALUES (gen_random_uuid(), 'ws1', 'k', '{predictions:create}', $1, 'fl_x...y') RETURNING id""",
+        [f"Chatflows/{flow.upper()}", f"chatflows/{flow}", "TOOLS", "nosuch/x"])
+    for resource, actions in ((f"CHATFLOWS/{flow.replace('-', '')}", ["predictions:create"]),
+                              (f"chatflows/{flow}", ["chatflows:update"]), ("nosuch/Y", ["nosuch:use"])):
+        await db.execute("INSERT INTO resource_bindings (workspace_id, resource, key_id, actions) VALUES "
+                         "('ws1', $1, $2, $3)", resource, key_id, actions)
+    monkeypatch.setattr(migrations, "available", lambda: shipped_all)
+
+    await migrate_once(empty_url)
+
+    assert await db.fetchval("SELECT resources FROM api_keys WHERE id = $1", key_id) == [
+        f"chatflows/{flow}", "tools/*", "nosuch/x"]
+    bindings = await db.fetch("SELECT resource, actions FROM resource_bindings ORDER BY resource")
+    assert [(b["resource"], b["actions"]) for b in bindings] == [
+        (f"chatflows/{flow}", ["chatflows:update", "predictions:create"]), ("nosuch/Y", ["nosuch:use"])]

@@ -19,9 +19,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from keygate.config import Settings
 from keygate.domain.errors import KeygateError
 from keygate.server import App
-from keygate.v1 import authz_pb2
+from keygate.v1 import authz_pb2, keys_pb2
 
-from .support import Client, field_violations, rpc_error, running
+from .support import Client, auth, field_violations, rpc_error, running
 
 KEY_SERVICE = "keygate.v1.KeyService"
 AUTHZ_SERVICE = "keygate.v1.AuthzService"
@@ -221,3 +221,17 @@ async def test_fixed_free_port_is_used(database_url: str) -> None:
         assert app.port == port
         answer = await client.check(client.root, "", "chatflows:view")
     assert answer.allowed
+
+
+async def test_operator_categories_act_on_the_collections_they_declare(database_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "catalog.yaml"
+    path.write_text("categories:\n  billing: [view]\n  invoices: {verbs: [send], collections: [billing]}\n")
+    async with running(Settings(listen="127.0.0.1:0", catalog_file=path), database_url) as (_, client):
+        created = await client.create(permissions=["invoices:send"], resources=["Billing/acct-1"])
+        send = await client.check(created.api_key, "BILLING/acct-1", "invoices:send")
+        not_a_collection = await rpc_error(client.check(created.api_key, "invoices/x", "invoices:send"))
+        scoped = (await client.keys.GetKey(keys_pb2.GetKeyRequest(id=created.key.id), metadata=auth(client.root)))
+
+    assert (send.allowed, send.code) == (True, authz_pb2.OK)
+    assert "unknown collection" in field_violations(not_a_collection)["resource"]
+    assert list(scoped.resources) == ["billing/acct-1"]  # stored in the catalog's spelling

@@ -9,6 +9,7 @@ never leave a row behind: not a key, not a secret, not a binding, not even an au
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 import grpc
 import pytest
-from google.protobuf import duration_pb2, field_mask_pb2
+from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from keygate.config import Settings
@@ -136,6 +137,16 @@ def grace(seconds: int) -> duration_pb2.Duration:
 
 def b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def stamp(seconds: int, nanos: int = 0) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
+
+
+def unsigned(cursor: list[object], query: tuple[object, ...]) -> str:
+    """A page token as they were before they were signed: base64 JSON with a fingerprint anyone can compute."""
+    fingerprint = hashlib.sha256(repr(list(query)).encode()).hexdigest()[:16]
+    return b64(json.dumps({"c": cursor, "q": fingerprint}).encode())
 
 
 def check(**fields: str) -> Callable[[Target], Message]:
@@ -283,6 +294,36 @@ BAD_INPUT = {
                                    INVALID, "target"),
     "ListBindings bad resource": Case("ListBindings", lambda _: keys_pb2.ListBindingsRequest(
         resource="chatflows/*", workspace_id="ws1"), INVALID, "resource"),
+    # --- values the wire can carry but the types forbid: converted to INVALID_ARGUMENT, never INTERNAL
+    "expire_time after year 9999": Case("CreateKey", create(expire_time=stamp(2**62)), INVALID, "expire_time"),
+    "expire_time negative nanos": Case("CreateKey", create(expire_time=stamp(2**31, -1)), INVALID, "expire_time"),
+    "UpdateKey expire_time before year 1": Case("UpdateKey", update(["expire_time"], expire_time=stamp(-(2**62))),
+                                                INVALID, "expire_time"),
+    "ListAuditEvents start_time out of range": Case("ListAuditEvents", lambda _: keys_pb2.ListAuditEventsRequest(
+        start_time=stamp(-(2**62))), INVALID, "start_time"),
+    "ListAuditEvents end_time nanos of a second": Case("ListAuditEvents", lambda _: keys_pb2.ListAuditEventsRequest(
+        end_time=stamp(0, 10**9)), INVALID, "end_time"),
+    "RotateKey grace 2**62 seconds": Case("RotateKey", on_target(keys_pb2.RotateKeyRequest, grace_period=grace(2**62)),
+                                          INVALID, "grace_period"),
+    "RotateKey grace nanos against the seconds' sign": Case("RotateKey", on_target(
+        keys_pb2.RotateKeyRequest, grace_period=duration_pb2.Duration(seconds=60, nanos=-1)), INVALID, "grace_period"),
+    # --- string filters reach SQL only once validated
+    "ListKeys workspace NUL": Case("ListKeys", lambda _: keys_pb2.ListKeysRequest(workspace_id="ws1\x00"),
+                                   INVALID, "workspace_id"),
+    "ListBindings workspace NUL": Case("ListBindings", lambda _: keys_pb2.ListBindingsRequest(
+        resource="chatflows/bound", workspace_id="w\x00"), INVALID, "workspace_id"),
+    "ListAuditEvents workspace NUL": Case("ListAuditEvents", lambda _: keys_pb2.ListAuditEventsRequest(
+        workspace_id="w\x00"), INVALID, "workspace_id"),
+    "ListAuditEvents action NUL": Case("ListAuditEvents", lambda _: keys_pb2.ListAuditEventsRequest(
+        action="CreateKey\x00"), INVALID, "action"),
+    "ListAuditEvents action with a space": Case("ListAuditEvents", lambda _: keys_pb2.ListAuditEventsRequest(
+        action="Create Key"), INVALID, "action"),
+    "Check workspace NUL": Case("Check", check(workspace_id="ws1\x00"), INVALID, "workspace_id"),
+    # --- page tokens are signed: what a caller can compute is refused before its cursor is read
+    "ListKeys forged token": Case("ListKeys", lambda _: keys_pb2.ListKeysRequest(
+        page_token=unsigned(["2025-01-01T00:00:00+00:00", UNKNOWN_ID], ("keys", None))), INVALID, "page_token"),
+    "ListAuditEvents forged cursor 10**30": Case("ListAuditEvents", lambda _: keys_pb2.ListAuditEventsRequest(
+        page_token=unsigned([10**30], ("audit", None, "None", "None", "", "None", "None"))), INVALID, "page_token"),
     # --- Check: a malformed request is an RPC error, not a denial
     "Check unknown action": Case("Check", check(action="chatflows:fly"), INVALID, "action", ("chatflows:fly",)),
     "Check wildcard action": Case("Check", check(action="chatflows:*"), INVALID, "action"),

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from keygate.domain.decision import Binding, Code, Credential, decide, key_state
+from keygate.domain.decision import Binding, Code, Credential, bound_elsewhere, decide, key_state
 from keygate.domain.permissions import Catalog
-from keygate.domain.resources import Scope
+from keygate.domain.resources import Scope, target
 
 CATALOG = Catalog.build()
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -31,7 +31,10 @@ def bind(key_id=OTHER, actions=(USE,)) -> Binding:
 
 
 def run(credential, resource=RES, action=USE, workspace="ws1", bindings=()):
-    return decide(credential, resource, action, workspace, list(bindings), NOW)
+    """The whole decision as Check makes it: the bindings only for what every other rule allowed."""
+    wanted = target(CATALOG, resource, action)
+    decision = decide(credential, wanted, workspace, NOW)
+    return bound_elsewhere(decision, wanted, list(bindings)) if decision.allowed else decision
 
 
 @pytest.mark.parametrize(
@@ -56,7 +59,8 @@ def run(credential, resource=RES, action=USE, workspace="ws1", bindings=()):
         (cred(), {"action": "chatflows:delete"}, Code.PERMISSION_DENIED),
         (cred(permissions=["chatflows:view"]), {}, Code.PERMISSION_DENIED),
         (cred(permissions=["chatflows:*"]), {"action": "chatflows:delete"}, Code.OK),
-        (cred(permissions=["*"], workspace=""), {"action": "apikeys:delete", "workspace": "any"}, Code.OK),
+        (cred(permissions=["*"], workspace=""), {"resource": "apikeys/x", "action": "apikeys:delete", "workspace": "any"},
+         Code.OK),
         (cred(), {"bindings": [bind()]}, Code.RESOURCE_BOUND_TO_OTHER_KEY),
         (cred(), {"bindings": [bind(), bind(ME)]}, Code.OK),  # one of several bound keys
         (cred(), {"bindings": [bind(ME)]}, Code.OK),
@@ -110,6 +114,15 @@ def test_key_state():
     rotated = key_state(cred(secret_expire_time=PAST), NOW)
     assert rotated.code is Code.KEY_EXPIRED and "rotated" in rotated.reason
     assert key_state(cred(disabled=True), NOW).code is Code.KEY_DISABLED
+
+
+def test_a_retired_secret_ends_with_its_grace_or_the_key_whichever_is_first():
+    assert cred().ends is None and not cred().retired
+    assert cred(expire_time=FUTURE).ends == FUTURE
+    assert cred(secret_expire_time=FUTURE).retired
+    assert cred(secret_expire_time=FUTURE).ends == FUTURE
+    assert cred(expire_time=FUTURE, secret_expire_time=FUTURE + timedelta(1)).ends == FUTURE
+    assert cred(expire_time=FUTURE + timedelta(1), secret_expire_time=FUTURE).ends == FUTURE
 
 
 def test_root_property():

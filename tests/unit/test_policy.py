@@ -1,14 +1,17 @@
 """KeySpec validation and the no-escalation rule."""
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from keygate.domain.decision import Credential
 from keygate.domain.errors import InvalidArgument, PermissionDenied
 from keygate.domain.permissions import Catalog
-from keygate.domain.policy import KeySpec, ensure_within, parse_id, validate_grace_period
+from keygate.domain.policy import KeySpec, ensure_not_retired, ensure_within, parse_id, validate_grace_period
 from keygate.domain.resources import Scope
 
 CATALOG = Catalog.build()
@@ -66,7 +69,7 @@ def test_validated_normalises():
         ({"description": "d" * 1001}, "description"),
         ({"description": "bell\x07"}, "description"),
         ({"metadata": {f"k{i}": "v" for i in range(33)}}, "metadata"),
-        ({"metadata": {"k" * 65: "v"}}, "metadata['" + "k" * 64 + "']"),
+        ({"metadata": {"k" * 65: "v"}}, "metadata['[redacted]']"),  # key-shaped text is never quoted
         ({"metadata": {"bad key": "v"}}, "metadata['bad key']"),
         ({"metadata": {"": "v"}}, "metadata['']"),
         ({"metadata": {"team": "v" * 513}}, "metadata['team']"),
@@ -239,3 +242,46 @@ def test_grace_period_bounds(grace):
     with pytest.raises(InvalidArgument) as err:
         validate_grace_period(grace)
     assert err.value.field == "grace_period"
+
+
+# --- retired secrets: a secret replaced by a rotation, still in its grace period -------------
+
+
+def retired(expire_time=None, grace_ends=SOON, **kw) -> Credential:
+    return replace(cred(expire_time=expire_time, **kw), secret_expire_time=grace_ends)
+
+
+@pytest.mark.parametrize("fields", [{}, {"expire_time": LATER}, {"expire_time": SOON + timedelta(seconds=1)}])
+def test_a_retired_secret_cannot_grant_beyond_its_own_end(fields):
+    """Its end counts wherever the key's expiry counts: a key that never expires is not its to mint."""
+    with pytest.raises(PermissionDenied):
+        ensure_within(retired(), spec(**fields))
+
+
+def test_a_retired_secret_may_grant_up_to_its_own_end():
+    ensure_within(retired(), spec(expire_time=SOON))
+    ensure_within(retired(expire_time=SOON - timedelta(hours=1), grace_ends=LATER),
+                  spec(expire_time=SOON - timedelta(hours=1)))
+
+
+def test_a_retired_secret_cannot_rotate_or_reenable():
+    ensure_not_retired(cred(), "rotate keys")
+    with pytest.raises(PermissionDenied) as err:
+        ensure_not_retired(retired(), "rotate keys")
+    assert "current secret" in err.value.message
+
+
+@settings(max_examples=300, deadline=None)
+@given(grace=st.integers(1, 10**7), key_life=st.none() | st.integers(1, 10**7), wanted=st.none() | st.integers(1, 10**8))
+def test_a_retired_secret_grants_nothing_that_outlives_it(grace, key_life, wanted):
+    """Whatever the key's own expiry and whatever is asked for: allowed exactly when the new key ends
+    no later than both the calling key and the retired secret."""
+    at = lambda seconds: None if seconds is None else NOW + timedelta(seconds=seconds)  # noqa: E731
+    caller = retired(expire_time=at(key_life), grace_ends=at(grace))
+    ends = min(grace, key_life if key_life is not None else grace)
+    try:
+        ensure_within(caller, spec(expire_time=at(wanted)))
+        granted = True
+    except PermissionDenied:
+        granted = False
+    assert granted is (wanted is not None and wanted <= ends)

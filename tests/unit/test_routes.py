@@ -93,3 +93,40 @@ def test_an_unreadable_routes_file_is_a_clear_error(tmp_path) -> None:  # type: 
     with pytest.raises(InvalidArgument) as info:
         Settings(routes_file=bad).routes(CATALOG)
     assert str(bad) in info.value.message and "routes[0].action" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "resource"),
+    [
+        ("POST", "/API/V1/Prediction/3f2a", "chatflows/3f2a"),  # Flowise's router matches paths case-blind
+        ("post", "/api/v1/prediction/3f2a", "chatflows/3f2a"),
+        ("GET", "/Api/V1/ChatFlows", ""),
+    ],
+)
+def test_paths_match_case_blind_like_flowise(method: str, path: str, resource: str) -> None:
+    match = FLOWISE.match(method.upper(), path)
+    assert match is not None and match.resource == resource
+
+
+@pytest.mark.parametrize(
+    ("rule", "field"),
+    [
+        ({"method": "GET", "path": "/x/{id}", "resource": "nosuch/{id}", "action": "chatflows:view"},
+         "routes[0].resource"),
+        ({"method": "GET", "path": "/x/{id}", "resource": "agentflows/{id}", "action": "chatflows:view"},
+         "routes[0].resource"),
+        ({"method": "GET", "path": "/x/{c}/{id}", "resource": "{c}/{id}", "action": "chatflows:view"},
+         "routes[0].resource"),  # the collection must be literal
+    ],
+)
+def test_a_rule_names_a_collection_its_action_acts_on(rule: dict[str, str], field: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        RouteTable.parse({"routes": [rule]}, CATALOG)
+    assert err.value.field == field
+
+
+def test_a_rule_is_written_in_the_catalogs_spelling() -> None:
+    table = RouteTable.parse({"routes": [{"method": "GET", "path": "/ds/{id}", "resource": "DocumentStores/{id}",
+                                          "action": "documentStores:view"}]}, CATALOG)
+    assert table.match("GET", "/ds/1") == table.match("GET", "/DS/1")
+    assert table.routes[0].resource == "documentStores/{id}"
