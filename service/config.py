@@ -15,6 +15,7 @@ from .domain.errors import InvalidArgument
 from .domain.keys import DEFAULT_PREFIX, KeyFormat
 from .domain.permissions import Catalog
 from .domain.routes import RouteTable
+from .store.postgres import DatabaseSettings
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATA_DIR = Path(".keygate")
@@ -33,12 +34,13 @@ class Settings:
     access_log: bool = True  # one JSON line per RPC
     workers: int = 1
     cache: CacheSettings = field(default_factory=CacheSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
         """Environment first, then any non-None override (the command-line flags)."""
         env = os.environ
-        cache = CacheSettings()
+        cache, database = CacheSettings(), DatabaseSettings()
         values: dict[str, object] = {
             "listen": env.get("KEYGATE_LISTEN", DEFAULT_LISTEN),
             "database_url": env.get("DATABASE_URL", ""),
@@ -56,6 +58,13 @@ class Settings:
                 max_decisions=_int(env, "KEYGATE_CACHE_MAX_DECISIONS", cache.max_decisions),
                 ttl=_float(env, "KEYGATE_CACHE_TTL", cache.ttl),
                 outage_grace=_float(env, "KEYGATE_OUTAGE_GRACE", cache.outage_grace),
+                unknown_key_lookups=_float(env, "KEYGATE_UNKNOWN_KEY_LOOKUPS", cache.unknown_key_lookups),
+            ),
+            "database": DatabaseSettings(
+                connect_timeout=_float(env, "KEYGATE_DB_CONNECT_TIMEOUT", database.connect_timeout),
+                acquire_timeout=_float(env, "KEYGATE_DB_ACQUIRE_TIMEOUT", database.acquire_timeout),
+                statement_timeout=_float(env, "KEYGATE_DB_STATEMENT_TIMEOUT", database.statement_timeout),
+                lookup_timeout=_float(env, "KEYGATE_DB_LOOKUP_TIMEOUT", database.lookup_timeout),
             ),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})

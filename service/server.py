@@ -109,7 +109,7 @@ class App:
         refuse_taken_port(settings.listen, reuse_port=reuse_port)
         catalog = settings.catalog()
         key_format = settings.key_format()
-        store = await Store.connect(url)
+        store = await Store.connect(url, settings.database)
         await store.migrate(catalog)
         cache = KeyCache(store, catalog, settings.cache)
         listener = ChangeListener(store, cache)
@@ -175,7 +175,7 @@ def run(settings: Settings) -> None:
 async def _prepare(settings: Settings, url: str) -> None:
     """Migrations, and on an embedded database's first start a root key, printed once."""
     catalog = settings.catalog()
-    store = await Store.connect(url, min_size=1, max_size=1)
+    store = await Store.connect(url, settings.database, min_size=1, max_size=1)
     try:
         await store.migrate(catalog)
         admin = KeyAdmin(store, catalog, settings.key_format())

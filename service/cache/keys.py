@@ -1,18 +1,22 @@
 """Verified keys, unknown keys and resource bindings, cached per process.
 
 An uncached key is looked up in the database (one query per key, however many callers
-ask at once). Only when such lookups pile up (a flood of made-up keys) does the filter of
-known keys answer "not found" on its own: it can lag a key created on another replica a
-moment ago by the time its NOTIFY takes, so it is a load shedder, not the first answer.
+ask at once). When the filter of known keys says a key does not exist, the database still
+confirms it, within a budget of `unknown_key_lookups` a second; beyond it (a flood of made-up
+keys) the filter's "not found" answers alone. The filter can lag a key created on another
+replica a moment ago by the time its NOTIFY takes, so it is a load shedder, not the first answer.
 
-Reads are answered from memory while fresh. Freshness has three guards:
+Reads are answered from memory while fresh. Freshness has four guards:
 - every committed mutation NOTIFYs; `apply` drops what it names (within milliseconds);
+- the listener proves it hears them with a round trip at least every second: entries are
+  trusted only until `_trusted_until` (send time of the last answered ping + the bound);
 - an entry older than `ttl` is read again (a hit past `refresh_ahead` refreshes in the
   background, so hot keys never wait), which bounds staleness whatever happens;
-- while the change listener is down, every entry counts as stale.
-If the database is unreachable, an entry may answer for `outage_grace` beyond its ttl;
-anything not cached fails closed (Unavailable). Expiry is never cached: `decide` compares
-the credential's expire_time with the clock on every Check.
+- when the change listener is lost, everything cached before counts as stale.
+While the database is known unreachable (the store's probe has not got through), a stale entry
+answers at once for `outage_grace` beyond its ttl; anything not cached fails closed (Unavailable),
+also at once. Expiry is never cached: `decide` compares the credential's expire_time with the
+clock on every Check.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from ..domain.errors import Unavailable
 from ..domain.keys import fingerprint
 from ..domain.permissions import Catalog
 from ..store.postgres import Store
+from .budget import Budget
 from .known import KnownDigests
 from .lru import LRU
 
@@ -58,7 +63,7 @@ class CacheSettings:
     ttl: float = 10.0  # seconds an entry answers without being read again
     outage_grace: float = 60.0  # further seconds an entry may answer while the database is unreachable
     refresh_ahead: float = 0.8  # fraction of ttl after which a hit refreshes in the background
-    max_miss_lookups: int = 8  # concurrent lookups of uncached keys before the known-keys filter answers alone
+    unknown_key_lookups: float = 20.0  # keys a second the known-keys filter refuses that are still looked up
     max_decisions: int = 100_000  # remembered decisions (key, resource, action, workspace)
 
 
@@ -88,13 +93,15 @@ class KeyCache:
         self._known: KnownDigests | None = None  # consulted only while complete
         self._building: list[bytes] | None = None  # fingerprints heard while a filter loads
         self._valid_after = -math.inf  # entries read before this are stale
+        self._trusted_until = math.inf  # nothing cached is fresh from then on (the listener's deadline)
         # Two counters, because they guard different things. `_generation` moves only on invalidations:
         # a read that overlaps one is not cached. `_epoch` also moves when any entry is (re)loaded:
         # a remembered decision rests on entries that may have been replaced. One counter would make
         # every concurrent cold load discard its result whenever another key's load finished first.
         self._generation = 0
         self._inflight: dict[Hashable, asyncio.Future[object]] = {}
-        self._misses_in_flight = 0
+        rate = settings.unknown_key_lookups
+        self._confirmations = Budget(rate, max(rate, 1.0), clock())
         self._decisions: LRU[Hashable, _Remembered] = LRU(settings.max_decisions)
         self._epoch = 0
         store.on_commit(self.apply)
@@ -124,9 +131,6 @@ class KeyCache:
         seen = self._negative.get(digest)
         if seen is not None and self._fresh(seen, now):
             return None
-        if (self._known is not None and self._misses_in_flight >= self.settings.max_miss_lookups
-                and fingerprint(digest) not in self._known):
-            return None  # a flood of unknown keys: shed it here, not in the database
         return MISS
 
     async def credential(self, digest: bytes) -> Credential | None:
@@ -134,15 +138,19 @@ class KeyCache:
         found = self.peek(digest)
         if found is not MISS:
             return found  # type: ignore[return-value]
-        # Counted from the moment a caller commits to a lookup, so a burst arriving in one
-        # loop iteration is shed by `peek` after the first `max_miss_lookups` of it.
-        self._misses_in_flight += 1
-        try:
-            return await self._read(("k", digest), self._credentials.get(digest),
-                                    lambda: self._fetch_credential(digest),
-                                    lambda value, at: self._keep_credential(digest, value, at))
-        finally:
-            self._misses_in_flight -= 1
+        if self._flood_refuses(digest):
+            return None
+        return await self._read(("k", digest), self._credentials.get(digest),
+                                lambda: self._fetch_credential(digest),
+                                lambda value, at: self._keep_credential(digest, value, at))
+
+    def _flood_refuses(self, digest: bytes) -> bool:
+        """The complete filter of known keys says no such key, and this second's lookups of such keys
+        are spent: a flood is under way, so the filter answers alone. Taken synchronously, so a burst
+        arriving in one loop iteration is counted as it arrives."""
+        now = self._clock()
+        return (self._known is not None and now < self._trusted_until and fingerprint(digest) not in self._known
+                and not self._confirmations.take(now))
 
     def peek_bindings(self, workspace_id: str, resource: str) -> tuple[Binding, ...] | Miss:
         slot = (workspace_id, resource)
@@ -175,7 +183,10 @@ class KeyCache:
     def recall(self, slot: Hashable, now: datetime) -> Decision | None:
         """A decision made for exactly this question, if nothing it rests on has changed or aged."""
         remembered = self._decisions.get(slot)
-        if (remembered is None or remembered.epoch != self._epoch or self._clock() >= remembered.fresh_until
+        if remembered is None or remembered.epoch != self._epoch:
+            return None
+        at = self._clock()
+        if (at >= remembered.fresh_until or at >= self._trusted_until
                 or (remembered.expires is not None and now >= remembered.expires)):
             return None
         return remembered.decision
@@ -197,13 +208,20 @@ class KeyCache:
         return entry.fetched_at + self.settings.ttl
 
     def _fresh(self, fetched_at: float, now: float) -> bool:
-        return fetched_at >= self._valid_after and now - fetched_at < self.settings.ttl
+        return fetched_at >= self._valid_after and now - fetched_at < self.settings.ttl and now < self._trusted_until
+
+    def _graced(self, entry: _Entry[V], now: float) -> bool:
+        """Whether a stale entry may still answer while the database is unreachable."""
+        return now - entry.fetched_at < self.settings.ttl + self.settings.outage_grace
 
     def _hit(self, slot: Hashable, entry: _Entry[V], now: float, fetch: Callable[[], Awaitable[V]],
              keep: Callable[[V, float], None]) -> V | Miss:
-        """A fresh entry's value (refreshing it in the background when it nears its ttl), else MISS."""
+        """A fresh entry's value (refreshing it in the background when it nears its ttl), else MISS.
+
+        While the database is known unreachable, a stale entry within the outage grace answers at once.
+        """
         if not self._fresh(entry.fetched_at, now):
-            return MISS
+            return entry.value if not self._store.reachable and self._graced(entry, now) else MISS
         if now - entry.fetched_at > self.settings.ttl * self.settings.refresh_ahead:
             self._start_load(slot, fetch, keep)
         return entry.value
@@ -214,7 +232,7 @@ class KeyCache:
         try:
             return await self._load(slot, fetch, keep)
         except Unavailable:
-            if stale is not None and self._clock() - stale.fetched_at < self.settings.ttl + self.settings.outage_grace:
+            if stale is not None and self._graced(stale, self._clock()):
                 return stale.value
             raise
 
@@ -248,7 +266,7 @@ class KeyCache:
         return value
 
     async def _fetch_credential(self, digest: bytes) -> Credential | None:
-        async with self._store.read() as tx:
+        async with self._store.lookup() as tx:
             found = await tx.key_by_digest(digest)
         if found is None:
             return None
@@ -257,13 +275,13 @@ class KeyCache:
 
     async def _fetch_bindings(self, workspace_id: str, resource: str) -> tuple[Binding, ...]:
         slot = (workspace_id, resource)
-        async with self._store.read() as tx:
+        async with self._store.lookup() as tx:
             return (await tx.bindings_for_many([slot]))[slot]
 
     async def _fetch_bindings_many(
         self, slots: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], tuple[Binding, ...]]:
-        async with self._store.read() as tx:
+        async with self._store.lookup() as tx:
             return await tx.bindings_for_many(slots)
 
     def _keep_bindings_many(self, found: dict[tuple[str, str], tuple[Binding, ...]], fetched_at: float) -> None:
@@ -336,19 +354,26 @@ class KeyCache:
         self._bindings.clear()
 
     def desynchronize(self) -> None:
-        """The change listener is down: changes may be missed, so nothing cached is fresh any more."""
-        self._generation += 1
-        self._epoch += 1
-        self._valid_after = self._clock()
+        """The change listener is down: changes may be missed, so nothing cached before now is fresh,
+        and what is read from now on is fresh for its ttl alone."""
+        self._restart(math.inf)
         self._known = None
 
-    async def synchronize(self) -> None:
-        """The listener is (back) up: everything read before now may have missed a change, and the
-        filter of known keys is rebuilt from a snapshot plus whatever is announced meanwhile."""
+    def synchronize(self, trusted_until: float) -> None:
+        """The listener is (back) up: everything read before now may have missed a change. From now on
+        entries are trusted until `trusted_until`, which `trust` moves on. The filter of known keys is
+        loaded separately (`rebuild_filter`), while the listener keeps proving it is alive."""
+        self._restart(trusted_until)
+
+    def trust(self, until: float) -> None:
+        """The listener has heard every change committed before `until` minus its bound."""
+        self._trusted_until = until
+
+    def _restart(self, trusted_until: float) -> None:
         self._generation += 1
         self._epoch += 1
         self._valid_after = self._clock()
-        await self.rebuild_filter()
+        self._trusted_until = trusted_until
 
     async def rebuild_filter(self) -> None:
         """Load every stored digest into a new filter, then swap it in. Must run while listening."""

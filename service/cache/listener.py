@@ -3,14 +3,25 @@
 A dedicated connection LISTENs for changes. When it is lost (network, restart,
 pg_terminate_backend) the cache is desynchronized at once (nothing cached is fresh),
 and the listener reconnects with backoff; once listening again, the cache resynchronizes.
-A keepalive query finds a silently dead connection within `keepalive` seconds.
+
+A connection can also fall silent without closing (its backend or the network stalls), so the
+listener pings it every `interval` seconds. An answered ping proves that every NOTIFY committed
+before it was sent has been delivered: the committing backend signals the listening one before it
+reports the commit, PostgreSQL sends a backend's pending notifications before it reports ready for
+the next query, and asyncpg schedules them before it wakes the ping's caller. So the cache may trust
+its entries until that send time + `bound`. The cache's hot path compares against that deadline
+itself, so a silent listener costs at most `bound` even if this task runs late; a ping not answered
+by then ends the connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
 
+import asyncpg
 import structlog
 
 from ..store.postgres import Store
@@ -20,15 +31,22 @@ log = structlog.get_logger(__name__)
 
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
+BOUND = 1.0  # seconds a change may take to reach the cache while listening
+PING_INTERVAL = 0.2  # seconds between the end of one ping and the next: trust stays continuous
+# as long as two consecutive round trips take under BOUND - PING_INTERVAL together
+FILTER_CHECK_INTERVAL = 1.0  # seconds between checks whether the filter of known keys needs a larger rebuild
 
 
 class ChangeListener:
-    def __init__(self, store: Store, cache: KeyCache, keepalive: float = 1.0) -> None:
+    def __init__(self, store: Store, cache: KeyCache, *, bound: float = BOUND, interval: float = PING_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._store = store
         self._cache = cache
-        self._keepalive = keepalive
+        self._bound = bound
+        self._interval = interval
+        self._clock = clock
         self._task: asyncio.Task[None] | None = None
-        self.connected = asyncio.Event()
+        self.connected = asyncio.Event()  # listening, and the filter of known keys loaded
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="change-listener")
@@ -58,19 +76,41 @@ class ChangeListener:
 
     async def _listen_until_lost(self) -> None:
         lost = asyncio.Event()
+        asked = self._clock()  # the LISTEN, sent after this, is the first ping
         conn = await self._store.listen(self._cache.apply_payload, lost.set)
         try:
-            await self._cache.synchronize()
-            self.connected.set()
-            log.info("change_listener_up")
-            while not lost.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(lost.wait(), self._keepalive)
-                    break
-                await asyncio.wait_for(conn.execute("SELECT 1"), self._keepalive)
-                if self._cache.filter_overfull:
-                    await self._cache.rebuild_filter()
+            self._cache.synchronize(asked + self._bound)
+            tasks = [asyncio.create_task(self._ping_until_lost(conn, lost, asked)),
+                     asyncio.create_task(self._keep_filter())]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
             log.warning("change_listener_lost")
         finally:
             with contextlib.suppress(Exception):
                 conn.terminate()
+
+    async def _ping_until_lost(self, conn: asyncpg.Connection, lost: asyncio.Event, sent: float) -> None:
+        """Returns when the connection closes; TimeoutError when a ping is not answered while trusted."""
+        while not lost.is_set():
+            trusted_until = sent + self._bound
+            sent = self._clock()
+            await asyncio.wait_for(conn.execute("SELECT 1"), max(0.0, trusted_until - sent))
+            self._cache.trust(sent + self._bound)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lost.wait(), self._interval)
+
+    async def _keep_filter(self) -> None:
+        """Load the filter of known keys, then rebuild it larger whenever it fills up."""
+        await self._cache.rebuild_filter()
+        self.connected.set()
+        log.info("change_listener_up")
+        while True:
+            await asyncio.sleep(FILTER_CHECK_INTERVAL)
+            if self._cache.filter_overfull:
+                await self._cache.rebuild_filter()

@@ -2,18 +2,26 @@
 
 Connection failures surface as `Unavailable`, so callers fail closed with a status
 that says "retry", never an INTERNAL error carrying driver text.
+
+Every wait on the database is bounded (`DatabaseSettings`): connecting, acquiring a pooled
+connection, each statement, and a Check's lookup as a whole. A timeout counts exactly like an
+unreachable database. Once one is seen, the store is known unreachable: every use fails at once
+(no caller waits for a timeout again) until a single background probe gets an answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
 import asyncpg
+import structlog
 
 from ..domain import changes
 from ..domain.decision import Binding
@@ -24,7 +32,19 @@ from ..domain.policy import KeySpec
 from ..domain.records import AuditEvent, AuditQuery, BindingRecord, KeyRecord
 from . import migrations
 
+log = structlog.get_logger(__name__)
+
 CLOSE_TIMEOUT_SECONDS = 5.0
+PROBE_INTERVAL_SECONDS = 0.5  # between two probes of an unreachable database
+PROBE = "SELECT true AS reachable"  # told apart from the change listener's `SELECT 1` in pg_stat_activity
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    connect_timeout: float = 2.0  # seconds to open a connection (pool, change listener, migrations)
+    acquire_timeout: float = 2.0  # seconds to wait for a pooled connection, and to hand it back (reset)
+    statement_timeout: float = 5.0  # seconds any one statement may take
+    lookup_timeout: float = 1.0  # seconds a Check's lookup may take as a whole: acquire and query
 
 # Errors that mean "the database is not there (or not for us, right now)", as opposed to
 # "the query was wrong": connection failures, a server shutting down or refusing connections,
@@ -39,6 +59,9 @@ _UNREACHABLE = (
     asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.exceptions.ObjectNotInPrerequisiteStateError,
 )
+# After these a connection is terminated, never reset or rolled back: either would wait on the server
+# again (asyncpg first waits for the cancellation of a timed-out statement). The server rolls back.
+_ABANDON = (*_UNREACHABLE, asyncio.CancelledError)
 
 # The last column: when the retired secrets still in their grace period stop (each rotation caps the older
 # ones at its own end, so the latest end is the most recently retired secret's). clock_timestamp(), not
@@ -49,12 +72,16 @@ _KEY_COLUMNS = """id, workspace_id, name, description, permissions, resources, d
         AS previous_secret_expire_time"""
 
 
+def _unavailable(exc: BaseException) -> Unavailable:
+    return Unavailable(f"the database is unreachable ({type(exc).__name__}); retry shortly")
+
+
 @contextmanager
 def _unreachable_is_unavailable() -> Iterator[None]:
     try:
         yield
     except _UNREACHABLE as exc:
-        raise Unavailable(f"the database is unreachable ({type(exc).__name__}); retry shortly") from None
+        raise _unavailable(exc) from None
 
 
 def _key(row: asyncpg.Record) -> KeyRecord:
@@ -308,12 +335,14 @@ class Tx:
 
 
 class Store:
-    """A connection pool and the two ways to use it."""
+    """A connection pool, the ways to use it, and whether the database is known to be reachable."""
 
-    def __init__(self, pool: asyncpg.Pool, url: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, url: str, settings: DatabaseSettings = DatabaseSettings()) -> None:
         self._pool = pool
         self._url = url
+        self.settings = settings
         self._on_commit: list[Callable[[changes.Change], None]] = []
+        self._probe: asyncio.Task[None] | None = None  # running while the database is known unreachable
 
     def on_commit(self, callback: Callable[[changes.Change], None]) -> None:
         """Call `callback` with each change this process commits, before the transaction's caller
@@ -321,9 +350,18 @@ class Store:
         self._on_commit.append(callback)
 
     @classmethod
-    async def connect(cls, url: str, *, min_size: int = 1, max_size: int = 10) -> Store:
+    async def connect(cls, url: str, settings: DatabaseSettings = DatabaseSettings(), *, min_size: int = 1,
+                      max_size: int = 10) -> Store:
         with _unreachable_is_unavailable():
-            return cls(await asyncpg.create_pool(url, min_size=min_size, max_size=max_size), url)
+            pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
+                                             timeout=settings.connect_timeout,
+                                             command_timeout=settings.statement_timeout)
+            return cls(pool, url, settings)
+
+    @property
+    def reachable(self) -> bool:
+        """False from the first failure to reach the database until a probe answers again."""
+        return self._probe is None
 
     async def listen(self, on_change: Callable[[str], None], on_lost: Callable[[], None]) -> asyncpg.Connection:
         """A dedicated connection LISTENing for changes; `on_lost` fires if it closes.
@@ -331,20 +369,31 @@ class Store:
         Outside the pool on purpose: a pooled connection could be reset or shared.
         """
         with _unreachable_is_unavailable():
-            conn = await asyncpg.connect(self._url)
+            conn = await asyncpg.connect(self._url, timeout=self.settings.connect_timeout,
+                                         command_timeout=self.settings.statement_timeout)
             await conn.add_listener(changes.CHANNEL, lambda _c, _pid, _ch, payload: on_change(payload))
             conn.add_termination_listener(lambda _c: on_lost())
             return conn
 
     async def migrate(self, catalog: Catalog) -> list[str]:
         """Apply pending migrations (see keygate.store.migrations); return the names applied.
-        `catalog` spells the collections of stored resource names."""
+        `catalog` spells the collections of stored resource names.
+
+        On a connection of its own without the statement timeout: a migration may rewrite a large
+        table, or wait for another process's under the migration lock.
+        """
         with _unreachable_is_unavailable():
-            async with self._pool.acquire() as conn:
+            conn = await asyncpg.connect(self._url, timeout=self.settings.connect_timeout)
+            try:
                 return await migrations.migrate(conn, catalog)
+            finally:
+                await conn.close(timeout=self.settings.connect_timeout)
 
     async def close(self, timeout: float = CLOSE_TIMEOUT_SECONDS) -> None:
         """Close gracefully, but never hang a shutdown on a connection that is not given back."""
+        if self._probe is not None:
+            self._probe.cancel()
+            await asyncio.gather(self._probe, return_exceptions=True)
         try:
             await asyncio.wait_for(self._pool.close(), timeout)
         except TimeoutError:
@@ -352,18 +401,79 @@ class Store:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[Tx]:
-        with _unreachable_is_unavailable():
-            async with self._pool.acquire() as conn:
-                yield Tx(conn)
+        async with self._connection(None) as conn:
+            yield Tx(conn)
+
+    @asynccontextmanager
+    async def lookup(self) -> AsyncIterator[Tx]:
+        """A read on the Check path: acquiring and every query together within `lookup_timeout`."""
+        async with self._connection(self.settings.lookup_timeout) as conn:
+            yield Tx(conn)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
         """One transaction: everything inside commits together or not at all."""
-        with _unreachable_is_unavailable():
-            async with self._pool.acquire() as conn:
-                async with conn.transaction():
-                    tx = Tx(conn)
-                    yield tx
-                for change in tx.changes:
-                    for callback in self._on_commit:
-                        callback(change)
+        async with self._connection(None) as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            tx = Tx(conn)
+            try:
+                yield tx
+            except BaseException as exc:
+                if not isinstance(exc, _ABANDON):  # otherwise the connection is terminated: the server rolls back
+                    await transaction.rollback()
+                raise
+            await transaction.commit()
+            for change in tx.changes:
+                for callback in self._on_commit:
+                    callback(change)
+
+    @asynccontextmanager
+    async def _connection(self, budget: float | None) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; at once `Unavailable` while the database is known unreachable, and
+        the first failure to reach it makes it known (and starts the probe)."""
+        if self._probe is not None:
+            raise Unavailable("the database is unreachable; retry shortly")
+        try:
+            async with self._pooled(budget) as conn:
+                yield conn
+        except _UNREACHABLE as exc:
+            self._unreachable()
+            raise _unavailable(exc) from None
+
+    @asynccontextmanager
+    async def _pooled(self, budget: float | None) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection, acquired and used within `budget` seconds if given (each statement is
+        bounded anyway). One that met a timeout or a lost server is terminated rather than handed back
+        for a reset.
+        """
+        deadline = None if budget is None else asyncio.get_running_loop().time() + budget
+        conn = await self._pool.acquire(timeout=self.settings.acquire_timeout if budget is None
+                                        else min(self.settings.acquire_timeout, budget))
+        try:
+            async with asyncio.timeout_at(deadline):
+                yield conn
+        except _ABANDON:
+            conn.terminate()
+            raise
+        finally:
+            with contextlib.suppress(*_UNREACHABLE):  # the reset failed: asyncpg has terminated the connection
+                await self._pool.release(conn)
+
+    def _unreachable(self) -> None:
+        if self._probe is None:
+            log.warning("database_unreachable")
+            self._probe = asyncio.create_task(self._probe_until_reachable(), name="database-probe")
+
+    async def _probe_until_reachable(self) -> None:
+        """One round trip at a time, each within the lookup timeout, until one is answered."""
+        while True:
+            try:
+                async with self._pooled(self.settings.lookup_timeout) as conn:
+                    await conn.execute(PROBE)
+            except _UNREACHABLE:
+                await asyncio.sleep(PROBE_INTERVAL_SECONDS)
+                continue
+            self._probe = None
+            log.info("database_reachable")
+            return

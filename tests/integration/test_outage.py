@@ -1,9 +1,12 @@
-"""Outages, against real `keygate serve` processes: the change listener's connection killed, and the
-whole database stopped and restarted under Check load.
+"""Outages, against real `keygate serve` processes: the change listener's connection killed or stalled,
+the whole database stopped and restarted, or hung, under Check load.
 
 - Listener killed (pg_terminate_backend): the replica must give no stale answer beyond its cache
   TTL, also when it cannot reconnect for a while (the database refuses new connections), and
   changes propagate within a second again once it is back.
+- Listener stalled (its backend SIGSTOPped): a silent listener is noticed within the one-second bound.
+- Database hung (every PostgreSQL process SIGSTOPped, as a stuck disk or a partition looks): cached keys
+  keep answering, anything else fails closed with UNAVAILABLE within the database bounds, and it recovers.
 - Database stopped: a cached key keeps answering for at most TTL + outage grace, then fails closed
   with UNAVAILABLE; an unknown key is UNAVAILABLE from the start (never KEY_NOT_FOUND, never OK);
   KeyService calls are UNAVAILABLE. When PostgreSQL is back everything recovers by itself, and the
@@ -14,14 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 import grpc
 import pgserver
+import psutil
 import pytest
 from pgserver import _commands
 
@@ -36,6 +43,7 @@ POLL = 0.005
 RPC_TIMEOUT = 2.0  # a Check that hangs this long is a failure too (it shows as DEADLINE_EXCEEDED)
 FORMAT = KeyFormat()
 UNAVAILABLE = "UNAVAILABLE"  # an RPC error's status, as Answer.outcome
+T = TypeVar("T")
 
 
 # --- recording answers ------------------------------------------------------------------
@@ -45,6 +53,7 @@ UNAVAILABLE = "UNAVAILABLE"  # an RPC error's status, as Answer.outcome
 class Answer:
     asked: float  # time.monotonic() when the Check was sent
     outcome: str  # the decision code's name, or the RPC error's status name
+    took: float  # seconds until it was answered
 
 
 async def outcome(call: Callable[[], object]) -> str:
@@ -72,7 +81,7 @@ class Load:
         while not self._stopping.is_set():
             asked = time.monotonic()
             got = await outcome(check(self.client, api_key()))
-            self.answers[name].append(Answer(asked, got))
+            self.answers[name].append(Answer(asked, got, time.monotonic() - asked))
             await asyncio.sleep(POLL)
 
     async def stop(self) -> None:
@@ -82,6 +91,10 @@ class Load:
     def between(self, name: str, start: float, end: float = float("inf")) -> set[str]:
         """The outcomes of the Checks of `name` sent in [start, end)."""
         return {a.outcome for a in self.answers[name] if start <= a.asked < end}
+
+    def slowest(self, name: str, start: float, end: float = float("inf")) -> float:
+        """The longest wait for an answer among the Checks of `name` sent in [start, end)."""
+        return max((a.took for a in self.answers[name] if start <= a.asked < end), default=0.0)
 
     def last(self, name: str, wanted: str, before: float = float("inf")) -> float:
         """When the last Check of `name` sent before `before` that answered `wanted` was sent."""
@@ -224,6 +237,50 @@ async def test_a_killed_listener_gives_no_stale_answer_beyond_the_ttl_and_recove
         assert await eventually(check(b, other.api_key), "KEY_DISABLED", BOUND) < BOUND
     logs = replicas.b.logs()
     assert "change_listener_lost" in logs and logs.count("change_listener_up") > logged_before
+
+
+@contextlib.contextmanager
+def stopped(pids: Iterable[int]) -> Iterator[None]:
+    """SIGSTOP these processes, SIGCONT them on the way out: from outside, a stuck disk or a network
+    partition looks like this (connections stay open, nothing answers)."""
+    pids = list(pids)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+async def test_a_stalled_listener_is_noticed_within_the_bound(
+        replicas: Replicas, clients: tuple[Client, Client], admin: asyncpg.Connection,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Only B's LISTEN backend stops answering (its connection stays open, so nothing reports it lost);
+    a key deleted through A meanwhile must be refused by B within BOUND, and B's listener comes back."""
+    a, b = clients
+    key = await a.create()
+    await eventually(check(b, key.api_key), "OK", BOUND)
+
+    async with load(b) as running:
+        running.add("key", lambda: key.api_key)
+        await asyncio.sleep(0.5)
+        [stalled] = await listener_pids(admin)
+        with stopped([stalled]):
+            await delete(a, key)()
+            deleted = time.monotonic()
+            await asyncio.sleep(BOUND + 1.0)
+
+    stale = running.last("key", "OK") - deleted
+    with capsys.disabled():
+        print(f"\nlistener stalled: last stale OK {stale:.3f}s after the delete", end="")
+    assert running.between("key", deleted + BOUND) == {"KEY_NOT_FOUND"}, f"stale {stale:.3f}s"
+    assert running.between("key", 0) <= {"OK", "KEY_NOT_FOUND"}
+    started = time.monotonic()
+    while (pids := await listener_pids(admin)) == [] or stalled in pids:
+        assert time.monotonic() - started < 5, f"B's change listener did not come back: {pids}"
+        await asyncio.sleep(0.05)
 
 
 # --- the pool's connections killed, or refused -------------------------------------------
@@ -379,12 +436,9 @@ async def run_outage(pg: PrivatePostgres) -> Outage:
 
             starting = time.monotonic()
             await pg.start()
-            recovered: float | None = None
-            with contextlib.suppress(AssertionError):
-                for call, want in ((check(client, cached.api_key), "OK"), (check(client, unknown), "KEY_NOT_FOUND"),
-                                   (lambda: client.create(name="after the outage"), "OK")):
-                    await eventually(call, want, starting + RECOVERY - time.monotonic())
-                recovered = time.monotonic() - starting
+            recovered = await recovery(starting, (
+                (check(client, cached.api_key), "OK"), (check(client, unknown), "KEY_NOT_FOUND"),
+                (lambda: client.create(name="after the outage"), "OK")))
             back = time.monotonic()
             await asyncio.sleep(0.5)
         alive = served.process.poll() is None
@@ -394,15 +448,29 @@ async def run_outage(pg: PrivatePostgres) -> Outage:
     return Outage(running, stopping, down, starting, back, recovered, admin, alive, logs)
 
 
-@pytest.fixture(scope="module")
-def outage(pg_dirs: Callable[[str], Path]) -> Iterator[Outage]:
-    """The database stopped and restarted under Check load, once for all the tests below."""
-    pg = PrivatePostgres(pg_dirs("outage") / "data")
+async def recovery(since: float, calls: Iterable[tuple[Callable[[], object], str]]) -> float | None:
+    """Seconds from `since` until each call has given its wanted answer, in turn; None if not within RECOVERY."""
+    with contextlib.suppress(AssertionError):
+        for call, want in calls:
+            await eventually(call, want, since + RECOVERY - time.monotonic())
+        return time.monotonic() - since
+    return None
+
+
+def on_private_postgres(pg_dirs: Callable[[str], Path], name: str,
+                        scenario: Callable[[PrivatePostgres], Awaitable[T]]) -> T:
+    """Run `scenario` on a PostgreSQL of its own, removed afterwards."""
+    pg = PrivatePostgres(pg_dirs(name) / "data")
     try:
-        seen = asyncio.run(run_outage(pg))
+        return asyncio.run(scenario(pg))
     finally:
         asyncio.run(pg.remove())
-    yield seen
+
+
+@pytest.fixture(scope="module")
+def outage(pg_dirs: Callable[[str], Path]) -> Outage:
+    """The database stopped and restarted under Check load, once for all the tests below."""
+    return on_private_postgres(pg_dirs, "outage", run_outage)
 
 
 def test_a_cached_key_answers_for_a_bounded_time_then_fails_closed(
@@ -446,3 +514,114 @@ def test_no_check_fails_otherwise_than_unavailable_while_the_database_is_down(ou
 
 def test_the_server_logs_no_traceback_through_the_outage(outage: Outage) -> None:
     assert_no_failures(outage.logs)
+
+
+# --- the database hung --------------------------------------------------------------------
+
+HUNG = 5.0  # seconds every PostgreSQL process stays stopped
+KNOWN_UNREACHABLE = 2.5  # seconds into the hang by which it must be known: listener bound 1 s + lookup bound 1 s
+WAIT_BOUND = 1.6  # no Check waits longer than this for its answer: the lookup bound (1 s), with slack
+
+
+def postgres_processes(pg: PrivatePostgres) -> list[int]:
+    """The postmaster and every process it started."""
+    postmaster = psutil.Process(pg.server.get_postmaster_info().pid)
+    return [postmaster.pid, *(child.pid for child in postmaster.children(recursive=True))]
+
+
+@dataclass
+class Hang:
+    """What one run of the hang scenario saw."""
+
+    load: Load
+    hung: float  # every PostgreSQL process stopped
+    resumed: float  # ... and continued
+    recovered: float | None  # seconds from `resumed` until everything worked again; None if not within RECOVERY
+    back: float
+    admin: dict[str, tuple[str, float]]  # KeyService calls during the hang -> (outcome, seconds it took)
+    logs: str
+
+
+async def timed(call: Callable[[], object]) -> tuple[str, float]:
+    started = time.monotonic()
+    got = await outcome(call)
+    return got, time.monotonic() - started
+
+
+async def run_hang(pg: PrivatePostgres) -> Hang:
+    """Serve on `pg` with the default settings, put Check load on it, SIGSTOP PostgreSQL for HUNG seconds."""
+    root = bootstrap(pg.url)
+    served = start("--database-url", pg.url, "--workers", "1")
+    client = connect(served, root)
+    try:
+        cached, gone = await client.create(), await client.create()
+        for key in (cached, gone):
+            await eventually(check(client, key.api_key), "OK", BOUND)
+        await delete(client, gone)()  # cached before, deleted before the hang: never allowed again
+        async with load(client) as running:
+            running.add("cached", lambda: cached.api_key, loops=LOOPS)
+            running.add("deleted", lambda: gone.api_key)
+            running.add("new unknown", FORMAT.generate, loops=LOOPS)
+            await asyncio.sleep(1.0)
+
+            with stopped(postgres_processes(pg)):
+                hung = time.monotonic()
+                await asyncio.sleep(KNOWN_UNREACHABLE)
+                admin = {name: await timed(call) for name, call in (
+                    ("ListKeys", lambda: client.keys.ListKeys(keys_pb2.ListKeysRequest(), metadata=auth(root),
+                                                              timeout=RPC_TIMEOUT)),
+                    ("CreateKey", lambda: client.keys.CreateKey(
+                        keys_pb2.CreateKeyRequest(name="during the hang", workspace_id="ws1",
+                                                  permissions=["chatflows:view"]),
+                        metadata=auth(root), timeout=RPC_TIMEOUT)),
+                )}
+                await asyncio.sleep(hung + HUNG - time.monotonic())
+            resumed = time.monotonic()
+
+            recovered = await recovery(resumed, (
+                (check(client, cached.api_key), "OK"), (check(client, FORMAT.generate()), "KEY_NOT_FOUND"),
+                (lambda: client.create(name="after the hang"), "OK")))
+            back = time.monotonic()
+            await asyncio.sleep(0.5)
+    finally:
+        await client.channel.close()
+        logs = served.logs() if served.process.poll() is not None else stop(served)
+    return Hang(running, hung, resumed, recovered, back, admin, logs)
+
+
+@pytest.fixture(scope="module")
+def hang(pg_dirs: Callable[[str], Path]) -> Hang:
+    """PostgreSQL hung and continued under Check load, once for the tests below (a server of its own:
+    stopping the session's would stall every other test)."""
+    return on_private_postgres(pg_dirs, "hang", run_hang)
+
+
+def test_cached_keys_keep_answering_through_a_hung_database(hang: Hang, capsys: pytest.CaptureFixture[str]) -> None:
+    answers = hang.load
+    with capsys.disabled():
+        print(f"\ndatabase hung {hang.resumed - hang.hung:.1f}s: cached Checks' slowest "
+              f"{answers.slowest('cached', hang.hung, hang.resumed):.3f}s; uncached slowest "
+              f"{answers.slowest('new unknown', hang.hung, hang.resumed):.3f}s; admin {hang.admin}; "
+              f"recovered {hang.recovered or float('nan'):.2f}s after SIGCONT", end="")
+    assert answers.between("cached", hang.hung, hang.resumed) == {"OK"}
+    assert answers.slowest("cached", hang.hung, hang.resumed) < WAIT_BOUND
+
+
+def test_what_is_not_cached_fails_closed_at_once_while_the_database_hangs(hang: Hang) -> None:
+    answers = hang.load
+    assert answers.between("new unknown", hang.hung, hang.resumed) <= {"KEY_NOT_FOUND", UNAVAILABLE}
+    assert answers.between("new unknown", hang.hung + KNOWN_UNREACHABLE, hang.resumed) == {UNAVAILABLE}
+    assert answers.slowest("new unknown", hang.hung, hang.resumed) < WAIT_BOUND
+    assert {name: got for name, (got, _) in hang.admin.items()} == {"ListKeys": UNAVAILABLE, "CreateKey": UNAVAILABLE}
+    assert max(took for _, took in hang.admin.values()) < WAIT_BOUND, hang.admin
+
+
+def test_a_hung_database_never_allows_a_deleted_key(hang: Hang) -> None:
+    assert hang.load.between("deleted", 0) <= {"KEY_NOT_FOUND", UNAVAILABLE}
+
+
+def test_everything_recovers_by_itself_when_the_database_continues(hang: Hang) -> None:
+    assert hang.recovered is not None, f"not recovered within {RECOVERY}s of SIGCONT"
+    assert hang.load.between("cached", hang.back) == {"OK"}
+    assert hang.load.between("new unknown", hang.back) == {"KEY_NOT_FOUND"}
+    assert_no_failures(hang.logs)
