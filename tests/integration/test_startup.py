@@ -28,7 +28,7 @@ def test_an_unknown_log_level_is_one_line_naming_the_variable_and_the_choices(da
     for command in (("serve", "--listen", "127.0.0.1:0"), ("migrate",), ("bootstrap",)):
         done = keygate(*command, "--database-url", database_url, KEYGATE_LOG_LEVEL="verbose")
         assert done.returncode == 1, done.stderr
-        assert done.stderr == ("keygate: KEYGATE_LOG_LEVEL: must be one of debug, info, warning, error, "
+        assert done.stderr == ("keygate: KEYGATE_LOG_LEVEL (--log-level): must be one of debug, info, warning, error, "
                                "not 'verbose'\n")
 
 
