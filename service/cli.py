@@ -30,9 +30,10 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _one_line(exc: KeygateError) -> str:
     """The error for stderr; a bad setting names both its variable and its flag."""
-    option = next((o for o in OPTIONS if o.env == getattr(exc, "field", None)), None)
-    if option is not None and isinstance(exc, InvalidArgument):
-        return f"keygate: {option.env} ({option.flag}): {exc.description}"
+    if isinstance(exc, InvalidArgument):
+        for option in OPTIONS:
+            if option.env == exc.field:
+                return f"keygate: {option.env} ({option.flag}): {exc.description}"
     return f"keygate: {exc.message}"
 
 

@@ -100,9 +100,9 @@ class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
-        """`env` (default: the process's environment, with the command line's flags laid over it by
-        cli.py), then any non-None override."""
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """The settings in `env`: the process's environment by default; cli.py passes it with the flags
+        given laid over it (OPTIONS names each flag's variable), so both are checked here alike."""
         env = os.environ if env is None else env
         cache, database = CacheSettings(), DatabaseSettings()
         values: dict[str, object] = {
@@ -131,7 +131,6 @@ class Settings:
                 lookup_timeout=_float(env, "KEYGATE_DB_LOOKUP_TIMEOUT", database.lookup_timeout),
             ),
         }
-        values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 
     def key_format(self) -> KeyFormat:

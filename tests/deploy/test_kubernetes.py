@@ -146,7 +146,7 @@ def test_the_objects_select_the_server_pods() -> None:
     assert spec["replicas"] >= 2 and autoscaler["minReplicas"] >= 2 and budget < autoscaler["minReplicas"]
 
 
-# --- the TLS variant (deploy/k8s/tls) -------------------------------------------------------------
+# --- the variants: TLS (deploy/k8s/tls) and the mesh (deploy/istio) -------------------------------
 
 
 def json_patch(document: dict[str, Any], operations: list[dict[str, Any]]) -> dict[str, Any]:
@@ -165,20 +165,26 @@ def json_patch(document: dict[str, Any], operations: list[dict[str, Any]]) -> di
     return patched
 
 
-def tls_variant() -> dict[tuple[str, str], dict[str, Any]]:
-    overlay = yaml.safe_load((K8S / "tls" / "kustomization.yaml").read_text())
-    assert overlay["resources"] == [".."]
+def overlay(name: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """deploy/<name>'s kustomization applied to the base: its namespace set and its patches applied."""
+    directory = K8S.parent / name
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    assert [(directory / r).resolve() for r in kustomization["resources"]] == [K8S]
     objects = manifests()
-    for entry in overlay["patches"]:
+    del objects[("Secret", "keygate-database")]  # an example, not applied
+    for entry in kustomization["patches"]:
         key = (entry["target"]["kind"], entry["target"]["name"])
-        objects[key] = json_patch(objects[key], yaml.safe_load((K8S / "tls" / entry["path"]).read_text()))
+        objects[key] = json_patch(objects[key], yaml.safe_load((directory / entry["path"]).read_text()))
+    if "namespace" in kustomization:
+        objects = {key: {**doc, "metadata": {**doc["metadata"], "namespace": kustomization["namespace"]}}
+                   for key, doc in objects.items()}
+    for doc in objects.values():
+        kubernetes_validate.validate(doc, KUBERNETES_VERSIONS[-1], strict=True)
     return objects
 
 
 def test_the_tls_variant_is_valid_and_probes_with_keygate_health() -> None:
-    objects = tls_variant()
-    for doc in objects.values():
-        kubernetes_validate.validate(doc, KUBERNETES_VERSIONS[-1], strict=True)
+    objects = overlay("k8s/tls")
     served = container(objects[("Deployment", "keygate")])
     probes = {name: served[name]["exec"]["command"] for name in ("startupProbe", "livenessProbe", "readinessProbe")}
     assert probes == {"startupProbe": ["keygate", "health"], "livenessProbe": ["keygate", "health"],
@@ -189,3 +195,12 @@ def test_the_tls_variant_is_valid_and_probes_with_keygate_health() -> None:
     volumes = objects[("Deployment", "keygate")]["spec"]["template"]["spec"]["volumes"]
     assert {"name": "tls", "secret": {"secretName": "keygate-tls", "defaultMode": 0o440}} in volumes
     assert set(objects[("ConfigMap", "keygate")]["data"]) - variables_read() - PENDING.keys() == set()
+
+
+def test_the_mesh_variant_is_valid_and_its_migration_job_can_finish() -> None:
+    objects = overlay("istio")
+    assert {doc["metadata"]["namespace"] for doc in objects.values()} == {"keygate"}
+    job = objects[("Job", "keygate-migrate")]["spec"]["template"]["metadata"]
+    assert job["annotations"] == {"sidecar.istio.io/inject": "false"}  # a sidecar would outlive `migrate`
+    egress = objects[("NetworkPolicy", "keygate")]["spec"]["egress"]
+    assert {p["port"] for rule in egress for p in rule["ports"]} == {5432, 53, 15012}
