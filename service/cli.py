@@ -7,6 +7,7 @@ Exit status: 0 done; 1 failed (a configuration error, an error the server answer
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Awaitable, Callable
 from importlib import metadata
@@ -28,6 +29,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         database_url=args.database_url,
         data_dir=getattr(args, "data_dir", None),
         workers=getattr(args, "workers", None),
+        shutdown_grace=getattr(args, "shutdown_grace", None),
     )
 
 
@@ -82,6 +84,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keygate", description="API keys and authorization decisions over gRPC.")
     parser.add_argument("--version", action="version", version=f"keygate {metadata.version('keygate')}")
@@ -95,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve_p.add_argument("--listen", help="address to listen on (env KEYGATE_LISTEN, default 127.0.0.1:50051)")
     serve_p.add_argument("--workers", type=_positive_int,
                          help="processes sharing the port (env KEYGATE_WORKERS; default one per two cores)")
+    serve_p.add_argument("--shutdown-grace", type=_seconds, metavar="SECONDS",
+                         help="after SIGTERM, how long calls in flight may take to finish "
+                              "(env KEYGATE_SHUTDOWN_GRACE, default 15)")
     database_options(serve_p)
     serve_p.set_defaults(func=_serve)
 
@@ -110,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_parser(commands)
     client.add_check_parser(commands)
     client.add_permissions_parser(commands)
+    client.add_health_parser(commands)
     return parser
 
 

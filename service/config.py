@@ -19,6 +19,7 @@ from .store.postgres import DatabaseSettings
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATA_DIR = Path(".keygate")
+DEFAULT_SHUTDOWN_GRACE = 15.0  # seconds calls in flight may take to finish after SIGTERM
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -33,6 +34,7 @@ class Settings:
     log_level: str = "info"
     access_log: bool = True  # one JSON line per RPC
     workers: int = 1
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     cache: CacheSettings = field(default_factory=CacheSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
 
@@ -51,6 +53,7 @@ class Settings:
             "log_level": _choice(env, "KEYGATE_LOG_LEVEL", LOG_LEVELS, "info"),
             "access_log": _switch(env, "KEYGATE_ACCESS_LOG"),
             "workers": _int(env, "KEYGATE_WORKERS", default_workers()),
+            "shutdown_grace": _float(env, "KEYGATE_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE),
             "cache": CacheSettings(
                 max_keys=_int(env, "KEYGATE_CACHE_MAX_KEYS", cache.max_keys),
                 max_negative=_int(env, "KEYGATE_CACHE_MAX_NEGATIVE", cache.max_negative),
