@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .processes import bootstrap, start, stop
-from .test_outage import PrivatePostgres
+from .private_postgres import PrivatePostgres
 
 
 async def test_a_database_outage_is_told_apart_from_an_unreachable_server(pg_dirs: Callable[[str], Path]) -> None:
