@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from keygate.v1 import authz_pb2
 
 from .private_postgres import PrivatePostgres, on_private_postgres, postgres_processes, stopped
-from .processes import Served, assert_no_failures, bootstrap, connect, start, stop
+from .processes import Served, assert_no_failures, bootstrap, connect, finish, start
 from .support import Client
 
 KEY_SERVICE = "keygate.v1.KeyService"
@@ -199,7 +199,7 @@ async def run_outages(pg: PrivatePostgres) -> Outages:
             await asyncio.sleep(0.5)
     finally:
         await client.channel.close()
-        logs = served.logs() if served.process.poll() is not None else stop(served)
+        logs = finish(served)
     return Outages(halt, hang, watched, probes, checks, cli, logs)
 
 

@@ -30,7 +30,7 @@ from keygate.domain.keys import KeyFormat
 from keygate.v1 import authz_pb2, keys_pb2
 
 from .private_postgres import PrivatePostgres, on_private_postgres, postgres_processes, stopped
-from .processes import Served, assert_no_failures, bootstrap, connect, start, stop
+from .processes import Served, assert_no_failures, bootstrap, connect, finish, start, stop
 from .support import Client, auth
 
 BOUND = 1.0  # seconds: how fast a change reaches another replica while the listener is up
@@ -390,7 +390,7 @@ async def run_outage(pg: PrivatePostgres) -> Outage:
         alive = served.process.poll() is None
     finally:
         await client.channel.close()
-        logs = served.logs() if served.process.poll() is not None else stop(served)
+        logs = finish(served)
     return Outage(running, stopping, down, starting, back, recovered, admin, alive, logs)
 
 
@@ -515,7 +515,7 @@ async def run_hang(pg: PrivatePostgres) -> Hang:
             await asyncio.sleep(0.5)
     finally:
         await client.channel.close()
-        logs = served.logs() if served.process.poll() is not None else stop(served)
+        logs = finish(served)
     return Hang(running, hung, resumed, recovered, back, admin, logs)
 
 
