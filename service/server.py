@@ -54,6 +54,8 @@ SERVICE_NAMES = (
 )
 HEALTH_SERVICE = _service(health_pb2, "Health")
 ACCESS_LOG_FLUSH_SECONDS = 0.1
+QUIET_SECONDS = 0.25  # a drain serves on until no call has arrived for this long ...
+LAME_DUCK_SECONDS = 5.0  # ... but at most this long (and a third of the grace)
 PAGE_TOKEN_SECRET = "page_token"  # its row in server_secrets (migration 0003)
 
 
@@ -101,6 +103,7 @@ class App:
     usage: UsageRecorder
     admin: KeyAdmin
     server: grpc.aio.Server
+    boundary: Boundary
     health: HealthServicer
     port: int
     log_flusher: asyncio.Task[None]
@@ -146,19 +149,37 @@ class App:
         usage.start()
         log_flusher = asyncio.create_task(_flush_access_log(), name="access-log-flush")
         log.info("serving", listen=settings.listen, port=port)
-        return cls(store, cache, listener, usage, admin, server, health, port, log_flusher)
+        return cls(store, cache, listener, usage, admin, server, boundary, health, port, log_flusher)
 
     async def stop(self, grace: float) -> None:
-        """Drain: every service NOT_SERVING first (Watch streams say so and end), then no new connection or
-        call is accepted, calls in flight get `grace` seconds to finish (then they are cancelled); then
-        the usage counted so far is written, the pool closed and the log flushed."""
+        """Drain within `grace` seconds: every service NOT_SERVING first (Watch streams say so and end), and
+        calls still served until callers have gone; then no new connection or call is accepted, and calls
+        in flight get the rest of the grace to finish (then they are cancelled); then the usage counted so
+        far is written, the pool closed and the log flushed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         self.health.drain()
-        await self.server.stop(grace)
+        await self._until_quiet(min(grace / 3, LAME_DUCK_SECONDS))
+        await self.server.stop(max(0.0, deadline - loop.time()))
         self.log_flusher.cancel()
         await self.listener.stop()
         await self.usage.stop()
         await self.store.close()
         logs.flush()
+
+    async def _until_quiet(self, limit: float) -> None:
+        """Serve on until no call has arrived for QUIET_SECONDS, for at most `limit` seconds. Meanwhile
+        load balancers that follow health or endpoint lists move their traffic away. It matters because
+        grpc's stop answers CANCELLED to every call it has received but not yet handed to keygate: on a
+        busy server there are many, and callers do not retry CANCELLED as they retry UNAVAILABLE."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        seen = self.boundary.started
+        while (left := deadline - loop.time()) > 0:
+            await asyncio.sleep(min(QUIET_SECONDS, left))
+            if self.boundary.started == seen:
+                return
+            seen = self.boundary.started
 
 
 async def _flush_access_log() -> None:
