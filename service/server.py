@@ -232,11 +232,17 @@ async def serve_until_signalled(settings: Settings, url: str, *, on_ready: Calla
             stop.set()
 
         loop.add_reader(supervisor_gone, orphaned)
-    on_ready(app.port)  # only now: a SIGTERM right after the announcement must stop us cleanly
-    await stop.wait()
-    log.info("stopping", grace=settings.shutdown_grace)
-    await app.stop(settings.shutdown_grace)
-    log.info("stopped")
+    try:
+        on_ready(app.port)  # only now: a SIGTERM right after the announcement must stop us cleanly
+        await stop.wait()
+        log.info("stopping", grace=settings.shutdown_grace)
+        await app.stop(settings.shutdown_grace)
+        log.info("stopped")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if supervisor_gone is not None:
+            loop.remove_reader(supervisor_gone)
 
 
 def announce(settings: Settings, port: int) -> None:

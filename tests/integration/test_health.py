@@ -13,57 +13,34 @@ import contextlib
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from keygate.server import App
 from keygate.v1 import authz_pb2
 
+from .health_watch import NOT_SERVING, SERVING, Watched, name, until, watch
 from .private_postgres import PrivatePostgres, on_private_postgres, postgres_processes, stopped
-from .processes import Served, assert_no_failures, bootstrap, connect, finish, start
+from .processes import Served, assert_no_failures, bootstrap, connect, finish, free_port, start
 from .support import Client
+from .test_startup import keygate
 
 KEY_SERVICE = "keygate.v1.KeyService"
 AUTHZ_SERVICES = ("keygate.v1.AuthzService", "envoy.service.auth.v3.Authorization")
 SERVICES = ("", KEY_SERVICE, *AUTHZ_SERVICES)
-SERVING, NOT_SERVING = "SERVING", "NOT_SERVING"
 DETECTED = 3.0  # seconds from the stop (or the hang) until KeyService says NOT_SERVING: the listener's
 # 1 s bound, then one round trip bounded by the 1 s lookup timeout, with slack for a loaded machine
+# (a listener still reconnecting after the previous outage would add its backoff and connect timeout)
 RECOVERED = 5.0  # seconds from the restart (or SIGCONT) until it says SERVING again
 HELD = 2.0  # seconds the database stays stopped (or hung) once KeyService has said NOT_SERVING
 PROBE_TIMEOUT = 1.0  # kubelet's default timeoutSeconds
 POLL = 0.05
 LOOPS = 4  # concurrent Check loops during the hang
-
-
-def name(status: int) -> str:
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(status)
-
-
-@dataclass
-class Watched:
-    """One Watch stream: every status it sent, when it arrived, and how the stream ended."""
-
-    seen: list[tuple[float, str]] = field(default_factory=list)
-    ended: str | None = None  # "OK", an error's status name, or None while open
-
-    def first(self, status: str, after: float) -> float | None:
-        return next((at for at, got in self.seen if got == status and at >= after), None)
-
-    def statuses(self) -> list[str]:
-        return [got for _, got in self.seen]
-
-
-async def watch(channel: grpc.aio.Channel, service: str, into: Watched) -> None:
-    try:
-        async for response in health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=service)):
-            into.seen.append((time.monotonic(), name(response.status)))
-        into.ended = "OK"
-    except grpc.aio.AioRpcError as error:
-        into.ended = error.code().name
 
 
 @dataclass(frozen=True)
@@ -104,14 +81,6 @@ async def observed(client: Client) -> AsyncIterator[tuple[dict[str, Watched], li
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def until(watched: Watched, status: str, after: float, within: float) -> float | None:
-    """When `watched` first said `status` at or after `after`; None if not within `within` seconds."""
-    deadline = time.monotonic() + within
-    while (at := watched.first(status, after)) is None and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    return at
 
 
 @dataclass
@@ -156,6 +125,19 @@ async def health_cli(served: Served, service: str) -> int:
     return done.returncode
 
 
+async def listening(pg: PrivatePostgres, within: float = 10.0) -> None:
+    """Until keygate's change listener is connected (its LISTEN, or a ping since, is its last statement)."""
+    conn = await asyncpg.connect(pg.url)
+    try:
+        deadline = time.monotonic() + within
+        while not await conn.fetchval("""SELECT count(*) FROM pg_stat_activity
+                                         WHERE query LIKE 'LISTEN%' OR query = 'SELECT 1'"""):
+            assert time.monotonic() < deadline, "the change listener did not come back"
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
+
+
 async def run_outages(pg: PrivatePostgres) -> Outages:
     root = bootstrap(pg.url)
     served = start("--database-url", pg.url, "--workers", "1")
@@ -177,6 +159,7 @@ async def run_outages(pg: PrivatePostgres) -> Outages:
             await pg.start()
             halt.recovered = await until(key_service, SERVING, halt.ended, RECOVERED + 2)
 
+            await listening(pg)  # the steady state again: the listener reconnects on its own backoff
             outcomes: list[str] = []
 
             async def load() -> None:
@@ -249,3 +232,21 @@ def test_the_health_command_exits_with_the_status(outages: Outages) -> None:
 
 def test_no_failure_logged_through_the_outages(outages: Outages) -> None:
     assert_no_failures(outages.logs)
+
+
+@pytest.mark.parametrize(("args", "status", "says"), [
+    ((), 0, "SERVING\n"),
+    (("--service", KEY_SERVICE), 0, "SERVING\n"),
+    (("--service", "keygate.v1.NoSuchService"), 1, "error: NOT_FOUND: keygate serves no service of that name\n"),
+])
+async def test_the_health_command_exits_with_the_answer(app: App, args: tuple[str, ...], status: int,
+                                                        says: str) -> None:
+    done = await asyncio.to_thread(keygate, "health", *args, KEYGATE_SERVER=f"127.0.0.1:{app.port}")
+    assert done.returncode == status, done.stderr
+    assert done.stdout + done.stderr == says
+
+
+def test_the_health_command_exits_2_when_keygate_is_unreachable() -> None:
+    done = keygate("health", "--server", f"127.0.0.1:{free_port()}", "--timeout", "2")
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: UNAVAILABLE: cannot reach keygate at 127.0.0.1:"), done.stderr

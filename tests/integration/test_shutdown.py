@@ -13,6 +13,7 @@ import asyncio
 import collections
 import contextlib
 import math
+import os
 import signal
 import socket
 import time
@@ -25,12 +26,13 @@ import psutil
 import pytest
 
 from keygate.config import Settings
-from keygate.server import App
+from keygate.server import App, serve_until_signalled
 from keygate.v1 import authz_pb2, authz_pb2_grpc, keys_pb2
 
+from .health_watch import NOT_SERVING, SERVING, Watched, until, watch
 from .processes import Served, assert_no_failures, bootstrap, connect, start
 from .support import Client, auth
-from .test_health import NOT_SERVING, SERVING, Watched, until, watch
+from .test_startup import keygate
 
 LOOPS = 8  # concurrent Check loops, so that some are in flight when the signal arrives
 BURST = 300  # concurrent Checks, most of them queued inside grpc when the drain begins
@@ -224,12 +226,52 @@ async def test_workers_end_with_their_supervisor_even_when_it_is_killed(
     assert len(children) == 3, children
     served.process.kill()
     killed = time.monotonic()
-    served.process.wait()
-    gone, alive = await asyncio.to_thread(psutil.wait_procs, children, 10.0)
+    while not all(map(ended, children)) and time.monotonic() - killed < EXIT_BOUND:
+        await asyncio.sleep(0.01)
     took = time.monotonic() - killed
+    served.process.wait()
+    alive = [process for process in children if not ended(process)]
     for process in alive:
         process.kill()
     with capsys.disabled():
-        print(f"\nsupervisor SIGKILLed: its {len(gone)} children gone within {took:.2f}s", end="")
+        print(f"\nsupervisor SIGKILLed: its {len(children)} children ended within {took:.2f}s", end="")
     assert alive == []
     assert refuses_connections(served.address)
+
+
+def ended(process: psutil.Process) -> bool:
+    """Exited: gone, or a zombie that no one has reaped yet (its parent is dead; init reaps in its own time)."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+async def test_a_worker_stops_when_the_pipe_from_its_supervisor_closes(database_url: str) -> None:
+    """The portable half of the above, on its own: end of file on the pipe multiprocessing keeps open from
+    the supervisor (Linux's PR_SET_PDEATHSIG, the other half, would signal first)."""
+    read, write = os.pipe()
+    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    serving = asyncio.create_task(serve_until_signalled(Settings(listen="127.0.0.1:0", shutdown_grace=5), database_url,
+                                                        on_ready=ready.set_result, supervisor_gone=read))
+    try:
+        port = await asyncio.wait_for(ready, 30)
+        assert not refuses_connections(f"127.0.0.1:{port}")
+        os.close(write)
+        await asyncio.wait_for(serving, 5)
+    finally:
+        os.close(read)
+    assert refuses_connections(f"127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize(("args", "env", "status", "says"), [
+    (("--shutdown-grace", "soon"), {}, 2, "argument --shutdown-grace: 'soon' is not a positive number of seconds"),
+    (("--shutdown-grace", "0"), {}, 2, "argument --shutdown-grace: '0' is not a positive number of seconds"),
+    ((), {"KEYGATE_SHUTDOWN_GRACE": "-1"}, 1, "keygate: KEYGATE_SHUTDOWN_GRACE: must be positive"),
+])
+def test_a_wrong_shutdown_grace_is_one_line(database_url: str, args: tuple[str, ...], env: dict[str, str],
+                                            status: int, says: str) -> None:
+    done = keygate("serve", "--listen", "127.0.0.1:0", "--database-url", database_url, *args, **env)
+    assert done.returncode == status
+    assert done.stderr.splitlines()[-1].endswith(says), done.stderr
+    assert "Traceback" not in done.stderr
