@@ -19,9 +19,10 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from keygate.server import App
+from keygate.server import SERVICE_NAMES, App
 from keygate.v1 import authz_pb2
 
 from .health_watch import NOT_SERVING, SERVING, Watched, name, until, watch
@@ -38,6 +39,7 @@ DETECTED = 3.0  # seconds from the stop (or the hang) until KeyService says NOT_
 # (a listener still reconnecting after the previous outage would add its backoff and connect timeout)
 RECOVERED = 5.0  # seconds from the restart (or SIGCONT) until it says SERVING again
 HELD = 2.0  # seconds the database stays stopped (or hung) once KeyService has said NOT_SERVING
+ROOT = Path(__file__).resolve().parents[2]
 PROBE_TIMEOUT = 1.0  # kubelet's default timeoutSeconds
 POLL = 0.05
 LOOPS = 4  # concurrent Check loops during the hang
@@ -250,3 +252,15 @@ def test_the_health_command_exits_2_when_keygate_is_unreachable() -> None:
     done = keygate("health", "--server", f"127.0.0.1:{free_port()}", "--timeout", "2")
     assert done.returncode == 2
     assert done.stderr.startswith("error: UNAVAILABLE: cannot reach keygate at 127.0.0.1:"), done.stderr
+
+
+def test_the_shipped_deployment_probes_the_services_the_readme_names() -> None:
+    """Liveness and startup on "", readiness on AuthzService: never KeyService, whose NOT_SERVING during a
+    database outage would take every replica out of rotation."""
+    deployment = next(d for d in yaml.safe_load_all((ROOT / "deploy" / "istio" / "keygate.yaml").read_text())
+                      if d["kind"] == "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    probes = {kind: container[f"{kind}Probe"]["grpc"].get("service", "")
+              for kind in ("startup", "liveness", "readiness")}
+    assert probes == {"startup": "", "liveness": "", "readiness": "keygate.v1.AuthzService"}
+    assert set(SERVICE_NAMES) == {KEY_SERVICE, *AUTHZ_SERVICES}
