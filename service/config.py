@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -144,6 +145,6 @@ def _number(env: Mapping[str, str], name: str, default: float, kind: type[int] |
         value = kind(raw)
     except ValueError:
         raise InvalidArgument(name, f"must be a number, not {raw!r}") from None
-    if value <= 0:
-        raise InvalidArgument(name, "must be positive")
+    if not 0 < value < math.inf:  # nan and inf parse as floats, but bound nothing
+        raise InvalidArgument(name, "must be positive" if value <= 0 else f"must be a finite number, not {raw!r}")
     return value

@@ -268,6 +268,7 @@ async def test_a_worker_stops_when_the_pipe_from_its_supervisor_closes(database_
     (("--shutdown-grace", "soon"), {}, 2, "argument --shutdown-grace: 'soon' is not a positive number of seconds"),
     (("--shutdown-grace", "0"), {}, 2, "argument --shutdown-grace: '0' is not a positive number of seconds"),
     ((), {"KEYGATE_SHUTDOWN_GRACE": "-1"}, 1, "keygate: KEYGATE_SHUTDOWN_GRACE: must be positive"),
+    ((), {"KEYGATE_SHUTDOWN_GRACE": "inf"}, 1, "keygate: KEYGATE_SHUTDOWN_GRACE: must be a finite number, not 'inf'"),
 ])
 def test_a_wrong_shutdown_grace_is_one_line(database_url: str, args: tuple[str, ...], env: dict[str, str],
                                             status: int, says: str) -> None:
