@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_parser(commands)
     client.add_check_parser(commands)
     client.add_permissions_parser(commands)
+    client.add_health_parser(commands)
     return parser
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from .store.postgres import DatabaseSettings
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATA_DIR = Path(".keygate")
+DEFAULT_SHUTDOWN_GRACE = 15.0  # seconds calls in flight may take to finish after SIGTERM
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -62,6 +64,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("KEYGATE_ACCESS_LOG", "--access-log", "access_log", "one JSON line per RPC: on or off"),
     Option("KEYGATE_WORKERS", "--workers", "workers", "processes sharing the port",
            default="one per two cores"),
+    Option("KEYGATE_SHUTDOWN_GRACE", "--shutdown-grace", "shutdown_grace",
+           "seconds calls in flight may take to finish after SIGTERM"),
     Option("KEYGATE_CACHE_MAX_KEYS", "--cache-max-keys", "cache.max_keys", "keys the cache holds"),
     Option("KEYGATE_CACHE_MAX_NEGATIVE", "--cache-max-negative", "cache.max_negative",
            "unknown keys the cache remembers"),
@@ -96,6 +100,7 @@ class Settings:
     log_level: str = "info"
     access_log: bool = True  # one JSON line per RPC
     workers: int = 1
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     cache: CacheSettings = field(default_factory=CacheSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
 
@@ -115,6 +120,7 @@ class Settings:
             "log_level": _choice(env, "KEYGATE_LOG_LEVEL", LOG_LEVELS, "info"),
             "access_log": _switch(env, "KEYGATE_ACCESS_LOG"),
             "workers": _int(env, "KEYGATE_WORKERS", default_workers()),
+            "shutdown_grace": _float(env, "KEYGATE_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE),
             "cache": CacheSettings(
                 max_keys=_int(env, "KEYGATE_CACHE_MAX_KEYS", cache.max_keys),
                 max_negative=_int(env, "KEYGATE_CACHE_MAX_NEGATIVE", cache.max_negative),
@@ -213,6 +219,6 @@ def _number(env: Mapping[str, str], name: str, default: float, kind: type[int] |
         value = kind(raw)
     except ValueError:
         raise InvalidArgument(name, f"must be a number, not {raw!r}") from None
-    if value <= 0:
-        raise InvalidArgument(name, "must be positive")
+    if not 0 < value < math.inf:  # nan and inf parse as floats, but bound nothing
+        raise InvalidArgument(name, "must be positive" if value <= 0 else f"must be a finite number, not {raw!r}")
     return value

@@ -74,6 +74,7 @@ class Boundary:
         # Unique across processes and restarts, and cheaper than a uuid4 per call.
         self._prefix = os.urandom(6).hex()
         self._counter = itertools.count(1)
+        self.started = 0  # unary calls handed to a handler so far: a drain waits until none arrive
         self._malformed_log = logs.Throttle()
 
     def register(self, server: grpc.aio.Server, servicer: object, service: ServiceDescriptor,
@@ -126,6 +127,7 @@ class Boundary:
 
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
+            self.started += 1
             rid = self._request_id(context)
             request_id.set(rid)
             echo = ((REQUEST_ID_HEADER, rid),)
