@@ -28,6 +28,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         database_url=args.database_url,
         data_dir=getattr(args, "data_dir", None),
         workers=getattr(args, "workers", None),
+        tls_cert=getattr(args, "tls_cert", None),
+        tls_key=getattr(args, "tls_key", None),
+        tls_client_ca=getattr(args, "tls_client_ca", None),
     )
 
 
@@ -95,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve_p.add_argument("--listen", help="address to listen on (env KEYGATE_LISTEN, default 127.0.0.1:50051)")
     serve_p.add_argument("--workers", type=_positive_int,
                          help="processes sharing the port (env KEYGATE_WORKERS; default one per two cores)")
+    serve_p.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve TLS (env KEYGATE_TLS_CERT)")
+    serve_p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert (env KEYGATE_TLS_KEY)")
+    serve_p.add_argument("--tls-client-ca", type=Path,
+                         help="PEM CA: require client certificates it signed, mTLS (env KEYGATE_TLS_CLIENT_CA)")
     database_options(serve_p)
     serve_p.set_defaults(func=_serve)
 
