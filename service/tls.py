@@ -105,12 +105,13 @@ class ServerFiles:
         return (self.cert, self.key) if self.client_ca is None else (self.cert, self.key, self.client_ca)
 
     def identity(self) -> tuple[_Identity, ...]:
-        """What changes when any file is replaced, rewritten or swapped in through a symlink."""
+        """What changes when any file is replaced, rewritten or swapped in through a symlink (ctime: even
+        a rewrite that restores the modification time)."""
         identities = []
         for path in self._paths():
             try:
                 s = os.stat(path)
-                identities.append((s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns))
+                identities.append((s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns))
             except OSError as exc:
                 identities.append((exc.errno or -1,))
         return tuple(identities)
