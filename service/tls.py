@@ -57,7 +57,7 @@ def _read(path: Path, setting: str) -> bytes:
 def _check_certificates(pem: bytes, path: Path, setting: str) -> None:
     """At least one PEM certificate, and nothing OpenSSL cannot parse."""
     try:
-        ssl.create_default_context(cadata=pem.decode("ascii"))
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=pem.decode("ascii"))
     except (UnicodeDecodeError, ssl.SSLError, ValueError):
         raise InvalidArgument(setting, f"{path} holds no valid PEM certificate") from None
 
