@@ -35,6 +35,8 @@ CLIENT_CERT = "--tls-client-cert/KEYGATE_TLS_CLIENT_CERT"
 CLIENT_KEY = "--tls-client-key/KEYGATE_TLS_CLIENT_KEY"
 CLIENT_SERVER_NAME = "--tls-server-name/KEYGATE_TLS_SERVER_NAME"
 
+LOAD_ATTEMPTS = 5  # at start, reads of files that a rotation replaces meanwhile
+
 # A file's identity as `stat` sees it through symlinks; an errno where it cannot be stat'ed.
 _Identity = tuple[int, ...]
 
@@ -164,9 +166,11 @@ class _Reloader:
 
 def server_credentials(files: ServerFiles) -> grpc.ServerCredentials:
     """Credentials that follow the files; InvalidArgument (naming the setting) if they do not load now."""
-    loaded = files.load()
-    while loaded is None:  # replaced while read: read the new ones
-        loaded = files.load()
+    for _ in range(LOAD_ATTEMPTS):  # replaced while read: read the new ones
+        if (loaded := files.load()) is not None:
+            break
+    else:
+        raise InvalidArgument(SERVER_CERT, f"{files.cert} and its key kept changing while read")
     identity, config = loaded
     return grpc.dynamic_ssl_server_credentials(config, _Reloader(files, identity),
                                                require_client_authentication=files.client_ca is not None)

@@ -27,7 +27,6 @@ ENVOY_FILES = "/etc/envoy/keygate/"  # the snippet's directory, replaced by the 
 class Pki:
     ca: trustme.CA  # signs keygate's certificate and Envoy's
     files: Path  # ca.crt, tls.crt, tls.key for Envoy; keygate.crt, keygate.key for keygate
-    server_name: str
 
 
 def transport_socket(files: Path) -> dict[str, Any]:
@@ -43,7 +42,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     ca.cert_pem.write_to_path(str(files / "ca.crt"))
     write(files, "tls", ca.issue_cert("envoy.test"))
     write(files, "keygate", ca.issue_cert(server_name, "127.0.0.1"))
-    return Pki(ca, files, server_name)
+    return Pki(ca, files)
 
 
 @pytest.fixture(scope="module")

@@ -136,7 +136,8 @@ SERVE_ERRORS = [
      "--tls-cert/KEYGATE_TLS_CERT: {garbage} holds no valid PEM certificate"),
     (("--tls-cert", "{cert}", "--tls-key", "{other_key}"),
      "--tls-key/KEYGATE_TLS_KEY: {other_key} does not match the certificate in {cert}"),
-    (("--tls-cert", "{cert}", "--tls-key", "{cert}"), "--tls-key/KEYGATE_TLS_KEY: {cert} holds no valid PEM private key"),
+    (("--tls-cert", "{cert}", "--tls-key", "{cert}"),
+     "--tls-key/KEYGATE_TLS_KEY: {cert} holds no valid PEM private key"),
     (("--tls-cert", "{cert}", "--tls-key", "{key}", "--tls-client-ca", "{garbage}"),
      "--tls-client-ca/KEYGATE_TLS_CLIENT_CA: {garbage} holds no valid PEM certificate"),
 ]
