@@ -28,6 +28,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         database_url=args.database_url,
         data_dir=getattr(args, "data_dir", None),
         workers=getattr(args, "workers", None),
+        metrics=getattr(args, "metrics", None),
     )
 
 
@@ -95,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve_p.add_argument("--listen", help="address to listen on (env KEYGATE_LISTEN, default 127.0.0.1:50051)")
     serve_p.add_argument("--workers", type=_positive_int,
                          help="processes sharing the port (env KEYGATE_WORKERS; default one per two cores)")
+    serve_p.add_argument("--metrics", help="host:port serving Prometheus metrics at /metrics, or off "
+                         "(env KEYGATE_METRICS, default 127.0.0.1:9464)")
     database_options(serve_p)
     serve_p.set_defaults(func=_serve)
 

@@ -15,6 +15,8 @@ from .domain.errors import InvalidArgument
 from .domain.keys import DEFAULT_PREFIX, KeyFormat
 from .domain.permissions import Catalog
 from .domain.routes import RouteTable
+from .metrics import DEFAULT_ADDRESS as DEFAULT_METRICS
+from .metrics import parse_address
 from .store.postgres import DatabaseSettings
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -33,6 +35,7 @@ class Settings:
     log_level: str = "info"
     access_log: bool = True  # one JSON line per RPC
     workers: int = 1
+    metrics: str | None = DEFAULT_METRICS  # host:port serving /metrics; None: off
     cache: CacheSettings = field(default_factory=CacheSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
 
@@ -51,6 +54,7 @@ class Settings:
             "log_level": _choice(env, "KEYGATE_LOG_LEVEL", LOG_LEVELS, "info"),
             "access_log": _switch(env, "KEYGATE_ACCESS_LOG"),
             "workers": _int(env, "KEYGATE_WORKERS", default_workers()),
+            "metrics": env.get("KEYGATE_METRICS", "") or DEFAULT_METRICS,
             "cache": CacheSettings(
                 max_keys=_int(env, "KEYGATE_CACHE_MAX_KEYS", cache.max_keys),
                 max_negative=_int(env, "KEYGATE_CACHE_MAX_NEGATIVE", cache.max_negative),
@@ -68,6 +72,7 @@ class Settings:
             ),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
+        values["metrics"] = parse_address(str(values["metrics"]))
         return cls(**values)  # type: ignore[arg-type]
 
     def key_format(self) -> KeyFormat:
