@@ -26,7 +26,6 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from enum import Enum
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
@@ -55,9 +54,10 @@ DECISION_APIS = {
     "/keygate.v1.AuthzService/BatchCheck": "BatchCheck",
     "/envoy.service.auth.v3.Authorization/Check": "ext_authz",
 }
-# What the servicers of DECISION_APIS decided for this call (a decision Code, or a word of the Envoy
-# servicer's); the boundary falls back to the gRPC status when a call ended without one.
-decision: ContextVar[Enum | str | None] = ContextVar("decision", default=None)
+# What the servicers of DECISION_APIS decided for this call (a decision Code's value, or a word of the
+# Envoy servicer's); the boundary falls back to the gRPC status when a call ended without one.
+# Strings, not enum members: an Enum's __hash__ is a Python call, a str's hash is cached.
+decision: ContextVar[str] = ContextVar("decision", default="")
 
 Labels = tuple[str, ...]
 
@@ -181,10 +181,6 @@ def _samples(values: dict[tuple[str, Labels], object], name: str) -> list[tuple[
     return sorted((labels, value) for (family, labels), value in values.items() if family == name)  # type: ignore[misc]
 
 
-def _label(value: Enum | str) -> str:
-    return value.name if isinstance(value, Enum) else value
-
-
 Recorder = Callable[[grpc.StatusCode, float], None]
 
 
@@ -192,17 +188,21 @@ class Metrics:
     """One process's metrics: RPC counters fed by the boundary, and the parts read at scrape time."""
 
     def __init__(self) -> None:
-        self._rpcs: dict[str, dict[grpc.StatusCode, int]] = {}
-        self._latency: dict[str, dict[Enum | str, Histogram]] = {}
+        self._rpcs: dict[str, dict[str, int]] = {}  # method -> gRPC status name -> calls
+        self._latency: dict[str, dict[str, Histogram]] = {}  # api -> decision -> latencies
         self._readers: list[Callable[[Snapshot], None]] = []
 
     def recorder(self, method: str) -> Recorder:
-        """What the boundary calls once per unary call of `method` with its status and perf_counter start."""
+        """What the boundary calls once per unary call of `method` with its status and perf_counter start.
+
+        Status codes are counted by `_name_` (the documented attribute behind Enum.name, without the
+        property's Python-level call), for the same reason `decision` holds strings."""
         counts = self._rpcs.setdefault(method, {})
         api = DECISION_APIS.get(method)
         if api is None:
             def count(code: grpc.StatusCode, started: float) -> None:
-                counts[code] = counts.get(code, 0) + 1
+                name = code._name_
+                counts[name] = counts.get(name, 0) + 1
 
             return count
         histograms = self._latency.setdefault(api, {})
@@ -210,8 +210,9 @@ class Metrics:
 
         def count_and_time(code: grpc.StatusCode, started: float) -> None:
             elapsed = clock() - started
-            counts[code] = counts.get(code, 0) + 1
-            label = decided() or code
+            name = code._name_
+            counts[name] = counts.get(name, 0) + 1
+            label = decided() or name
             histogram = histograms.get(label)
             if histogram is None:
                 histogram = histograms[label] = Histogram(bounds)
@@ -251,10 +252,10 @@ class Metrics:
         snapshot = Snapshot()
         for method, counts in list(self._rpcs.items()):
             for code, n in list(counts.items()):
-                snapshot.count("keygate_rpcs", n, method, code.name)
+                snapshot.count("keygate_rpcs", n, method, code)
         for api, histograms in list(self._latency.items()):
             for label, histogram in list(histograms.items()):
-                snapshot.histogram("keygate_decision_duration_seconds", histogram, api, _label(label))
+                snapshot.histogram("keygate_decision_duration_seconds", histogram, api, label)
         for read in self._readers:
             read(snapshot)
         snapshot.gauge("keygate_processes", 1)

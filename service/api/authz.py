@@ -29,7 +29,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
     ) -> authz_pb2.CheckResponse:
         item = CheckItem(request.resource, request.action, request.workspace_id)
         found = await self._authorizer.check(request.api_key, item)
-        metrics.decision.set(found.code)
+        metrics.decision.set(found.code._value_)
         return check_response(found)
 
     async def BatchCheck(
@@ -37,7 +37,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
     ) -> authz_pb2.BatchCheckResponse:
         items = [CheckItem(i.resource, i.action, i.workspace_id) for i in request.items]
         decisions = await self._authorizer.check_batch(request.api_key, items)
-        metrics.decision.set(next((d.code for d in decisions if not d.allowed), Code.OK))
+        metrics.decision.set(next((d.code for d in decisions if not d.allowed), Code.OK).value)
         return authz_pb2.BatchCheckResponse(results=[check_response(d) for d in decisions])
 
     async def ListPermissions(

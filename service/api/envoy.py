@@ -133,7 +133,7 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
             template = self._ok(identity, presented,
                                 _metadata(Code.OK.value, credential.key_id_text, credential.workspace_id))
             self._templates.put(slot, template)
-        metrics.decision.set(Code.OK)
+        metrics.decision.set("OK")
         response = external_auth_pb2.CheckResponse()
         response.CopyFrom(template)
         response.dynamic_metadata.fields["decision_id"].string_value = request_id.get()
