@@ -17,14 +17,17 @@ from pathlib import Path
 
 import grpc
 import pytest
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from keygate.domain.errors import KEY_SHAPED
 from keygate.domain.keys import KeyFormat
 from keygate.metrics import FAMILIES, LATENCY_BUCKETS
+from keygate.server import App
 from keygate.v1 import authz_pb2, authz_pb2_grpc
 
 from .processes import KEYGATE, Served, bootstrap, clean_environment, start, stop
+from .support import Client
 
 FORMAT = KeyFormat()
 CHECK = "/keygate.v1.AuthzService/Check"
@@ -268,3 +271,36 @@ def test_every_family_is_exported_even_before_its_first_sample() -> None:
 
     names = {family.name for family in Snapshot().families()}
     assert names == set(FAMILIES)
+
+
+def envoy_check(path: str, key: str = "") -> external_auth_pb2.CheckRequest:
+    request = external_auth_pb2.CheckRequest()
+    http = request.attributes.request.http
+    http.method, http.path = "POST", path
+    if key:
+        http.headers["authorization"] = f"Bearer {key}"
+    return request
+
+
+async def test_decisions_are_labelled_for_each_api(app: App, client: Client) -> None:
+    """Check, BatchCheck and ext_authz over a real channel: each call in its decision's histogram."""
+    key = (await client.create(permissions=["chatflows:view", "predictions:create"])).api_key
+    envoy = external_auth_pb2_grpc.AuthorizationStub(client.channel)
+    for path, presented in [("/api/v1/prediction/f1", key), ("/api/v1/prediction/f1", ""),
+                            ("/api/v1/prediction/f1", key), ("/nowhere", key)]:
+        await envoy.Check(envoy_check(path, presented))
+    view = authz_pb2.BatchCheckItem(resource="chatflows/f1", action="chatflows:view")
+    other = authz_pb2.BatchCheckItem(resource="chatflows/f1", action="chatflows:view", workspace_id="ws-other")
+    for items in ([view, view], [view, other]):
+        await client.authz.BatchCheck(authz_pb2.BatchCheckRequest(api_key=key, items=items))
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await client.check(key, resource="chatflows/f1", action="no-such:verb")
+    assert app.metrics is not None
+    snapshot = app.metrics.snapshot()
+    counts = {labels: sum(counts) for (name, labels), (_, counts, _) in snapshot.histograms.items()
+              if name == "keygate_decision_duration_seconds"}
+    assert counts == {("ext_authz", "OK"): 2, ("ext_authz", "KEY_MISSING"): 1, ("ext_authz", "NO_MATCHING_ROUTE"): 1,
+                      ("BatchCheck", "OK"): 1, ("BatchCheck", "WORKSPACE_MISMATCH"): 1,
+                      ("Check", "INVALID_ARGUMENT"): 1}
+    assert snapshot.counters[("keygate_rpcs", (CHECK, "INVALID_ARGUMENT"))] == 1
+    assert snapshot.counters[("keygate_rpcs", ("/envoy.service.auth.v3.Authorization/Check", "OK"))] == 4
