@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -16,13 +17,15 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import promql_parser
 import pytest
+import yaml
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from keygate.domain.errors import KEY_SHAPED
 from keygate.domain.keys import KeyFormat
-from keygate.metrics import FAMILIES, LATENCY_BUCKETS
+from keygate.metrics import FAMILIES, LATENCY_BUCKETS, Exporter
 from keygate.server import App
 from keygate.v1 import authz_pb2, authz_pb2_grpc
 
@@ -304,3 +307,62 @@ async def test_decisions_are_labelled_for_each_api(app: App, client: Client) -> 
                       ("Check", "INVALID_ARGUMENT"): 1}
     assert snapshot.counters[("keygate_rpcs", (CHECK, "INVALID_ARGUMENT"))] == 1
     assert snapshot.counters[("keygate_rpcs", ("/envoy.service.auth.v3.Authorization/Check", "OK"))] == 4
+
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+METRIC_NAME = re.compile(r"\bkeygate_[a-z_]+\b")
+
+
+def exported_names(text: str) -> set[str]:
+    """Every series name a scrape's families can have, sampled yet or not."""
+    suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_count", "_sum")}
+    return {family.name + suffix for family in text_string_to_metric_families(text)
+            for suffix in suffixes[family.type]}
+
+
+def queries() -> dict[str, str]:
+    """Every PromQL expression of the shipped alert rules and dashboard, by where it is."""
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yaml").read_text())
+    assert set(rules) == {"groups"} and rules["groups"]
+    found = {}
+    for group in rules["groups"]:
+        assert isinstance(group["name"], str) and group["rules"]
+        for rule in group["rules"]:
+            assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule
+            assert rule["alert"] and rule["labels"]["severity"] in {"warning", "critical"}
+            assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+            assert re.fullmatch(r"\d+[smh]", rule.get("for", "0s")), rule
+            found[f"alert {rule['alert']}"] = rule["expr"]
+    dashboard = json.loads((DEPLOY / "grafana" / "keygate.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            found[f"panel {panel['title']!r} {target['refId']}"] = target["expr"].replace("$__rate_interval", "5m")
+    return found
+
+
+async def test_the_alert_rules_and_dashboard_query_only_exported_metrics(app: App, client: Client) -> None:
+    """Each query parses as PromQL and names only metrics a real scrape of this server exports."""
+    await client.check(client.root, resource="chatflows/f1")
+    exporter = Exporter("127.0.0.1:0")
+    try:
+        assert app.metrics is not None
+        exporter.show(app.metrics.snapshot)
+        with urllib.request.urlopen(f"http://{exporter.address}/metrics", timeout=10) as response:
+            exported = exported_names(response.read().decode())
+    finally:
+        exporter.close()
+    alerts = {name for name in queries() if name.startswith("alert ")}
+    assert {"alert KeygateHighDenialRate", "alert KeygateUnavailable", "alert KeygateChangeListenerDown",
+            "alert KeygateInvalidationLagHigh", "alert KeygateSlowDecisions"} <= alerts
+    for where, expr in queries().items():
+        promql_parser.parse(expr)
+        used = set(METRIC_NAME.findall(expr))
+        assert used and used <= exported, (where, used - exported)
+
+
+def test_the_readme_lists_every_metric_with_its_type() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Metrics", 1)[1].split("\n## ", 1)[0]
+    for name, family in FAMILIES.items():
+        shown = f"{name}_total" if family.kind == "counter" else name
+        assert re.search(rf"`{shown}`.*\| {family.kind} \|", section), shown
