@@ -11,8 +11,8 @@ With `serve --workers N` the supervisor serves /metrics: at each scrape it asks 
 snapshot over a pipe and sums them (`Fleet`). A worker that dies leaves its last counters behind,
 so totals never go backwards when it is restarted.
 
-Labels are bounded by construction: methods are those registered at start-up (grpc answers any other
-method itself, before our code runs), codes are gRPC status names and keygate's decision codes, and
+Labels are bounded by construction: methods are those registered at start-up, and every other method
+is counted as `unknown` (`count_unknown_methods`), codes are gRPC status names and keygate's decision codes, and
 cache, state and kind are fixed words. Nothing a caller sends becomes a label.
 """
 
@@ -260,6 +260,31 @@ class Metrics:
             read(snapshot)
         snapshot.gauge("keygate_processes", 1)
         return snapshot
+
+
+UNKNOWN_METHOD = "unknown"
+
+
+class _UnknownMethods(grpc.GenericRpcHandler):
+    """Consulted last, for a method no servicer serves: UNIMPLEMENTED, as grpc would answer, but counted."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        record = metrics.recorder(UNKNOWN_METHOD)
+
+        async def unimplemented(requests: object, context: grpc.aio.ServicerContext) -> None:
+            record(grpc.StatusCode.UNIMPLEMENTED, time.perf_counter())
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+
+        # Streaming, and no request read: a client that streams, or sends nothing yet, is answered at once.
+        self._handler = grpc.stream_stream_rpc_method_handler(unimplemented)
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        return self._handler
+
+
+def count_unknown_methods(server: grpc.aio.Server, metrics: Metrics) -> None:
+    """After every servicer is registered: calls to any other method count under method="unknown"."""
+    server.add_generic_rpc_handlers((_UnknownMethods(metrics),))
 
 
 def parse_address(raw: str) -> str | None:

@@ -33,7 +33,7 @@ from .cache.keys import KeyCache
 from .cache.listener import ChangeListener
 from .config import Settings
 from .domain import paging
-from .metrics import Exporter, Metrics, answer_scrapes
+from .metrics import Exporter, Metrics, count_unknown_methods
 from .store import embedded
 from .store.postgres import Store
 from .usage import UsageRecorder
@@ -135,6 +135,8 @@ class App:
                           _service(external_auth_pb2, "Authorization"))
         boundary.register(server, health_servicer, _service(health_pb2, "Health"))
         reflection.enable((*SERVICE_NAMES, health.SERVICE_NAME), server, boundary)
+        if metrics is not None:
+            count_unknown_methods(server, metrics)  # last: it answers whatever no servicer serves
         try:
             port = server.add_insecure_port(settings.listen)
         except RuntimeError:

@@ -204,6 +204,7 @@ async def test_hostile_traffic_adds_no_caller_chosen_label(database_url: str) ->
         second = await hostile_round()
     finally:
         stop(served)
+    assert value(second, "keygate_rpcs_total", method="unknown", code="UNIMPLEMENTED") == 4
     for text in (first, second):
         assert not KEY_SHAPED.search(text), text
         for value_sent in sent:
