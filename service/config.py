@@ -16,6 +16,8 @@ from .domain.errors import InvalidArgument
 from .domain.keys import DEFAULT_PREFIX, KeyFormat
 from .domain.permissions import Catalog
 from .domain.routes import RouteTable
+from .metrics import DEFAULT_ADDRESS as DEFAULT_METRICS
+from .metrics import parse_address
 from .store.postgres import DatabaseSettings
 from .tls import ServerFiles
 
@@ -65,6 +67,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("KEYGATE_ACCESS_LOG", "--access-log", "access_log", "one JSON line per RPC: on or off"),
     Option("KEYGATE_WORKERS", "--workers", "workers", "processes sharing the port",
            default="one per two cores"),
+    Option("KEYGATE_METRICS", "--metrics", "metrics", "host:port serving Prometheus metrics at /metrics, or off",
+           default="127.0.0.1:9464"),
     Option("KEYGATE_SHUTDOWN_GRACE", "--shutdown-grace", "shutdown_grace",
            "seconds calls in flight may take to finish after SIGTERM"),
     Option("KEYGATE_TLS_CERT", "--tls-cert", "tls_cert", "PEM certificate chain: serve TLS (with --tls-key)",
@@ -110,6 +114,7 @@ class Settings:
     tls_cert: Path | None = None  # with tls_key: serve TLS (see tls.py); none: plaintext
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # set: client certificates signed by it are required (mTLS)
+    metrics: str | None = DEFAULT_METRICS  # host:port serving /metrics; None: off
     cache: CacheSettings = field(default_factory=CacheSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
 
@@ -133,6 +138,7 @@ class Settings:
             "tls_cert": _path(env, "KEYGATE_TLS_CERT"),
             "tls_key": _path(env, "KEYGATE_TLS_KEY"),
             "tls_client_ca": _path(env, "KEYGATE_TLS_CLIENT_CA"),
+            "metrics": env.get("KEYGATE_METRICS", "") or DEFAULT_METRICS,
             "cache": CacheSettings(
                 max_keys=_int(env, "KEYGATE_CACHE_MAX_KEYS", cache.max_keys),
                 max_negative=_int(env, "KEYGATE_CACHE_MAX_NEGATIVE", cache.max_negative),
@@ -149,6 +155,7 @@ class Settings:
                 lookup_timeout=_float(env, "KEYGATE_DB_LOOKUP_TIMEOUT", database.lookup_timeout),
             ),
         }
+        values["metrics"] = parse_address(str(values["metrics"]))
         return cls(**values)  # type: ignore[arg-type]
 
     def tls_files(self) -> ServerFiles | None:

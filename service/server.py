@@ -34,6 +34,7 @@ from .cache.keys import KeyCache
 from .cache.listener import ChangeListener
 from .config import Settings
 from .domain import paging
+from .metrics import Exporter, Metrics, count_unknown_methods
 from .store import embedded
 from .store.postgres import Store
 from .usage import UsageRecorder
@@ -107,6 +108,7 @@ class App:
     health: HealthServicer
     port: int
     log_flusher: asyncio.Task[None]
+    metrics: Metrics | None  # None: metrics off
 
     @classmethod
     async def start(cls, settings: Settings, url: str, *, reuse_port: bool = False) -> App:
@@ -132,13 +134,18 @@ class App:
         store.on_reachability(health.database_reachable)
         # Every service through the boundary, whose request parser turns bytes that are not the
         # method's message into INVALID_ARGUMENT (grpc's own would answer UNKNOWN and log a traceback).
-        boundary = Boundary()
+        metrics = Metrics() if settings.metrics else None
+        if metrics is not None:
+            metrics.watch(cache, store, listener, usage)
+        boundary = Boundary(metrics)
         boundary.register(server, KeyServicer(authorizer, admin), _service(keys_pb2, "KeyService"))
         boundary.register(server, AuthzServicer(authorizer, catalog), _service(authz_pb2, "AuthzService"))
         boundary.register(server, EnvoyAuthzServicer(authorizer, settings.routes(catalog)),
                           _service(external_auth_pb2, "Authorization"))
         boundary.register(server, health, HEALTH_SERVICE)
         reflection.enable((*SERVICE_NAMES, HEALTH_SERVICE.full_name), server, boundary)
+        if metrics is not None:
+            count_unknown_methods(server, metrics)  # last: it answers whatever no servicer serves
         try:
             port = tls.add_port(server, settings.listen, credentials)
         except RuntimeError:
@@ -151,7 +158,7 @@ class App:
         usage.start()
         log_flusher = asyncio.create_task(_flush_access_log(), name="access-log-flush")
         log.info("serving", listen=settings.listen, port=port)
-        return cls(store, cache, listener, usage, admin, server, boundary, health, port, log_flusher)
+        return cls(store, cache, listener, usage, admin, server, boundary, health, port, log_flusher, metrics)
 
     async def stop(self, grace: float) -> None:
         """Drain within `grace` seconds: every service NOT_SERVING first (Watch streams say so and end), and
@@ -194,12 +201,18 @@ def run(settings: Settings) -> None:
     """`keygate serve`: prepare the database once, then serve here or in `settings.workers` processes."""
     refuse_taken_port(settings.listen)  # before anything is started, and whatever shares the port
     tls.check_server(settings.listen, settings.tls_files())
+    exporter = Exporter(settings.metrics) if settings.metrics else None  # likewise: a taken port fails now
     url = database_url(settings)
     uvloop.run(_prepare(settings, url))
     if settings.workers == 1:
-        uvloop.run(serve_until_signalled(settings, url, on_ready=lambda port: announce(settings, port)))
+        def export(app: App) -> None:
+            if exporter is not None and app.metrics is not None:
+                exporter.show(app.metrics.snapshot)
+
+        uvloop.run(serve_until_signalled(settings, url, on_start=export,
+                                         on_ready=lambda port: announce(settings, port, exporter)))
     else:
-        Supervisor(settings, url).run()
+        Supervisor(settings, url, exporter).run()
 
 
 async def _prepare(settings: Settings, url: str) -> None:
@@ -217,10 +230,13 @@ async def _prepare(settings: Settings, url: str) -> None:
 
 
 async def serve_until_signalled(settings: Settings, url: str, *, on_ready: Callable[[int], None],
-                                reuse_port: bool = False, supervisor_gone: int | None = None) -> None:
+                                on_start: Callable[[App], None] | None = None, reuse_port: bool = False,
+                                supervisor_gone: int | None = None) -> None:
     """Serve until SIGINT or SIGTERM, or (a worker) until `supervisor_gone`, a file descriptor that turns
     readable when the supervisor has died; then drain within the shutdown grace."""
     app = await App.start(settings, url, reuse_port=reuse_port)
+    if on_start is not None:
+        on_start(app)
     # Everything built at start-up (modules, protobuf descriptors, the catalog) lives as long as the
     # process: move it out of the collector's sight, so collections scan only what requests allocate.
     gc.freeze()
@@ -248,12 +264,13 @@ async def serve_until_signalled(settings: Settings, url: str, *, on_ready: Calla
             loop.remove_reader(supervisor_gone)
 
 
-def announce(settings: Settings, port: int) -> None:
+def announce(settings: Settings, port: int, exporter: Exporter | None) -> None:
     host = settings.listen.rpartition(":")[0] or "127.0.0.1"
     workers = f", {settings.workers} worker processes" if settings.workers > 1 else ""
     services = "KeyService, AuthzService, Envoy ext_authz, health, reflection"
     security = "" if settings.tls_cert is None else " with mTLS" if settings.tls_client_ca else " with TLS"
-    print(f"keygate is listening on {host}:{port}{security} (gRPC: {services}{workers})", flush=True)
+    metrics = f"; metrics on http://{exporter.address}/metrics" if exporter is not None else "; metrics off"
+    print(f"keygate is listening on {host}:{port}{security} (gRPC: {services}{workers}){metrics}", flush=True)
 
 
 def _print_first_start(api_key: str) -> None:

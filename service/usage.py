@@ -31,6 +31,11 @@ class UsageRecorder:
         entry = self._pending.get(key_id)
         self._pending[key_id] = (1, when) if entry is None else (entry[0] + 1, when)
 
+    @property
+    def pending(self) -> int:
+        """Keys whose usage awaits the next flush: the write-behind queue's depth."""
+        return len(self._pending)
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="usage-flush")
 

@@ -12,6 +12,7 @@ means the supervisor is gone.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import multiprocessing
 import os
@@ -20,6 +21,7 @@ import socket
 import sys
 import time
 from dataclasses import replace
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING
 
@@ -27,6 +29,7 @@ import structlog
 import uvloop
 
 from . import logs
+from .metrics import Exporter, Fleet, answer_scrapes
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -39,13 +42,18 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _mp = multiprocessing.get_context("spawn")  # no forked grpc or asyncio state in the children
 
 
-def _worker(settings: Settings, url: str, ready: multiprocessing.Queue[int]) -> None:
-    """A worker process's main: serve on the shared port until signalled."""
-    from .server import serve_until_signalled
+def _worker(settings: Settings, url: str, ready: multiprocessing.Queue[int], metrics_pipe: Connection | None) -> None:
+    """A worker process's main: serve on the shared port until signalled; answer the supervisor's
+    requests for metrics on `metrics_pipe`."""
+    from .server import App, serve_until_signalled
+
+    def export(app: App) -> None:
+        if metrics_pipe is not None and app.metrics is not None:
+            answer_scrapes(asyncio.get_running_loop(), metrics_pipe, app.metrics)
 
     supervisor = _end_with_supervisor()
     logs.configure(settings.log_level, access=settings.access_log)
-    uvloop.run(serve_until_signalled(settings, url, on_ready=ready.put, reuse_port=True,
+    uvloop.run(serve_until_signalled(settings, url, on_ready=ready.put, on_start=export, reuse_port=True,
                                      supervisor_gone=supervisor.sentinel))
 
 
@@ -72,17 +80,23 @@ def _fixed_port(listen: str) -> str:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, url: str) -> None:
+    def __init__(self, settings: Settings, url: str, exporter: Exporter | None = None) -> None:
         self._settings = replace(settings, listen=_fixed_port(settings.listen))
         self._url = url
         self._ready: multiprocessing.Queue[int] = _mp.Queue()
         self._workers: list[BaseProcess] = []
         self._stopping = False
+        self._exporter = exporter
+        self._fleet = Fleet(settings.workers) if exporter is not None else None
 
     def _spawn(self, index: int) -> BaseProcess:
-        process = _mp.Process(target=_worker, args=(self._settings, self._url, self._ready),
+        ours, theirs = _mp.Pipe() if self._fleet is not None else (None, None)
+        process = _mp.Process(target=_worker, args=(self._settings, self._url, self._ready, theirs),
                               name=f"keygate-worker-{index}", daemon=True)
         process.start()
+        if self._fleet is not None and ours is not None and theirs is not None:
+            theirs.close()  # the worker's end lives in the worker: its death is then an EOF here
+            self._fleet.attach(index, ours)
         return process
 
     def run(self) -> None:
@@ -90,10 +104,12 @@ class Supervisor:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._request_stop)
+        if self._exporter is not None and self._fleet is not None:
+            self._exporter.show(self._fleet.collect)
         self._workers = [self._spawn(i) for i in range(self._settings.workers)]
         try:
             ports = {self._ready.get(timeout=READY_TIMEOUT) for _ in self._workers}
-            announce(self._settings, ports.pop())
+            announce(self._settings, ports.pop(), self._exporter)
             while not self._stopping:
                 time.sleep(0.2)
                 self._restart_dead()

@@ -30,6 +30,7 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from .. import logs
 from ..domain.errors import KEY_SHAPED, InvalidArgument, KeygateError
 from ..domain.keys import SECRET_LEN
+from ..metrics import Metrics
 from .errors import internal_status, to_status
 
 _events = structlog.get_logger(__name__)
@@ -69,8 +70,9 @@ def acceptable_request_id(value: object) -> TypeGuard[str]:
 
 
 class Boundary:
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics | None = None) -> None:
         self._log = logs.access_logger()
+        self._metrics = metrics
         # Unique across processes and restarts, and cheaper than a uuid4 per call.
         self._prefix = os.urandom(6).hex()
         self._counter = itertools.count(1)
@@ -124,6 +126,7 @@ class Boundary:
 
     def _wrap(self, method: str, message_name: str, behavior: Behavior) -> Behavior:
         log = self._log
+        record = self._metrics.recorder(method) if self._metrics is not None else None
 
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
@@ -151,6 +154,8 @@ class Boundary:
                 _events.exception("rpc_failed", method=method, request_id=rid, error=type(exc).__name__)
                 await context.abort(status.code, status.details, (*status.trailing_metadata, *echo))
             finally:
+                if record is not None:
+                    record(code, started)
                 if log is not None:
                     log.info("rpc", method=method, code=code.name,
                              latency_ms=round((time.perf_counter() - started) * 1000, 3), request_id=rid)

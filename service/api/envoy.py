@@ -21,6 +21,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
+from .. import metrics
 from ..authz import Authorizer, CheckItem
 from ..cache.lru import LRU
 from ..domain.decision import Code, Credential, Decision
@@ -50,6 +51,7 @@ def _metadata(code: str, key_id: str = "", workspace_id: str = "") -> struct_pb2
 
 def _denied(http_status: int, code: str, message: str, *, key_presented: bool = False,
             key_id: str = "", workspace_id: str = "") -> external_auth_pb2.CheckResponse:
+    metrics.decision.set(code)
     headers = [_header("content-type", "application/json")]
     if http_status == 401:
         challenge = 'Bearer realm="keygate"' + (', error="invalid_token"' if key_presented else "")
@@ -99,6 +101,7 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
                                                     "parameter's name")
         if match is None:
             if self._routes.allow_unmatched:  # passed on as it came, minus keys and forged identity
+                metrics.decision.set("UNMATCHED_ALLOWED")
                 return self._ok([], presented, _metadata("UNMATCHED_ALLOWED"))
             return _denied(403, "NO_MATCHING_ROUTE", f"no route rule covers {http.method} {path}")
 
@@ -130,6 +133,7 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
             template = self._ok(identity, presented,
                                 _metadata(Code.OK.value, credential.key_id_text, credential.workspace_id))
             self._templates.put(slot, template)
+        metrics.decision.set("OK")
         response = external_auth_pb2.CheckResponse()
         response.CopyFrom(template)
         response.dynamic_metadata.fields["decision_id"].string_value = request_id.get()

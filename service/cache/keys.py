@@ -38,6 +38,7 @@ from ..domain.decision import Binding, Credential, Decision
 from ..domain.errors import Unavailable
 from ..domain.keys import fingerprint
 from ..domain.permissions import Catalog
+from ..metrics import CACHES, LAG_BUCKETS, Histogram
 from ..store.postgres import Store
 from .budget import Budget
 from .known import KnownDigests
@@ -104,6 +105,10 @@ class KeyCache:
         self._confirmations = Budget(rate, max(rate, 1.0), clock())
         self._decisions: LRU[Hashable, _Remembered] = LRU(settings.max_decisions)
         self._epoch = 0
+        # For metrics, read at scrape time: a lookup is counted once, where it is answered.
+        self.hits = dict.fromkeys(CACHES, 0)
+        self.misses = dict.fromkeys(CACHES, 0)
+        self.lag = Histogram(LAG_BUCKETS)  # NOTIFY sent to applied here, seconds
         store.on_commit(self.apply)
 
     # --- sizes, for tests and metrics ------------------------------------------------
@@ -111,6 +116,10 @@ class KeyCache:
     def sizes(self) -> dict[str, int]:
         return {"keys": len(self._credentials), "negative": len(self._negative), "bindings": len(self._bindings),
                 "decisions": len(self._decisions), "known": self._known.count if self._known else 0}
+
+    def evictions(self) -> dict[str, int]:
+        return {"keys": self._credentials.evictions, "negative": self._negative.evictions,
+                "bindings": self._bindings.evictions, "decisions": self._decisions.evictions}
 
     @property
     def synchronized(self) -> bool:
@@ -126,10 +135,14 @@ class KeyCache:
         now = self._clock()
         entry = self._credentials.get(digest)
         if entry is not None:
-            return self._hit(("k", digest), entry, now, lambda: self._fetch_credential(digest),
-                             lambda value, at: self._keep_credential(digest, value, at))
+            found = self._hit(("k", digest), entry, now, lambda: self._fetch_credential(digest),
+                              lambda value, at: self._keep_credential(digest, value, at))
+            if found is not MISS:
+                self.hits["keys"] += 1
+            return found
         seen = self._negative.get(digest)
         if seen is not None and self._fresh(seen, now):
+            self.hits["negative"] += 1
             return None
         return MISS
 
@@ -138,6 +151,7 @@ class KeyCache:
         found = self.peek(digest)
         if found is not MISS:
             return found  # type: ignore[return-value]
+        self.misses["keys"] += 1
         if self._flood_refuses(digest):
             return None
         return await self._read(("k", digest), self._credentials.get(digest),
@@ -153,30 +167,43 @@ class KeyCache:
                 and not self._confirmations.take(now))
 
     def peek_bindings(self, workspace_id: str, resource: str) -> tuple[Binding, ...] | Miss:
-        slot = (workspace_id, resource)
+        found = self._peek_bindings((workspace_id, resource))
+        if found is not MISS:
+            self.hits["bindings"] += 1
+        return found
+
+    def _peek_bindings(self, slot: tuple[str, str]) -> tuple[Binding, ...] | Miss:
         entry = self._bindings.get(slot)
         if entry is None:
             return MISS
-        return self._hit(("b", *slot), entry, self._clock(), lambda: self._fetch_bindings(workspace_id, resource),
+        return self._hit(("b", *slot), entry, self._clock(), lambda: self._fetch_bindings(*slot),
                          lambda value, at: self._keep_bindings(slot, value, at))
 
     async def bindings(self, workspace_id: str, resource: str) -> tuple[Binding, ...]:
         found = self.peek_bindings(workspace_id, resource)
         if found is not MISS:
             return found  # type: ignore[return-value]
-        slot = (workspace_id, resource)
-        return await self._read(("b", *slot), self._bindings.get(slot),
-                                lambda: self._fetch_bindings(workspace_id, resource),
+        self.misses["bindings"] += 1
+        return await self._read_bindings((workspace_id, resource))
+
+    async def _read_bindings(self, slot: tuple[str, str]) -> tuple[Binding, ...]:
+        return await self._read(("b", *slot), self._bindings.get(slot), lambda: self._fetch_bindings(*slot),
                                 lambda value, at: self._keep_bindings(slot, value, at))
 
     async def bindings_many(self, slots: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[Binding, ...]]:
         """The bindings of several (workspace, resource) slots; those not in memory are read in one
-        round trip. Each slot is then answered by `bindings`, so freshness and outages work as for one."""
-        missing = [slot for slot in dict.fromkeys(slots) if self.peek_bindings(*slot) is MISS]
+        round trip. Each is then answered as by `bindings`, so freshness and outages work as for one."""
+        found: dict[tuple[str, str], tuple[Binding, ...] | Miss] = {
+            slot: self.peek_bindings(*slot) for slot in dict.fromkeys(slots)}
+        missing = [slot for slot, value in found.items() if value is MISS]
+        self.misses["bindings"] += len(missing)
         if len(missing) > 1:
             with contextlib.suppress(Unavailable):  # each slot below reads (or fails) on its own
                 await self._fetch_and_keep(lambda: self._fetch_bindings_many(missing), self._keep_bindings_many)
-        return {slot: await self.bindings(*slot) for slot in dict.fromkeys(slots)}
+        for slot in missing:
+            kept = self._peek_bindings(slot)
+            found[slot] = await self._read_bindings(slot) if kept is MISS else kept
+        return found  # type: ignore[return-value]
 
     # --- remembered decisions: a repeated Check costs one dictionary lookup ----------------
 
@@ -184,11 +211,14 @@ class KeyCache:
         """A decision made for exactly this question, if nothing it rests on has changed or aged."""
         remembered = self._decisions.get(slot)
         if remembered is None or remembered.epoch != self._epoch:
+            self.misses["decisions"] += 1
             return None
         at = self._clock()
         if (at >= remembered.fresh_until or at >= self._trusted_until
                 or (remembered.expires is not None and now >= remembered.expires)):
+            self.misses["decisions"] += 1
             return None
+        self.hits["decisions"] += 1
         return remembered.decision
 
     def remember(self, slot: Hashable, decision: Decision, digest: bytes, bindings: tuple[str, str] | None) -> None:
@@ -320,12 +350,14 @@ class KeyCache:
     def apply_payload(self, payload: str) -> None:
         """A NOTIFY payload from the change listener."""
         try:
-            change = changes.decode(payload)
+            change, sent = changes.decode(payload)
         except (ValueError, TypeError, KeyError):
             log.warning("change_unreadable_cache_cleared")
             self.clear()
             return
         self.apply(change)
+        if sent is not None:
+            self.lag.observe(max(0.0, time.time() - sent))
 
     def apply(self, change: changes.Change) -> None:
         self._generation += 1

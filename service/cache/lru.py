@@ -19,6 +19,7 @@ class LRU(Generic[K, V]):
         self.capacity = capacity
         self._data: OrderedDict[K, V] = OrderedDict()
         self._on_evict = on_evict
+        self.evictions = 0  # for metrics
 
     def __len__(self) -> int:
         return len(self._data)
@@ -38,6 +39,7 @@ class LRU(Generic[K, V]):
         self._data.move_to_end(key)
         if len(self._data) > self.capacity:
             old_key, old_value = self._data.popitem(last=False)
+            self.evictions += 1
             if self._on_evict is not None:
                 self._on_evict(old_key, old_value)
 

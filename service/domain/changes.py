@@ -31,7 +31,8 @@ class BindingChanged:
 Change = KeyChanged | BindingChanged
 
 
-def encode(change: Change) -> str:
+def encode(change: Change, sent: float) -> str:
+    """`sent`: the writer's wall clock (time.time()), from which readers measure how long the change took."""
     if isinstance(change, KeyChanged):
         data: dict[str, object] = {"k": str(change.key_id)}
         if change.new_fingerprints:
@@ -40,14 +41,19 @@ def encode(change: Change) -> str:
             data["b"] = 1
     else:
         data = {"w": change.workspace_id, "r": change.resource}
+    data["t"] = round(sent, 6)
     return json.dumps(data, separators=(",", ":"))
 
 
-def decode(payload: str) -> Change:
-    """The change in `payload`; ValueError if it is not one (the cache then clears itself)."""
+def decode(payload: str) -> tuple[Change, float | None]:
+    """The change in `payload` and when it was sent (None from a writer that did not say); ValueError if
+    it is not one (the cache then clears itself)."""
     data = json.loads(payload)
+    sent = data.get("t")
+    sent = float(sent) if isinstance(sent, int | float) else None
     if "k" in data:
-        return KeyChanged(UUID(data["k"]), tuple(bytes.fromhex(f) for f in data.get("f", ())), bool(data.get("b")))
+        key = KeyChanged(UUID(data["k"]), tuple(bytes.fromhex(f) for f in data.get("f", ())), bool(data.get("b")))
+        return key, sent
     if "w" in data and "r" in data:
-        return BindingChanged(str(data["w"]), str(data["r"]))
+        return BindingChanged(str(data["w"]), str(data["r"])), sent
     raise ValueError("not a keygate change")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -71,6 +72,15 @@ _KEY_COLUMNS = """id, workspace_id, name, description, permissions, resources, d
     disabled, expire_time, create_time, update_time, last_used_time, usage_count, created_by, version,
     (SELECT max(r.expire_time) FROM key_secrets r WHERE r.key_id = api_keys.id AND r.expire_time > clock_timestamp())
         AS previous_secret_expire_time"""
+
+
+def _error_kind(exc: BaseException) -> str:
+    """How a call failed to reach the database, for metrics: timeout, connection_lost or other."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, OSError | asyncpg.InterfaceError | asyncpg.PostgresConnectionError):
+        return "connection_lost"
+    return "other"
 
 
 def _unavailable(exc: BaseException) -> Unavailable:
@@ -132,7 +142,7 @@ class Tx:
         self.changes: list[changes.Change] = []
 
     async def _notify(self, change: changes.Change) -> None:
-        await self._conn.execute("SELECT pg_notify($1, $2)", changes.CHANNEL, changes.encode(change))
+        await self._conn.execute("SELECT pg_notify($1, $2)", changes.CHANNEL, changes.encode(change, time.time()))
         self.changes.append(change)
 
     # --- keys -------------------------------------------------------------------------
@@ -346,6 +356,10 @@ class Store:
         self._on_reachability: list[Callable[[bool], None]] = []
         self._probe: asyncio.Task[None] | None = None  # running while the database is known unreachable
         self._verifying: asyncio.Task[None] | None = None  # a round trip `suspect` asked for
+        # For metrics, read at scrape time.
+        self.acquire_waits = 0  # acquisitions that found no idle connection
+        self.acquire_timeouts = 0
+        self.errors = dict.fromkeys(("timeout", "connection_lost", "other"), 0)  # by _error_kind
 
     def on_commit(self, callback: Callable[[changes.Change], None]) -> None:
         """Call `callback` with each change this process commits, before the transaction's caller
@@ -364,6 +378,11 @@ class Store:
                                              timeout=settings.connect_timeout,
                                              command_timeout=settings.statement_timeout)
             return cls(pool, url, settings)
+
+    def pool_sizes(self) -> tuple[int, int, int]:
+        """Connections in use, idle, and the pool's largest size."""
+        size, idle = self._pool.get_size(), self._pool.get_idle_size()
+        return size - idle, idle, self._pool.get_max_size()
 
     @property
     def reachable(self) -> bool:
@@ -458,6 +477,7 @@ class Store:
             async with self._pooled(budget) as conn:
                 yield conn
         except _UNREACHABLE as exc:
+            self.errors[_error_kind(exc)] += 1
             self._unreachable()
             raise _unavailable(exc) from None
 
@@ -468,8 +488,14 @@ class Store:
         for a reset.
         """
         deadline = None if budget is None else asyncio.get_running_loop().time() + budget
-        conn = await self._pool.acquire(timeout=self.settings.acquire_timeout if budget is None
-                                        else min(self.settings.acquire_timeout, budget))
+        if not self._pool.get_idle_size():
+            self.acquire_waits += 1
+        try:
+            conn = await self._pool.acquire(timeout=self.settings.acquire_timeout if budget is None
+                                            else min(self.settings.acquire_timeout, budget))
+        except TimeoutError:
+            self.acquire_timeouts += 1
+            raise
         try:
             async with asyncio.timeout_at(deadline):
                 yield conn

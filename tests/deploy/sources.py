@@ -16,11 +16,6 @@ DOCKERFILE = ROOT / "Dockerfile"
 _VARIABLE = re.compile(r"(KEYGATE_[A-Z0-9_]+|DATABASE_URL)\Z")
 # Strings of that shape in service/ that are not environment variables.
 NOT_SETTINGS = {"KEYGATE_ERROR": "the google.rpc.ErrorInfo reason of KeygateError"}
-# Settings that other parts of issue 8 add (names fixed by the lead), which the image and the manifests
-# already set. Once the code reads one, test_pending_settings_are_not_yet_read asks to strike it here.
-PENDING = {
-    "KEYGATE_METRICS": "metrics endpoint (host:port or off)",
-}
 
 
 def variables_in(path: Path) -> set[str]:

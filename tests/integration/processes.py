@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -46,6 +47,13 @@ class Served:
     banner: str
     log_path: Path
 
+    @property
+    def metrics_url(self) -> str:
+        """Where the banner says /metrics is served (tests serve it on a free port: several servers run at once)."""
+        found = re.search(r"metrics on (http://\S+/metrics)", self.banner)
+        assert found, self.banner
+        return found.group(1)
+
     def run(self, *args: str, key: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
         environ.update(KEYGATE_SERVER=self.address, **env)
@@ -61,13 +69,15 @@ class Served:
 def start(*serve_args: str, env: Mapping[str, str] | None = None) -> Served:
     """`keygate serve --listen 127.0.0.1:<free port> *serve_args`, returned once it says it is listening.
 
-    The environment carries no KEYGATE_* setting or DATABASE_URL but those in `env`.
+    The environment carries no KEYGATE_* setting or DATABASE_URL but those in `env`, and metrics on a
+    free port unless `env` or `serve_args` say otherwise.
     """
     address = f"127.0.0.1:{free_port()}"
     fd, log_name = tempfile.mkstemp(prefix="keygate-serve-", suffix=".log")
     with os.fdopen(fd, "w") as log:
         process = subprocess.Popen([KEYGATE, "serve", "--listen", address, *serve_args], stdout=subprocess.PIPE,
-                                   stderr=log, text=True, env=clean_environment(**(env or {})))
+                                   stderr=log, text=True,
+                                   env=clean_environment(**{"KEYGATE_METRICS": "127.0.0.1:0", **(env or {})}))
     served = Served(process, address, "", Path(log_name))
     lines = []
     for line in process.stdout:  # type: ignore[union-attr]
