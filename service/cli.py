@@ -28,6 +28,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         database_url=args.database_url,
         data_dir=getattr(args, "data_dir", None),
         workers=getattr(args, "workers", None),
+        access_log=getattr(args, "access_log", None),
     )
 
 
@@ -95,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve_p.add_argument("--listen", help="address to listen on (env KEYGATE_LISTEN, default 127.0.0.1:50051)")
     serve_p.add_argument("--workers", type=_positive_int,
                          help="processes sharing the port (env KEYGATE_WORKERS; default one per two cores)")
+    serve_p.add_argument("--access-log", choices=logs.ACCESS_POLICIES,
+                         help="which RPCs get a log line: denials (refusals, errors and admin calls, bounded), "
+                              "all, or off (env KEYGATE_ACCESS_LOG, default denials)")
     database_options(serve_p)
     serve_p.set_defaults(func=_serve)
 

@@ -15,6 +15,7 @@ from .domain.errors import InvalidArgument
 from .domain.keys import DEFAULT_PREFIX, KeyFormat
 from .domain.permissions import Catalog
 from .domain.routes import RouteTable
+from .logs import ACCESS_POLICIES
 from .store.postgres import DatabaseSettings
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -31,7 +32,7 @@ class Settings:
     catalog_file: Path | None = None
     routes_file: Path | None = None  # Envoy route rules; default: the built-in Flowise rules
     log_level: str = "info"
-    access_log: bool = True  # one JSON line per RPC
+    access_log: str = ACCESS_POLICIES[0]  # which RPCs get a line: denials (default), all, off
     workers: int = 1
     cache: CacheSettings = field(default_factory=CacheSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -49,7 +50,7 @@ class Settings:
             "catalog_file": Path(env["KEYGATE_CATALOG"]) if env.get("KEYGATE_CATALOG") else None,
             "routes_file": Path(env["KEYGATE_ROUTES"]) if env.get("KEYGATE_ROUTES") else None,
             "log_level": _choice(env, "KEYGATE_LOG_LEVEL", LOG_LEVELS, "info"),
-            "access_log": _switch(env, "KEYGATE_ACCESS_LOG"),
+            "access_log": _choice(env, "KEYGATE_ACCESS_LOG", ACCESS_POLICIES, ACCESS_POLICIES[0]),
             "workers": _int(env, "KEYGATE_WORKERS", default_workers()),
             "cache": CacheSettings(
                 max_keys=_int(env, "KEYGATE_CACHE_MAX_KEYS", cache.max_keys),
@@ -119,10 +120,6 @@ def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...], default
     if raw not in allowed:
         raise InvalidArgument(name, f"must be one of {', '.join(allowed)}, not {raw!r}")
     return raw
-
-
-def _switch(env: Mapping[str, str], name: str) -> bool:
-    return _choice(env, name, ("on", "off"), "on") == "on"
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:

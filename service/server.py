@@ -125,10 +125,12 @@ class App:
         # method's message into INVALID_ARGUMENT (grpc's own would answer UNKNOWN and log a traceback).
         boundary = Boundary()
         boundary.register(server, KeyServicer(authorizer, admin), _service(keys_pb2, "KeyService"))
-        boundary.register(server, AuthzServicer(authorizer, catalog), _service(authz_pb2, "AuthzService"))
+        # The high-volume reads: their allowed answers are counted, not logged (unless KEYGATE_ACCESS_LOG=all).
+        boundary.register(server, AuthzServicer(authorizer, catalog), _service(authz_pb2, "AuthzService"),
+                          quiet=frozenset({"Check", "BatchCheck"}))
         boundary.register(server, EnvoyAuthzServicer(authorizer, settings.routes(catalog)),
-                          _service(external_auth_pb2, "Authorization"))
-        boundary.register(server, health_servicer, _service(health_pb2, "Health"))
+                          _service(external_auth_pb2, "Authorization"), quiet=frozenset({"Check"}))
+        boundary.register(server, health_servicer, _service(health_pb2, "Health"), quiet=frozenset({"Check"}))
         reflection.enable((*SERVICE_NAMES, health.SERVICE_NAME), server, boundary)
         try:
             port = server.add_insecure_port(settings.listen)
@@ -149,7 +151,7 @@ class App:
     async def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
         await self.server.stop(grace)
         self.log_flusher.cancel()
-        logs.flush()
+        logs.flush(final=True)
         await self.listener.stop()
         await self.usage.stop()
         await self.store.close()

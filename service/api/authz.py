@@ -8,6 +8,8 @@ from ..authz import Authorizer, CheckItem
 from ..domain.descriptions import list_permissions
 from ..domain.permissions import Catalog
 from ..v1 import authz_pb2, authz_pb2_grpc
+from ..domain.decision import Code
+from .boundary import decision
 from .convert import check_response
 from .keys import bearer_token
 
@@ -26,13 +28,16 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
         self, request: authz_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> authz_pb2.CheckResponse:
         item = CheckItem(request.resource, request.action, request.workspace_id)
-        return check_response(await self._authorizer.check(request.api_key, item))
+        found = await self._authorizer.check(request.api_key, item)
+        decision.set(found.code.value)
+        return check_response(found)
 
     async def BatchCheck(
         self, request: authz_pb2.BatchCheckRequest, context: grpc.aio.ServicerContext
     ) -> authz_pb2.BatchCheckResponse:
         items = [CheckItem(i.resource, i.action, i.workspace_id) for i in request.items]
         decisions = await self._authorizer.check_batch(request.api_key, items)
+        decision.set(next((d.code for d in decisions if not d.allowed), Code.OK).value)
         return authz_pb2.BatchCheckResponse(results=[check_response(d) for d in decisions])
 
     async def ListPermissions(

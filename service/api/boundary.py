@@ -1,9 +1,11 @@
-"""The boundary every keygate RPC crosses: request parsing, request id, error translation, one log line.
+"""The boundary every keygate RPC crosses: request parsing, request id, error translation, the access log.
 
 Applied once, when servicers are registered (`Boundary.register`), rather than as a server
 interceptor, which would rebuild a method handler on every call: on the Check path
-every microsecond counts. Log lines carry the method, the status code, the latency and
-the request id, never metadata or request fields, so no key can reach a log.
+every microsecond counts. Log lines carry the method, the status code, the decision code,
+the latency and the request id, never metadata or request fields, so no key can reach a log.
+Which calls get a line is the access log's policy (`logs.AccessLog`); the allowed answers
+of a service's `quiet` methods (Check, ext_authz, health probes) only under `all`.
 
 Requests are parsed by our own deserializer, which cannot fail: bytes that are not the
 method's message become `MALFORMED`, which the boundary answers with INVALID_ARGUMENT.
@@ -36,6 +38,11 @@ _events = structlog.get_logger(__name__)
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}\Z")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+# What a deciding servicer decided for this call: a decision Code's value, or a word of the Envoy
+# servicer's. Strings, so the boundary's test is a set lookup with a cached hash.
+decision: contextvars.ContextVar[str] = contextvars.ContextVar("decision", default="")
+UNMATCHED_ALLOWED = "UNMATCHED_ALLOWED"  # the Envoy servicer's pass for a request no route rule covers
+ALLOWING = frozenset({"", "OK", UNMATCHED_ALLOWED})  # "": the servicer decided nothing (not a Check)
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
 _HANDLERS = {  # (client streaming, server streaming) -> how grpc wants the handler
@@ -70,31 +77,36 @@ def acceptable_request_id(value: object) -> TypeGuard[str]:
 
 class Boundary:
     def __init__(self) -> None:
-        self._log = logs.access_logger()
         # Unique across processes and restarts, and cheaper than a uuid4 per call.
         self._prefix = os.urandom(6).hex()
         self._counter = itertools.count(1)
         self._malformed_log = logs.Throttle()
 
     def register(self, server: grpc.aio.Server, servicer: object, service: ServiceDescriptor,
-                 name: str = "") -> None:
+                 name: str = "", quiet: frozenset[str] = frozenset()) -> None:
         """Serve the methods of `service` that `servicer` implements on `server`, behind the boundary.
+
+        `quiet`: the methods (by name) whose allowed, successful answers are counted by metrics and
+        logged only when the access log's policy is `all`.
 
         A method left to the generated base class (which raises NotImplementedError, e.g. Health.List)
         is not registered, so grpc answers UNIMPLEMENTED instead of our boundary reporting a bug.
         """
         full_name = name or service.full_name  # `name`: the same service served under another package
-        handlers = {method.name: self._handler(full_name, method, getattr(servicer, method.name))
+        handlers = {method.name: self._handler(full_name, method, getattr(servicer, method.name),
+                                               method.name in quiet)
                     for method in service.methods if _implemented(servicer, method.name)}
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(full_name, handlers),))
         server.add_registered_method_handlers(full_name, handlers)
 
-    def _handler(self, service: str, method: MethodDescriptor, behavior: Behavior) -> grpc.RpcMethodHandler:
+    def _handler(self, service: str, method: MethodDescriptor, behavior: Behavior,
+                 quiet: bool) -> grpc.RpcMethodHandler:
         path = f"/{service}/{method.name}"
         name = method.input_type.full_name
         shape = (method.client_streaming, method.server_streaming)
         # Streams are not access-logged (a Watch lasts as long as its client); their requests are screened.
-        wrapped = self._wrap(path, name, behavior) if shape == (False, False) else _screened(behavior, name, shape[0])
+        unary = shape == (False, False)
+        wrapped = self._wrap(path, name, behavior, quiet) if unary else _screened(behavior, name, shape[0])
         return _HANDLERS[shape](
             wrapped,
             request_deserializer=self._parser(path, message_factory.GetMessageClass(method.input_type).FromString),
@@ -121,8 +133,8 @@ class Boundary:
                 return value
         return f"{self._prefix}{next(self._counter):08x}"
 
-    def _wrap(self, method: str, message_name: str, behavior: Behavior) -> Behavior:
-        log = self._log
+    def _wrap(self, method: str, message_name: str, behavior: Behavior, quiet: bool) -> Behavior:
+        log, decided, ok = logs.ACCESS, decision.get, grpc.StatusCode.OK
 
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
@@ -149,9 +161,12 @@ class Boundary:
                 _events.exception("rpc_failed", method=method, request_id=rid, error=type(exc).__name__)
                 await context.abort(status.code, status.details, (*status.trailing_metadata, *echo))
             finally:
-                if log is not None:
-                    log.info("rpc", method=method, code=code.name,
-                             latency_ms=round((time.perf_counter() - started) * 1000, 3), request_id=rid)
+                if log.enabled:
+                    outcome = decided()
+                    refused = code is not ok or outcome not in ALLOWING
+                    if refused or not quiet or log.log_all:
+                        log.write(method, code.name, outcome, round((time.perf_counter() - started) * 1000, 3),
+                                  rid, refused=refused)
 
         return handle
 

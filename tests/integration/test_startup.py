@@ -32,6 +32,13 @@ def test_an_unknown_log_level_is_one_line_naming_the_variable_and_the_choices(da
                                "not 'verbose'\n")
 
 
+def test_an_unknown_access_log_policy_is_one_line(database_url: str) -> None:
+    """`on` too: it meant every call, which is now `all`, and a silent change of what gets logged is worse."""
+    done = keygate("serve", "--listen", "127.0.0.1:0", "--database-url", database_url, KEYGATE_ACCESS_LOG="on")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == "keygate: KEYGATE_ACCESS_LOG: must be one of denials, all, off, not 'on'\n"
+
+
 def test_a_taken_port_is_one_friendly_line(database_url: str) -> None:
     """No raw `E... add_port.cc` line from grpc's C core before it, and nothing started."""
     with socket.socket() as other:
