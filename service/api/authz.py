@@ -9,7 +9,7 @@ from ..domain.descriptions import list_permissions
 from ..domain.permissions import Catalog
 from ..v1 import authz_pb2, authz_pb2_grpc
 from ..domain.decision import Code
-from .boundary import decision
+from .boundary import decision_code
 from .convert import check_response
 from .keys import bearer_token
 
@@ -29,7 +29,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
     ) -> authz_pb2.CheckResponse:
         item = CheckItem(request.resource, request.action, request.workspace_id)
         found = await self._authorizer.check(request.api_key, item)
-        decision.set(found.code.value)
+        decision_code.set(found.code._value_)  # `_value_`: `.value` is a Python-level property
         return check_response(found)
 
     async def BatchCheck(
@@ -37,7 +37,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
     ) -> authz_pb2.BatchCheckResponse:
         items = [CheckItem(i.resource, i.action, i.workspace_id) for i in request.items]
         decisions = await self._authorizer.check_batch(request.api_key, items)
-        decision.set(next((d.code for d in decisions if not d.allowed), Code.OK).value)
+        decision_code.set(next((d.code for d in decisions if not d.allowed), Code.OK).value)
         return authz_pb2.BatchCheckResponse(results=[check_response(d) for d in decisions])
 
     async def ListPermissions(
