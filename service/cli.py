@@ -7,29 +7,42 @@ Exit status: 0 done; 1 failed (a configuration error, an error the server answer
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from importlib import metadata
-from pathlib import Path
 
 import uvloop
 
 from . import client, logs, server
 from .admin import KeyAdmin
-from .config import Settings
-from .domain.errors import KeygateError
+from .config import OPTIONS, Option, Settings
+from .domain.errors import InvalidArgument, KeygateError
 from .server import database_url
 from .store.postgres import Store
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return Settings.from_env(
-        listen=getattr(args, "listen", None),
-        database_url=args.database_url,
-        data_dir=getattr(args, "data_dir", None),
-        workers=getattr(args, "workers", None),
-        access_log=getattr(args, "access_log", None),
-    )
+    """The environment with the flags given laid over it, parsed and checked in one place (config.py)."""
+    given = {o.env: value for o in OPTIONS if (value := getattr(args, o.env, None)) is not None}
+    return Settings.from_env({**os.environ, **given})
+
+
+def _one_line(exc: KeygateError) -> str:
+    """The error for stderr; a bad setting names both its variable and its flag."""
+    if isinstance(exc, InvalidArgument):
+        for option in OPTIONS:
+            if option.env == exc.field:
+                return f"keygate: {option.env} ({option.flag}): {exc.description}"
+    return f"keygate: {exc.message}"
+
+
+def _add_options(parser: argparse.ArgumentParser, options: tuple[Option, ...]) -> None:
+    defaults = Settings.from_env({})
+    group = parser.add_argument_group("settings (each flag overrides its environment variable)")
+    for option in options:
+        group.add_argument(option.flag, dest=option.env, metavar="VALUE",
+                           help=f"{option.help} (env {option.env}; default {option.describe_default(defaults)})")
 
 
 def _run(main: Callable[[], Awaitable[int | None]]) -> int:
@@ -44,7 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 async def _with_store(settings: Settings, work: Callable[[Store], Awaitable[int | None]]) -> int | None:
-    store = await Store.connect(database_url(settings))
+    store = await Store.connect(database_url(settings), settings.database)
     try:
         return await work(store)
     finally:
@@ -76,44 +89,30 @@ def _bootstrap(args: argparse.Namespace) -> int:
     return _run(lambda: _with_store(settings, work))
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keygate", description="API keys and authorization decisions over gRPC.")
     parser.add_argument("--version", action="version", version=f"keygate {metadata.version('keygate')}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def database_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--database-url", help="PostgreSQL URL (env DATABASE_URL); default: the embedded one")
-        p.add_argument("--data-dir", type=Path, help="embedded PostgreSQL's directory (env KEYGATE_DATA_DIR)")
+    storage = tuple(o for o in OPTIONS if o.storage)
 
     serve_p = commands.add_parser("serve", help="serve gRPC (embedded PostgreSQL unless a URL is given)")
-    serve_p.add_argument("--listen", help="address to listen on (env KEYGATE_LISTEN, default 127.0.0.1:50051)")
-    serve_p.add_argument("--workers", type=_positive_int,
-                         help="processes sharing the port (env KEYGATE_WORKERS; default one per two cores)")
-    serve_p.add_argument("--access-log", choices=logs.ACCESS_POLICIES,
-                         help="which RPCs get a log line: denials (refusals, errors and admin calls, bounded), "
-                              "all, or off (env KEYGATE_ACCESS_LOG, default denials)")
-    database_options(serve_p)
+    _add_options(serve_p, OPTIONS)
     serve_p.set_defaults(func=_serve)
 
-    migrate_p = commands.add_parser("migrate", help="apply pending database migrations")
-    database_options(migrate_p)
+    migrate_p = commands.add_parser("migrate", help="apply pending database migrations, then exit")
+    _add_options(migrate_p, storage)
     migrate_p.set_defaults(func=_migrate)
 
     boot_p = commands.add_parser("bootstrap", help="create a root key and print only the key")
-    database_options(boot_p)
+    _add_options(boot_p, storage)
     boot_p.add_argument("--name", default="root", help="name of the root key")
     boot_p.set_defaults(func=_bootstrap)
 
     client.add_parser(commands)
     client.add_check_parser(commands)
     client.add_permissions_parser(commands)
+    client.add_health_parser(commands)
     return parser
 
 
@@ -123,6 +122,6 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = args.func(args)
     except KeygateError as exc:
-        print(f"keygate: {exc.message}", file=sys.stderr)
+        print(_one_line(exc), file=sys.stderr)
         code = 1
     sys.exit(code)

@@ -1,5 +1,5 @@
-"""`keygate keys ...` (the admin client for KeyService), `keygate check` (AuthzService.Check) and
-`keygate permissions` (AuthzService.ListPermissions).
+"""`keygate keys ...` (the admin client for KeyService), `keygate check` (AuthzService.Check),
+`keygate permissions` (AuthzService.ListPermissions) and `keygate health` (grpc.health.v1).
 
 The caller's key comes only from KEYGATE_API_KEY: a flag would leak it into shell history and
 `ps`. Each subcommand is data (an RPC, a request builder, a renderer) run by one function, so
@@ -16,6 +16,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import field as default
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -23,6 +24,7 @@ import grpc
 from google.protobuf import duration_pb2, json_format, timestamp_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from .v1 import authz_pb2, authz_pb2_grpc, keys_pb2, keys_pb2_grpc
@@ -348,6 +350,7 @@ class Client:
         self._stubs = {
             "KeyService": keys_pb2_grpc.KeyServiceStub(channel),
             "AuthzService": authz_pb2_grpc.AuthzServiceStub(channel),
+            "Health": health_pb2_grpc.HealthStub(channel),
         }
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self._timeout = timeout
@@ -430,6 +433,7 @@ class Command:
     prepare: Callable[[Client, Any], None] | None = None  # calls that complete the request, e.g. read an etag
     verdict: Callable[[Any], int] = _done  # the exit code of an answer
     failed: int = 1  # the exit code of an RPC error
+    failed_with: Mapping[grpc.StatusCode, int] = default(default_factory=dict)  # ... but these statuses
 
 
 def run(command: Command, prog: str, args: argparse.Namespace) -> int:
@@ -457,7 +461,7 @@ def run(command: Command, prog: str, args: argparse.Namespace) -> int:
                 response = client.call(command.method, request, command.service)
     except grpc.RpcError as err:
         report_rpc_error(err, server, args.timeout)
-        return command.failed
+        return command.failed_with.get(err.code() if isinstance(err, grpc.Call) else None, command.failed)
     if args.json:
         print_json(response)
     else:
@@ -687,4 +691,28 @@ def add_permissions_parser(subparsers: argparse._SubParsersAction) -> None:  # t
     _add_common(parser, defaults=True)
     command = Command("ListPermissions", lambda args: authz_pb2.ListPermissionsRequest(),
                       _table("permissions", PERMISSION_COLUMNS, "no permissions"), service="AuthzService")
+    parser.set_defaults(func=functools.partial(run, command, parser.prog))
+
+
+def _render_health(args: argparse.Namespace, response: health_pb2.HealthCheckResponse) -> None:
+    print(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+
+HEALTH_EXIT_CODES = "exit status: 0 SERVING, 1 another status or a service keygate does not serve, 2 no answer " \
+                    "(keygate unreachable, or slower than --timeout)"
+
+
+def add_health_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register `health`: grpc.health.v1 Check with the client's own connection options, for container
+    health checks and for probes over TLS (kubelet's grpc probe does not speak it). Needs no key."""
+    summary = "ask whether keygate, or one of its services, is serving (grpc.health.v1)"
+    parser = subparsers.add_parser("health", help=summary, description=f"{summary.capitalize()}.",
+                                   epilog=HEALTH_EXIT_CODES)
+    parser.add_argument("--service", default="", metavar="NAME",
+                        help='e.g. keygate.v1.KeyService (default "": the process as a whole)')
+    _add_common(parser, defaults=True)
+    command = Command("Check", lambda args: health_pb2.HealthCheckRequest(service=args.service), _render_health,
+                      service="Health", authenticated=False,
+                      verdict=lambda response: 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1,
+                      failed=2, failed_with={grpc.StatusCode.NOT_FOUND: 1})
     parser.set_defaults(func=functools.partial(run, command, parser.prog))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,74 @@ from .store.postgres import DatabaseSettings
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATA_DIR = Path(".keygate")
+DEFAULT_SHUTDOWN_GRACE = 15.0  # seconds calls in flight may take to finish after SIGTERM
 LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One setting as an operator sees it: an environment variable, the flag that overrides it, and the
+    Settings attribute it fills (dotted). cli.py builds the flags from OPTIONS and lays them over the
+    environment, so a flag and its variable are parsed and checked by the same code in from_env."""
+
+    env: str
+    flag: str
+    attr: str
+    help: str
+    default: str = ""  # how to describe a default that is not a plain value (computed, or "none: ...")
+    storage: bool = False  # also a flag of `migrate` and `bootstrap`, which open the database
+
+    def describe_default(self, defaults: Settings) -> str:
+        """The default as --help and the README's settings table show it."""
+        if self.default:
+            return self.default
+        value: object = defaults
+        for part in self.attr.split("."):
+            value = getattr(value, part)
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("KEYGATE_LISTEN", "--listen", "listen", "gRPC address, host:port"),
+    Option("DATABASE_URL", "--database-url", "database_url",
+           "PostgreSQL URL (prefer the variable: a password in a flag shows in `ps`)",
+           default="none: the embedded PostgreSQL", storage=True),
+    Option("KEYGATE_DATA_DIR", "--data-dir", "data_dir", "the embedded PostgreSQL's directory", storage=True),
+    Option("KEYGATE_KEY_PREFIX", "--key-prefix", "key_prefix", "prefix of the keys issued", storage=True),
+    Option("KEYGATE_CATALOG", "--catalog", "catalog_file", "YAML file adding permission categories",
+           default="none: the built-in catalog", storage=True),
+    Option("KEYGATE_ROUTES", "--routes", "routes_file", "YAML file of Envoy route rules",
+           default="none: the built-in Flowise rules"),
+    Option("KEYGATE_LOG_LEVEL", "--log-level", "log_level", "debug, info, warning or error", storage=True),
+    Option("KEYGATE_ACCESS_LOG", "--access-log", "access_log",
+           "which calls get a log line: denials (refusals, errors, admin calls; bounded), all, or off"),
+    Option("KEYGATE_WORKERS", "--workers", "workers", "processes sharing the port",
+           default="one per two cores"),
+    Option("KEYGATE_SHUTDOWN_GRACE", "--shutdown-grace", "shutdown_grace",
+           "seconds calls in flight may take to finish after SIGTERM"),
+    Option("KEYGATE_CACHE_MAX_KEYS", "--cache-max-keys", "cache.max_keys", "keys the cache holds"),
+    Option("KEYGATE_CACHE_MAX_NEGATIVE", "--cache-max-negative", "cache.max_negative",
+           "unknown keys the cache remembers"),
+    Option("KEYGATE_CACHE_MAX_BINDINGS", "--cache-max-bindings", "cache.max_bindings",
+           "resource bindings the cache holds"),
+    Option("KEYGATE_CACHE_MAX_DECISIONS", "--cache-max-decisions", "cache.max_decisions",
+           "decisions the cache remembers"),
+    Option("KEYGATE_CACHE_TTL", "--cache-ttl", "cache.ttl", "seconds a cache entry answers without a read"),
+    Option("KEYGATE_OUTAGE_GRACE", "--outage-grace", "cache.outage_grace",
+           "further seconds an entry answers while PostgreSQL is unreachable"),
+    Option("KEYGATE_UNKNOWN_KEY_LOOKUPS", "--unknown-key-lookups", "cache.unknown_key_lookups",
+           "lookups a second of keys the known-keys filter refuses"),
+    Option("KEYGATE_DB_CONNECT_TIMEOUT", "--db-connect-timeout", "database.connect_timeout",
+           "seconds to open a database connection", storage=True),
+    Option("KEYGATE_DB_ACQUIRE_TIMEOUT", "--db-acquire-timeout", "database.acquire_timeout",
+           "seconds to wait for a pooled connection"),
+    Option("KEYGATE_DB_STATEMENT_TIMEOUT", "--db-statement-timeout", "database.statement_timeout",
+           "seconds one statement may take", storage=True),
+    Option("KEYGATE_DB_LOOKUP_TIMEOUT", "--db-lookup-timeout", "database.lookup_timeout",
+           "seconds a Check's key lookup may take in all"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,16 +102,18 @@ class Settings:
     log_level: str = "info"
     access_log: str = ACCESS_POLICIES[0]  # which RPCs get a line: denials (default), all, off
     workers: int = 1
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     cache: CacheSettings = field(default_factory=CacheSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
 
     @classmethod
-    def from_env(cls, **overrides: object) -> Settings:
-        """Environment first, then any non-None override (the command-line flags)."""
-        env = os.environ
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """The settings in `env`: the process's environment by default; cli.py passes it with the flags
+        given laid over it (OPTIONS names each flag's variable), so both are checked here alike."""
+        env = os.environ if env is None else env
         cache, database = CacheSettings(), DatabaseSettings()
         values: dict[str, object] = {
-            "listen": env.get("KEYGATE_LISTEN", DEFAULT_LISTEN),
+            "listen": _address(env, "KEYGATE_LISTEN", DEFAULT_LISTEN),
             "database_url": env.get("DATABASE_URL", ""),
             "data_dir": Path(env.get("KEYGATE_DATA_DIR", str(DEFAULT_DATA_DIR))),
             "key_prefix": env.get("KEYGATE_KEY_PREFIX", DEFAULT_PREFIX),
@@ -52,6 +122,7 @@ class Settings:
             "log_level": _choice(env, "KEYGATE_LOG_LEVEL", LOG_LEVELS, "info"),
             "access_log": _choice(env, "KEYGATE_ACCESS_LOG", ACCESS_POLICIES, ACCESS_POLICIES[0]),
             "workers": _int(env, "KEYGATE_WORKERS", default_workers()),
+            "shutdown_grace": _float(env, "KEYGATE_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE),
             "cache": CacheSettings(
                 max_keys=_int(env, "KEYGATE_CACHE_MAX_KEYS", cache.max_keys),
                 max_negative=_int(env, "KEYGATE_CACHE_MAX_NEGATIVE", cache.max_negative),
@@ -68,7 +139,6 @@ class Settings:
                 lookup_timeout=_float(env, "KEYGATE_DB_LOOKUP_TIMEOUT", database.lookup_timeout),
             ),
         }
-        values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 
     def key_format(self) -> KeyFormat:
@@ -79,33 +149,33 @@ class Settings:
         `{name: {verbs: [...], collections: [...]}}` for a category acting on other collections."""
         if self.catalog_file is None:
             return Catalog.build()
-        data = _read_yaml(self.catalog_file, "catalog")
+        data = _read_yaml(self.catalog_file, "KEYGATE_CATALOG")
         categories = data.get("categories") if isinstance(data, dict) else None
         if not isinstance(categories, dict):
-            raise InvalidArgument("catalog", f"{self.catalog_file} must map 'categories' to lists of verbs")
+            raise InvalidArgument("KEYGATE_CATALOG", f"{self.catalog_file} must map 'categories' to lists of verbs")
         try:
             return Catalog.build(categories)
         except InvalidArgument as exc:
-            raise InvalidArgument("catalog", f"{self.catalog_file}: {exc.description}") from None
+            raise InvalidArgument("KEYGATE_CATALOG", f"{self.catalog_file}: {exc.description}") from None
 
 
     def routes(self, catalog: Catalog) -> RouteTable:
         """The Envoy route rules: the operator's file, or the built-in Flowise rules."""
         source = self.routes_file or Path(str(resources.files("keygate") / "flowise_routes.yaml"))
-        data = _read_yaml(source, "routes")
+        data = _read_yaml(source, "KEYGATE_ROUTES")
         if not isinstance(data, dict):
-            raise InvalidArgument("routes", f"{source} must be a mapping with a 'routes' list")
+            raise InvalidArgument("KEYGATE_ROUTES", f"{source} must be a mapping with a 'routes' list")
         try:
             return RouteTable.parse(data, catalog)
         except InvalidArgument as exc:
-            raise InvalidArgument("routes", f"{source}: {exc.message}") from None
+            raise InvalidArgument("KEYGATE_ROUTES", f"{source}: {exc.message}") from None
 
 
-def _read_yaml(path: Path, what: str) -> object:
+def _read_yaml(path: Path, variable: str) -> object:
     try:
         return yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
-        raise InvalidArgument(what, f"cannot read {path}: {exc}") from None
+        raise InvalidArgument(variable, f"cannot read {path}: {exc}") from None
 
 
 def default_workers() -> int:
@@ -120,6 +190,15 @@ def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...], default
     if raw not in allowed:
         raise InvalidArgument(name, f"must be one of {', '.join(allowed)}, not {raw!r}")
     return raw
+
+
+def _address(env: Mapping[str, str], name: str, default: str) -> str:
+    """host:port (port 0 picks a free one), [v6]:port, or unix:PATH, as grpc binds them."""
+    raw = env.get(name) or default
+    host, _, port = raw.rpartition(":")
+    if raw.startswith("unix:") or (host and port.isdigit() and int(port) <= 65535):
+        return raw
+    raise InvalidArgument(name, f"must be host:port (e.g. 0.0.0.0:50051), not {raw!r}")
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -138,6 +217,6 @@ def _number(env: Mapping[str, str], name: str, default: float, kind: type[int] |
         value = kind(raw)
     except ValueError:
         raise InvalidArgument(name, f"must be a number, not {raw!r}") from None
-    if value <= 0:
-        raise InvalidArgument(name, "must be positive")
+    if not 0 < value < math.inf:  # nan and inf parse as floats, but bound nothing
+        raise InvalidArgument(name, "must be positive" if value <= 0 else f"must be a finite number, not {raw!r}")
     return value

@@ -19,7 +19,7 @@ import structlog
 import uvloop
 from envoy.service.auth.v3 import external_auth_pb2
 from google.protobuf.descriptor import ServiceDescriptor
-from grpc_health.v1 import health, health_pb2
+from grpc_health.v1 import health_pb2
 
 from . import logs
 from .admin import KeyAdmin
@@ -27,6 +27,7 @@ from .api import reflection
 from .api.authz import AuthzServicer
 from .api.boundary import Boundary
 from .api.envoy import EnvoyAuthzServicer
+from .api.health import HealthServicer
 from .api.keys import KeyServicer
 from .authz import Authorizer
 from .cache.keys import KeyCache
@@ -45,13 +46,16 @@ def _service(module: Any, name: str) -> ServiceDescriptor:
     return module.DESCRIPTOR.services_by_name[name]
 
 
+KEY_SERVICE = _service(keys_pb2, "KeyService").full_name
 SERVICE_NAMES = (
-    _service(keys_pb2, "KeyService").full_name,
+    KEY_SERVICE,
     _service(authz_pb2, "AuthzService").full_name,
     _service(external_auth_pb2, "Authorization").full_name,
 )
-SHUTDOWN_GRACE_SECONDS = 5.0
+HEALTH_SERVICE = _service(health_pb2, "Health")
 ACCESS_LOG_FLUSH_SECONDS = 0.1
+QUIET_SECONDS = 0.25  # a drain serves on until no call has arrived for this long ...
+LAME_DUCK_SECONDS = 5.0  # ... but at most this long (and a third of the grace)
 PAGE_TOKEN_SECRET = "page_token"  # its row in server_secrets (migration 0003)
 
 
@@ -99,6 +103,8 @@ class App:
     usage: UsageRecorder
     admin: KeyAdmin
     server: grpc.aio.Server
+    boundary: Boundary
+    health: HealthServicer
     port: int
     log_flusher: asyncio.Task[None]
 
@@ -120,7 +126,8 @@ class App:
         admin = KeyAdmin(store, catalog, key_format, page_tokens=page_tokens)
 
         server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuse_port))])
-        health_servicer = health.aio.HealthServicer()
+        health = HealthServicer(SERVICE_NAMES, needs_database=(KEY_SERVICE,))
+        store.on_reachability(health.database_reachable)
         # Every service through the boundary, whose request parser turns bytes that are not the
         # method's message into INVALID_ARGUMENT (grpc's own would answer UNKNOWN and log a traceback).
         boundary = Boundary()
@@ -130,8 +137,8 @@ class App:
                           quiet=frozenset({"Check", "BatchCheck"}))
         boundary.register(server, EnvoyAuthzServicer(authorizer, settings.routes(catalog)),
                           _service(external_auth_pb2, "Authorization"), quiet=frozenset({"Check"}))
-        boundary.register(server, health_servicer, _service(health_pb2, "Health"), quiet=frozenset({"Check"}))
-        reflection.enable((*SERVICE_NAMES, health.SERVICE_NAME), server, boundary)
+        boundary.register(server, health, HEALTH_SERVICE, quiet=frozenset({"Check"}))
+        reflection.enable((*SERVICE_NAMES, HEALTH_SERVICE.full_name), server, boundary)
         try:
             port = server.add_insecure_port(settings.listen)
         except RuntimeError:
@@ -143,18 +150,38 @@ class App:
         await server.start()
         usage.start()
         log_flusher = asyncio.create_task(_flush_access_log(), name="access-log-flush")
-        for name in ("", *SERVICE_NAMES):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", listen=settings.listen, port=port)
-        return cls(store, cache, listener, usage, admin, server, port, log_flusher)
+        return cls(store, cache, listener, usage, admin, server, boundary, health, port, log_flusher)
 
-    async def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
-        await self.server.stop(grace)
+    async def stop(self, grace: float) -> None:
+        """Drain within `grace` seconds: every service NOT_SERVING first (Watch streams say so and end), and
+        calls still served until callers have gone; then no new connection or call is accepted, and calls
+        in flight get the rest of the grace to finish (then they are cancelled); then the usage counted so
+        far is written, the pool closed and the log flushed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        self.health.drain()
+        await self._until_quiet(min(grace / 3, LAME_DUCK_SECONDS))
+        await self.server.stop(max(0.0, deadline - loop.time()))
         self.log_flusher.cancel()
-        logs.flush(final=True)
         await self.listener.stop()
         await self.usage.stop()
         await self.store.close()
+        logs.flush(final=True)
+
+    async def _until_quiet(self, limit: float) -> None:
+        """Serve on until no call has arrived for QUIET_SECONDS, for at most `limit` seconds. Meanwhile
+        load balancers that follow health or endpoint lists move their traffic away. It matters because
+        grpc's stop answers CANCELLED to every call it has received but not yet handed to keygate: on a
+        busy server there are many, and callers do not retry CANCELLED as they retry UNAVAILABLE."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        seen = self.boundary.started
+        while (left := deadline - loop.time()) > 0:
+            await asyncio.sleep(min(QUIET_SECONDS, left))
+            if self.boundary.started == seen:
+                return
+            seen = self.boundary.started
 
 
 async def _flush_access_log() -> None:
@@ -189,7 +216,9 @@ async def _prepare(settings: Settings, url: str) -> None:
 
 
 async def serve_until_signalled(settings: Settings, url: str, *, on_ready: Callable[[int], None],
-                                reuse_port: bool = False) -> None:
+                                reuse_port: bool = False, supervisor_gone: int | None = None) -> None:
+    """Serve until SIGINT or SIGTERM, or (a worker) until `supervisor_gone`, a file descriptor that turns
+    readable when the supervisor has died; then drain within the shutdown grace."""
     app = await App.start(settings, url, reuse_port=reuse_port)
     # Everything built at start-up (modules, protobuf descriptors, the catalog) lives as long as the
     # process: move it out of the collector's sight, so collections scan only what requests allocate.
@@ -198,10 +227,24 @@ async def serve_until_signalled(settings: Settings, url: str, *, on_ready: Calla
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    on_ready(app.port)  # only now: a SIGTERM right after the announcement must stop us cleanly
-    await stop.wait()
-    log.info("stopping")
-    await app.stop()
+    if supervisor_gone is not None:
+        def orphaned() -> None:
+            loop.remove_reader(supervisor_gone)
+            log.warning("supervisor_gone")
+            stop.set()
+
+        loop.add_reader(supervisor_gone, orphaned)
+    try:
+        on_ready(app.port)  # only now: a SIGTERM right after the announcement must stop us cleanly
+        await stop.wait()
+        log.info("stopping", grace=settings.shutdown_grace)
+        await app.stop(settings.shutdown_grace)
+        log.info("stopped")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if supervisor_gone is not None:
+            loop.remove_reader(supervisor_gone)
 
 
 def announce(settings: Settings, port: int) -> None:

@@ -1,7 +1,8 @@
 """last_used_time and usage_count, written behind in batches, never on the Check path.
 
 `record` is a dictionary update; a background task flushes the batch every
-`interval` seconds, and `stop` flushes what is left, so a graceful shutdown loses nothing.
+`interval` seconds, and `stop` flushes what is left, so a graceful shutdown loses nothing
+(unless the database is unreachable then: the counts lost are logged).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class UsageRecorder:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         await self.flush()
+        if self._pending:  # the database is unreachable: nothing will write them now
+            log.warning("usage_lost", keys=len(self._pending))
 
     async def flush(self) -> None:
         """Write the pending batch; on failure put it back to be merged into the next one."""

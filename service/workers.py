@@ -2,14 +2,22 @@
 
 One Python process is bound by the GIL; the kernel spreads connections (not calls) over
 the workers. The supervisor starts them, announces the port once all are serving,
-restarts a worker that dies, and stops them all on SIGINT or SIGTERM.
+restarts a worker that dies, and stops them all on SIGINT or SIGTERM (each drains, as `serve` does).
+
+Workers end with their supervisor even when it is SIGKILLed (nothing else would stop them, and they
+would keep the port): on Linux the kernel sends them SIGTERM when it dies (PR_SET_PDEATHSIG), and
+everywhere each worker watches the pipe multiprocessing keeps from its supervisor, whose end of file
+means the supervisor is gone.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
 import signal
 import socket
+import sys
 import time
 from dataclasses import replace
 from multiprocessing.process import BaseProcess
@@ -26,7 +34,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 READY_TIMEOUT = 60.0
-STOP_TIMEOUT = 10.0
+STOP_MARGIN = 15.0  # seconds a worker may take beyond the grace: flush usage, close the pool (each bounded)
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _mp = multiprocessing.get_context("spawn")  # no forked grpc or asyncio state in the children
 
 
@@ -34,8 +43,22 @@ def _worker(settings: Settings, url: str, ready: multiprocessing.Queue[int]) -> 
     """A worker process's main: serve on the shared port until signalled."""
     from .server import serve_until_signalled
 
+    supervisor = _end_with_supervisor()
     logs.configure(settings.log_level, access=settings.access_log)
-    uvloop.run(serve_until_signalled(settings, url, on_ready=ready.put, reuse_port=True))
+    uvloop.run(serve_until_signalled(settings, url, on_ready=ready.put, reuse_port=True,
+                                     supervisor_gone=supervisor.sentinel))
+
+
+def _end_with_supervisor() -> BaseProcess:
+    """Ask for SIGTERM when the supervisor dies (Linux), and leave at once if it died before we asked.
+    Returns the supervisor, whose `sentinel` turns readable when it is gone (on every platform)."""
+    supervisor = multiprocessing.parent_process()
+    assert supervisor is not None, "a worker is started by the supervisor"
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor.pid:  # re-parented already: the signal asked for above will never come
+        raise SystemExit(0)
+    return supervisor
 
 
 def _fixed_port(listen: str) -> str:
@@ -90,7 +113,7 @@ class Supervisor:
         for process in self._workers:
             if process.is_alive() and process.pid is not None:
                 process.terminate()
-        deadline = time.monotonic() + STOP_TIMEOUT
+        deadline = time.monotonic() + self._settings.shutdown_grace + STOP_MARGIN
         for process in self._workers:
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():

@@ -80,6 +80,7 @@ class Boundary:
         # Unique across processes and restarts, and cheaper than a uuid4 per call: a random prefix and
         # a counter, formatted by C code alone (no Python frame per id).
         self._ids = map(f"{os.urandom(6).hex()}{{:08x}}".format, itertools.count(1))
+        self.started = 0  # unary calls handed to a handler so far: a drain waits until none arrive
         self._malformed_log = logs.Throttle()
 
     def register(self, server: grpc.aio.Server, servicer: object, service: ServiceDescriptor,
@@ -139,6 +140,7 @@ class Boundary:
 
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = clock()
+            self.started += 1
             rid = request_id_of(context)
             request_id.set(rid)
             echo = ((REQUEST_ID_HEADER, rid),)

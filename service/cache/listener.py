@@ -1,8 +1,10 @@
 """Keeps one process's KeyCache in step with every other replica's mutations.
 
 A dedicated connection LISTENs for changes. When it is lost (network, restart,
-pg_terminate_backend) the cache is desynchronized at once (nothing cached is fresh),
-and the listener reconnects with backoff; once listening again, the cache resynchronizes.
+pg_terminate_backend) the cache is desynchronized at once (nothing cached is fresh), the
+store is asked to confirm the database is still there (so an idle replica's health learns of an
+outage within the bound too), and the listener reconnects with backoff; once listening again, the
+cache resynchronizes.
 
 A connection can also fall silent without closing (its backend or the network stalls), so the
 listener pings it every `interval` seconds. An answered ping proves that every NOTIFY committed
@@ -71,6 +73,7 @@ class ChangeListener:
             finally:
                 self.connected.clear()
                 self._cache.desynchronize()
+            self._store.suspect()  # the database may have gone with the connection
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX)
 

@@ -7,6 +7,8 @@ import stat
 import tempfile
 from pathlib import Path
 
+from ..domain.errors import KeygateError
+
 RUNTIME_ENV = "XDG_RUNTIME_DIR"
 
 
@@ -36,10 +38,15 @@ def private_runtime_dir(base: Path | None = None) -> None:
 def start(data_dir: Path) -> str:
     """Start (or join) the PostgreSQL whose files live in `data_dir/pg`; return its URL.
 
-    The server keeps running while any process holds it and stops after the last one exits.
+    The server keeps running while any process holds it and stops after the last one exits. pgserver is
+    the `embedded` extra: an install for an external PostgreSQL (the container image) does not have it.
     """
     private_runtime_dir()
-    import pgserver  # only here, where it is needed, and after the runtime directory is settled
+    try:
+        import pgserver  # only here, where it is needed, and after the runtime directory is settled
+    except ImportError:
+        raise KeygateError("no database: set DATABASE_URL (or --database-url) to a PostgreSQL URL, "
+                           "or install the embedded PostgreSQL with: pip install 'keygate[embedded]'") from None
 
     pgdata = data_dir.resolve() / "pg"
     pgdata.parent.mkdir(parents=True, exist_ok=True)

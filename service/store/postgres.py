@@ -6,7 +6,8 @@ that says "retry", never an INTERNAL error carrying driver text.
 Every wait on the database is bounded (`DatabaseSettings`): connecting, acquiring a pooled
 connection, each statement, and a Check's lookup as a whole. A timeout counts exactly like an
 unreachable database. Once one is seen, the store is known unreachable: every use fails at once
-(no caller waits for a timeout again) until a single background probe gets an answer.
+(no caller waits for a timeout again) until a single background probe gets an answer. Each change
+of that verdict is told to `on_reachability` callbacks (health follows it).
 """
 
 from __future__ import annotations
@@ -342,12 +343,18 @@ class Store:
         self._url = url
         self.settings = settings
         self._on_commit: list[Callable[[changes.Change], None]] = []
+        self._on_reachability: list[Callable[[bool], None]] = []
         self._probe: asyncio.Task[None] | None = None  # running while the database is known unreachable
+        self._verifying: asyncio.Task[None] | None = None  # a round trip `suspect` asked for
 
     def on_commit(self, callback: Callable[[changes.Change], None]) -> None:
         """Call `callback` with each change this process commits, before the transaction's caller
         continues: this process's own cache must not wait for its own NOTIFY to come back."""
         self._on_commit.append(callback)
+
+    def on_reachability(self, callback: Callable[[bool], None]) -> None:
+        """Call `callback` with `reachable` each time it changes (health follows it)."""
+        self._on_reachability.append(callback)
 
     @classmethod
     async def connect(cls, url: str, settings: DatabaseSettings = DatabaseSettings(), *, min_size: int = 1,
@@ -389,11 +396,24 @@ class Store:
             finally:
                 await conn.close(timeout=self.settings.connect_timeout)
 
+    def suspect(self) -> None:
+        """Something outside the pool (the change listener losing its connection) suggests the database is
+        gone: find out with one bounded round trip in the background, which counts like any other use.
+        Without it an idle replica would learn of an outage only from the next call that fails."""
+        if self._probe is None and (self._verifying is None or self._verifying.done()):
+            self._verifying = asyncio.create_task(self._verify(), name="database-verify")
+
+    async def _verify(self) -> None:
+        with contextlib.suppress(Unavailable):
+            async with self._connection(self.settings.lookup_timeout) as conn:
+                await conn.execute(PROBE)
+
     async def close(self, timeout: float = CLOSE_TIMEOUT_SECONDS) -> None:
         """Close gracefully, but never hang a shutdown on a connection that is not given back."""
-        if self._probe is not None:
-            self._probe.cancel()
-            await asyncio.gather(self._probe, return_exceptions=True)
+        for task in (self._verifying, self._probe):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         try:
             await asyncio.wait_for(self._pool.close(), timeout)
         except TimeoutError:
@@ -464,6 +484,7 @@ class Store:
         if self._probe is None:
             log.warning("database_unreachable")
             self._probe = asyncio.create_task(self._probe_until_reachable(), name="database-probe")
+            self._tell_reachability()
 
     async def _probe_until_reachable(self) -> None:
         """One round trip at a time, each within the lookup timeout, until one is answered."""
@@ -476,4 +497,9 @@ class Store:
                 continue
             self._probe = None
             log.info("database_reachable")
+            self._tell_reachability()
             return
+
+    def _tell_reachability(self) -> None:
+        for callback in self._on_reachability:
+            callback(self.reachable)

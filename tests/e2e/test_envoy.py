@@ -465,14 +465,13 @@ def test_shipped_envoy_configuration_validates_as_is() -> None:
 def test_istio_example_names_one_provider_and_the_keygate_service() -> None:
     istio = ROOT / "deploy" / "istio"
     mesh_config = yaml.safe_load((istio / "mesh-config.yaml").read_text())
-    docs = list(yaml.safe_load_all((istio / "keygate.yaml").read_text()))
+    namespace = yaml.safe_load((istio / "kustomization.yaml").read_text())["namespace"]
+    service = yaml.safe_load((ROOT / "deploy" / "k8s" / "service.yaml").read_text())
     policy = yaml.safe_load((istio / "authorization-policy.yaml").read_text())
 
     (provider,) = mesh_config["spec"]["meshConfig"]["extensionProviders"]
-    (service,) = [d for d in docs if d["kind"] == "Service"]
     grpc_ = provider["envoyExtAuthzGrpc"]
-    meta = service["metadata"]
-    assert grpc_["service"] == f"{meta['name']}.{meta['namespace']}.svc.cluster.local"
+    assert grpc_["service"] == f"{service['metadata']['name']}.{namespace}.svc.cluster.local"
     assert grpc_["port"] in [p["port"] for p in service["spec"]["ports"]]
     assert (grpc_["failOpen"], grpc_["statusOnError"]) == (False, "503")
     assert (policy["spec"]["action"], policy["spec"]["provider"]["name"]) == ("CUSTOM", provider["name"])

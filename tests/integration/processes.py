@@ -98,6 +98,11 @@ def stop(served: Served) -> str:
     return logs
 
 
+def finish(served: Served) -> str:
+    """The log of a served process, stopped cleanly first (a clean exit asserted) if it is still running."""
+    return served.logs() if served.process.poll() is not None else stop(served)
+
+
 def bootstrap(database_url: str) -> str:
     """`keygate bootstrap`: a new root key, the only thing it prints."""
     booted = subprocess.run([KEYGATE, "bootstrap", "--database-url", database_url], capture_output=True,

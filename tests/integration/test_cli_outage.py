@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from .private_postgres import PrivatePostgres
 from .processes import bootstrap, start, stop
-from .test_outage import PrivatePostgres
 
 
 async def test_a_database_outage_is_told_apart_from_an_unreachable_server(pg_dirs: Callable[[str], Path]) -> None:

@@ -17,25 +17,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import asyncpg
 import grpc
-import pgserver
-import psutil
 import pytest
-from pgserver import _commands
 
 from keygate.domain.keys import KeyFormat
 from keygate.v1 import authz_pb2, keys_pb2
 
-from .processes import Served, assert_no_failures, bootstrap, connect, start, stop
+from .private_postgres import PrivatePostgres, on_private_postgres, postgres_processes, stopped
+from .processes import Served, assert_no_failures, bootstrap, connect, finish, start, stop
 from .support import Client, auth
 
 BOUND = 1.0  # seconds: how fast a change reaches another replica while the listener is up
@@ -43,7 +38,6 @@ POLL = 0.005
 RPC_TIMEOUT = 2.0  # a Check that hangs this long is a failure too (it shows as DEADLINE_EXCEEDED)
 FORMAT = KeyFormat()
 UNAVAILABLE = "UNAVAILABLE"  # an RPC error's status, as Answer.outcome
-T = TypeVar("T")
 
 
 # --- recording answers ------------------------------------------------------------------
@@ -239,21 +233,6 @@ async def test_a_killed_listener_gives_no_stale_answer_beyond_the_ttl_and_recove
     assert "change_listener_lost" in logs and logs.count("change_listener_up") > logged_before
 
 
-@contextlib.contextmanager
-def stopped(pids: Iterable[int]) -> Iterator[None]:
-    """SIGSTOP these processes, SIGCONT them on the way out: from outside, a stuck disk or a network
-    partition looks like this (connections stay open, nothing answers)."""
-    pids = list(pids)
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-
-
 async def test_a_stalled_listener_is_noticed_within_the_bound(
         replicas: Replicas, clients: tuple[Client, Client], admin: asyncpg.Connection,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -359,39 +338,6 @@ RECOVERY = 5.0  # seconds within which everything must work again once PostgreSQ
 LOOPS = 2  # concurrent Check loops per kind of key
 
 
-class PrivatePostgres:
-    """A PostgreSQL of this test's own (pgserver), stopped and started with pg_ctl as pgserver does it:
-    as pgserver's system user, on the same socket directory, so its URL stays the same.
-
-    pg_ctl runs through `runuser` rather than subprocess's `user=`: that takes a plain fork(), which
-    crashes the child (SIGSEGV) while gRPC threads are busy in this process.
-    """
-
-    def __init__(self, pgdata: Path) -> None:
-        self.server = pgserver.get_server(pgdata, cleanup_mode="delete")
-        self.url = self.server.get_uri()
-        self._socket_dir = self.server.get_postmaster_info().socket_dir
-
-    async def _pg_ctl(self, *args: str) -> None:
-        command = [str(_commands.POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.server.pgdata), "-w", *args]
-        if self.server.system_user:
-            command = ["runuser", "-u", self.server.system_user, "--", *command]
-        process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.DEVNULL,
-                                                       stderr=asyncio.subprocess.DEVNULL)
-        assert await asyncio.wait_for(process.wait(), 60) == 0, f"{args[-1]} failed: {self.server.log.read_text()}"
-
-    async def stop(self) -> None:
-        await self._pg_ctl("-m", "fast", "stop")
-
-    async def start(self) -> None:
-        await self._pg_ctl("-o", '-h ""', "-o", f"-k {self._socket_dir}", "-l", str(self.server.log), "start")
-
-    async def remove(self) -> None:
-        with contextlib.suppress(AssertionError):
-            await self.stop()
-        self.server.cleanup()
-
-
 @dataclass
 class Outage:
     """What one run of the scenario saw: every Check's answer, and when each phase began."""
@@ -444,7 +390,7 @@ async def run_outage(pg: PrivatePostgres) -> Outage:
         alive = served.process.poll() is None
     finally:
         await client.channel.close()
-        logs = served.logs() if served.process.poll() is not None else stop(served)
+        logs = finish(served)
     return Outage(running, stopping, down, starting, back, recovered, admin, alive, logs)
 
 
@@ -455,16 +401,6 @@ async def recovery(since: float, calls: Iterable[tuple[Callable[[], object], str
             await eventually(call, want, since + RECOVERY - time.monotonic())
         return time.monotonic() - since
     return None
-
-
-def on_private_postgres(pg_dirs: Callable[[str], Path], name: str,
-                        scenario: Callable[[PrivatePostgres], Awaitable[T]]) -> T:
-    """Run `scenario` on a PostgreSQL of its own, removed afterwards."""
-    pg = PrivatePostgres(pg_dirs(name) / "data")
-    try:
-        return asyncio.run(scenario(pg))
-    finally:
-        asyncio.run(pg.remove())
 
 
 @pytest.fixture(scope="module")
@@ -523,12 +459,6 @@ KNOWN_UNREACHABLE = 2.5  # seconds into the hang by which it must be known: list
 WAIT_BOUND = 1.6  # no Check waits longer than this for its answer: the lookup bound (1 s), with slack
 
 
-def postgres_processes(pg: PrivatePostgres) -> list[int]:
-    """The postmaster and every process it started."""
-    postmaster = psutil.Process(pg.server.get_postmaster_info().pid)
-    return [postmaster.pid, *(child.pid for child in postmaster.children(recursive=True))]
-
-
 @dataclass
 class Hang:
     """What one run of the hang scenario saw."""
@@ -585,7 +515,7 @@ async def run_hang(pg: PrivatePostgres) -> Hang:
             await asyncio.sleep(0.5)
     finally:
         await client.channel.close()
-        logs = served.logs() if served.process.poll() is not None else stop(served)
+        logs = finish(served)
     return Hang(running, hung, resumed, recovered, back, admin, logs)
 
 

@@ -159,7 +159,7 @@ async def test_app_does_not_start_with_a_malformed_catalog(database_url: str, tm
 
 
 def test_serve_with_a_malformed_catalog_exits_with_one_line(database_url: str, tmp_path: Path) -> None:
-    """What the operator sees: `keygate: catalog: ...` on stderr and exit status 1, no traceback."""
+    """What the operator sees: `keygate: KEYGATE_CATALOG (--catalog): ...` on stderr and exit status 1, no traceback."""
     path = tmp_path / "catalog.yaml"
     path.write_text("categories: [billing]")
     done = subprocess.run(
@@ -169,7 +169,7 @@ def test_serve_with_a_malformed_catalog_exits_with_one_line(database_url: str, t
     )
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("keygate: catalog: ") and str(path) in last
+    assert last.startswith("keygate: KEYGATE_CATALOG (--catalog): ") and str(path) in last
     assert "Traceback" not in done.stderr
 
 

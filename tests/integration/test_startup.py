@@ -9,6 +9,8 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from .processes import KEYGATE, clean_environment, start, stop
 
 
@@ -28,15 +30,38 @@ def test_an_unknown_log_level_is_one_line_naming_the_variable_and_the_choices(da
     for command in (("serve", "--listen", "127.0.0.1:0"), ("migrate",), ("bootstrap",)):
         done = keygate(*command, "--database-url", database_url, KEYGATE_LOG_LEVEL="verbose")
         assert done.returncode == 1, done.stderr
-        assert done.stderr == ("keygate: KEYGATE_LOG_LEVEL: must be one of debug, info, warning, error, "
+        assert done.stderr == ("keygate: KEYGATE_LOG_LEVEL (--log-level): must be one of debug, info, warning, error, "
                                "not 'verbose'\n")
 
 
-def test_an_unknown_access_log_policy_is_one_line(database_url: str) -> None:
-    """`on` too: it meant every call, which is now `all`, and a silent change of what gets logged is worse."""
-    done = keygate("serve", "--listen", "127.0.0.1:0", "--database-url", database_url, KEYGATE_ACCESS_LOG="on")
-    assert done.returncode == 1, done.stderr
-    assert done.stderr == "keygate: KEYGATE_ACCESS_LOG: must be one of denials, all, off, not 'on'\n"
+BAD_SETTINGS = {
+    "not a number": ({"KEYGATE_CACHE_TTL": "abc"}, (), "KEYGATE_CACHE_TTL (--cache-ttl): must be a number, not 'abc'"),
+    "a flag's zero": ({}, ("--workers", "0"), "KEYGATE_WORKERS (--workers): must be positive"),
+    "a flag over its variable": ({"KEYGATE_DB_LOOKUP_TIMEOUT": "1"}, ("--db-lookup-timeout", "1s"),
+                                 "KEYGATE_DB_LOOKUP_TIMEOUT (--db-lookup-timeout): must be a number, not '1s'"),
+    "a choice not offered": ({"KEYGATE_ACCESS_LOG": "sometimes"}, (),
+                             "KEYGATE_ACCESS_LOG (--access-log): must be one of denials, all, off, not 'sometimes'"),
+    # `on` meant a line for every call, now `all`: refused rather than silently logging less.
+    "the retired access log `on`": ({}, ("--access-log", "on"),
+                                    "KEYGATE_ACCESS_LOG (--access-log): must be one of denials, all, off, not 'on'"),
+    "no port": ({"KEYGATE_LISTEN": "localhost"}, (),
+                "KEYGATE_LISTEN (--listen): must be host:port (e.g. 0.0.0.0:50051), not 'localhost'"),
+    "a port out of range": ({}, ("--listen", "0.0.0.0:70000"),
+                            "KEYGATE_LISTEN (--listen): must be host:port (e.g. 0.0.0.0:50051), not '0.0.0.0:70000'"),
+    "an unreadable catalog": ({}, ("--catalog", "{dir}"),
+                              "KEYGATE_CATALOG (--catalog): cannot read {dir}: [Errno 21] Is a directory: '{dir}'"),
+    "a missing routes file": ({"KEYGATE_ROUTES": "{dir}/routes.yaml"}, (),
+                              "KEYGATE_ROUTES (--routes): cannot read {dir}/routes.yaml: [Errno 2] No such file or "
+                              "directory: '{dir}/routes.yaml'"),
+}
+
+
+@pytest.mark.parametrize(("env", "flags", "line"), list(BAD_SETTINGS.values()), ids=list(BAD_SETTINGS))
+def test_a_bad_setting_stops_serve_with_one_line_naming_variable_and_flag(
+        database_url: str, tmp_path: Path, env: dict[str, str], flags: tuple[str, ...], line: str) -> None:
+    env = {"KEYGATE_LISTEN": "127.0.0.1:0", **{k: v.format(dir=tmp_path) for k, v in env.items()}}
+    done = keygate("serve", "--database-url", database_url, *(f.format(dir=tmp_path) for f in flags), **env)
+    assert (done.returncode, done.stdout, done.stderr) == (1, "", f"keygate: {line.format(dir=tmp_path)}\n")
 
 
 def test_a_taken_port_is_one_friendly_line(database_url: str) -> None:
