@@ -27,6 +27,8 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+from .domain.errors import InvalidArgument
+from .tls import ClientTLS
 from .v1 import authz_pb2, authz_pb2_grpc, keys_pb2, keys_pb2_grpc
 
 API_KEY_ENV = "KEYGATE_API_KEY"
@@ -451,7 +453,12 @@ def run(command: Command, prog: str, args: argparse.Namespace) -> int:
         return 2
     server = args.server or os.environ.get(SERVER_ENV) or DEFAULT_SERVER
     try:
-        with grpc.insecure_channel(server) as channel:
+        channel = open_channel(server, args)
+    except InvalidArgument as exc:
+        print(f"{prog}: error: {exc.message}", file=sys.stderr)
+        return command.failed
+    try:
+        with channel:
             client = Client(channel, api_key, args.timeout)
             if command.prepare is not None:
                 command.prepare(client, request)
@@ -469,6 +476,15 @@ def run(command: Command, prog: str, args: argparse.Namespace) -> int:
     return command.verdict(response)
 
 
+def open_channel(server: str, args: argparse.Namespace) -> grpc.Channel:
+    """A channel with the TLS the options and environment ask for (plaintext when none);
+    InvalidArgument naming the setting when a TLS file is missing or not what it should be."""
+    tls = ClientTLS.from_env(enabled=getattr(args, "tls", None), ca=getattr(args, "tls_ca", None),
+                             cert=getattr(args, "tls_client_cert", None), key=getattr(args, "tls_client_key", None),
+                             server_name=getattr(args, "tls_server_name", None))
+    return tls.channel(server)
+
+
 # --- the command line ---------------------------------------------------------------------
 
 
@@ -481,6 +497,17 @@ def _add_common(parser: argparse.ArgumentParser, defaults: bool) -> None:
     group = parser.add_argument_group("connection and output")
     group.add_argument("--server", metavar="ADDR", default=default(None),
                        help=f"keygate address (env {SERVER_ENV}, default {DEFAULT_SERVER})")
+    group.add_argument("--tls", action="store_true", default=default(None),
+                       help="use TLS even without --tls-ca, trusting grpc's default roots (env KEYGATE_TLS=on)")
+    group.add_argument("--tls-ca", metavar="PEM", default=default(None),
+                       help="CA that signed keygate's certificate; implies TLS (env KEYGATE_TLS_CA)")
+    group.add_argument("--tls-client-cert", metavar="PEM", default=default(None),
+                       help="client certificate for mTLS (env KEYGATE_TLS_CLIENT_CERT)")
+    group.add_argument("--tls-client-key", metavar="PEM", default=default(None),
+                       help="its private key (env KEYGATE_TLS_CLIENT_KEY)")
+    group.add_argument("--tls-server-name", metavar="NAME", default=default(None),
+                       help="name keygate's certificate must carry, if not the --server host "
+                            "(env KEYGATE_TLS_SERVER_NAME)")
     group.add_argument("--json", action="store_true", default=default(False), help="print the response as JSON")
     group.add_argument("--timeout", metavar="SECONDS", type=_positive(float), default=default(DEFAULT_TIMEOUT),
                        help=f"deadline of each call (default {DEFAULT_TIMEOUT:g})")

@@ -18,6 +18,7 @@ from .domain.permissions import Catalog
 from .domain.routes import RouteTable
 from .logs import ACCESS_POLICIES
 from .store.postgres import DatabaseSettings
+from .tls import ServerFiles
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATA_DIR = Path(".keygate")
@@ -68,6 +69,11 @@ OPTIONS: tuple[Option, ...] = (
            default="one per two cores"),
     Option("KEYGATE_SHUTDOWN_GRACE", "--shutdown-grace", "shutdown_grace",
            "seconds calls in flight may take to finish after SIGTERM"),
+    Option("KEYGATE_TLS_CERT", "--tls-cert", "tls_cert", "PEM certificate chain: serve TLS (with --tls-key)",
+           default="none: plaintext"),
+    Option("KEYGATE_TLS_KEY", "--tls-key", "tls_key", "PEM private key of --tls-cert", default="none"),
+    Option("KEYGATE_TLS_CLIENT_CA", "--tls-client-ca", "tls_client_ca",
+           "PEM CA: require client certificates it signed (mTLS)", default="none: no client certificates"),
     Option("KEYGATE_CACHE_MAX_KEYS", "--cache-max-keys", "cache.max_keys", "keys the cache holds"),
     Option("KEYGATE_CACHE_MAX_NEGATIVE", "--cache-max-negative", "cache.max_negative",
            "unknown keys the cache remembers"),
@@ -103,6 +109,9 @@ class Settings:
     access_log: str = ACCESS_POLICIES[0]  # which RPCs get a line: denials (default), all, off
     workers: int = 1
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    tls_cert: Path | None = None  # with tls_key: serve TLS (see tls.py); none: plaintext
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # set: client certificates signed by it are required (mTLS)
     cache: CacheSettings = field(default_factory=CacheSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
 
@@ -117,12 +126,15 @@ class Settings:
             "database_url": env.get("DATABASE_URL", ""),
             "data_dir": Path(env.get("KEYGATE_DATA_DIR", str(DEFAULT_DATA_DIR))),
             "key_prefix": env.get("KEYGATE_KEY_PREFIX", DEFAULT_PREFIX),
-            "catalog_file": Path(env["KEYGATE_CATALOG"]) if env.get("KEYGATE_CATALOG") else None,
-            "routes_file": Path(env["KEYGATE_ROUTES"]) if env.get("KEYGATE_ROUTES") else None,
+            "catalog_file": _path(env, "KEYGATE_CATALOG"),
+            "routes_file": _path(env, "KEYGATE_ROUTES"),
             "log_level": _choice(env, "KEYGATE_LOG_LEVEL", LOG_LEVELS, "info"),
             "access_log": _choice(env, "KEYGATE_ACCESS_LOG", ACCESS_POLICIES, ACCESS_POLICIES[0]),
             "workers": _int(env, "KEYGATE_WORKERS", default_workers()),
             "shutdown_grace": _float(env, "KEYGATE_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE),
+            "tls_cert": _path(env, "KEYGATE_TLS_CERT"),
+            "tls_key": _path(env, "KEYGATE_TLS_KEY"),
+            "tls_client_ca": _path(env, "KEYGATE_TLS_CLIENT_CA"),
             "cache": CacheSettings(
                 max_keys=_int(env, "KEYGATE_CACHE_MAX_KEYS", cache.max_keys),
                 max_negative=_int(env, "KEYGATE_CACHE_MAX_NEGATIVE", cache.max_negative),
@@ -140,6 +152,9 @@ class Settings:
             ),
         }
         return cls(**values)  # type: ignore[arg-type]
+
+    def tls_files(self) -> ServerFiles | None:
+        return ServerFiles.of(self.tls_cert, self.tls_key, self.tls_client_ca)
 
     def key_format(self) -> KeyFormat:
         return KeyFormat(self.key_prefix)
@@ -182,6 +197,10 @@ def default_workers() -> int:
     """One process per two cores: one grpc.aio process already keeps ~1.4 cores busy
     (perf-notes), so more processes than that only contend."""
     return max(1, (os.cpu_count() or 1) // 2)
+
+
+def _path(env: Mapping[str, str], name: str) -> Path | None:
+    return Path(env[name]) if env.get(name) else None
 
 
 def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...], default: str) -> str:

@@ -21,7 +21,7 @@ from envoy.service.auth.v3 import external_auth_pb2
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2
 
-from . import logs
+from . import logs, tls
 from .admin import KeyAdmin
 from .api import reflection
 from .api.authz import AuthzServicer
@@ -113,6 +113,8 @@ class App:
         """Start serving. `reuse_port` only for workers sharing a port on purpose: otherwise a
         second server on a taken port must fail, not silently split its connections."""
         refuse_taken_port(settings.listen, reuse_port=reuse_port)
+        tls_files = settings.tls_files()
+        credentials = tls.server_credentials(tls_files) if tls_files else None
         catalog = settings.catalog()
         key_format = settings.key_format()
         store = await Store.connect(url, settings.database)
@@ -140,7 +142,7 @@ class App:
         boundary.register(server, health, HEALTH_SERVICE, quiet=frozenset({"Check"}))
         reflection.enable((*SERVICE_NAMES, HEALTH_SERVICE.full_name), server, boundary)
         try:
-            port = server.add_insecure_port(settings.listen)
+            port = tls.add_port(server, settings.listen, credentials)
         except RuntimeError:
             port = 0
         if port == 0:
@@ -193,6 +195,7 @@ async def _flush_access_log() -> None:
 def run(settings: Settings) -> None:
     """`keygate serve`: prepare the database once, then serve here or in `settings.workers` processes."""
     refuse_taken_port(settings.listen)  # before anything is started, and whatever shares the port
+    tls.check_server(settings.listen, settings.tls_files())
     url = database_url(settings)
     uvloop.run(_prepare(settings, url))
     if settings.workers == 1:
@@ -251,7 +254,8 @@ def announce(settings: Settings, port: int) -> None:
     host = settings.listen.rpartition(":")[0] or "127.0.0.1"
     workers = f", {settings.workers} worker processes" if settings.workers > 1 else ""
     services = "KeyService, AuthzService, Envoy ext_authz, health, reflection"
-    print(f"keygate is listening on {host}:{port} (gRPC: {services}{workers})", flush=True)
+    security = "" if settings.tls_cert is None else " with mTLS" if settings.tls_client_ca else " with TLS"
+    print(f"keygate is listening on {host}:{port}{security} (gRPC: {services}{workers})", flush=True)
 
 
 def _print_first_start(api_key: str) -> None:

@@ -20,9 +20,6 @@ NOT_SETTINGS = {"KEYGATE_ERROR": "the google.rpc.ErrorInfo reason of KeygateErro
 # already set. Once the code reads one, test_pending_settings_are_not_yet_read asks to strike it here.
 PENDING = {
     "KEYGATE_METRICS": "metrics endpoint (host:port or off)",
-    "KEYGATE_TLS_CERT": "server certificate",
-    "KEYGATE_TLS_KEY": "server private key",
-    "KEYGATE_TLS_CA": "CA the client commands (and probes) trust",
 }
 
 

@@ -194,7 +194,10 @@ def test_the_tls_variant_is_valid_and_probes_with_keygate_health() -> None:
     probes = {name: served[name]["exec"]["command"] for name in ("startupProbe", "livenessProbe", "readinessProbe")}
     assert probes == {"startupProbe": ["keygate", "health"], "livenessProbe": ["keygate", "health"],
                       "readinessProbe": ["keygate", "health", "--service", "keygate.v1.AuthzService"]}
-    files = {v for k, v in objects[("ConfigMap", "keygate")]["data"].items() if k.startswith("KEYGATE_TLS_")}
+    data = objects[("ConfigMap", "keygate")]["data"]
+    # The probes dial localhost; the certificate names the Service, so that is the name they check.
+    assert data["KEYGATE_TLS_SERVER_NAME"] == objects[("Service", "keygate")]["metadata"]["name"]
+    files = {v for k, v in data.items() if k.startswith("KEYGATE_TLS_") and k != "KEYGATE_TLS_SERVER_NAME"}
     (mount,) = [m for m in served["volumeMounts"] if m["name"] == "tls"]
     assert mount["readOnly"] and all(Path(f).parent == Path(mount["mountPath"]) for f in files) and files
     volumes = objects[("Deployment", "keygate")]["spec"]["template"]["spec"]["volumes"]

@@ -19,7 +19,8 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -145,13 +146,16 @@ def _ready(admin_port: int) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def envoy(upstream: Upstream) -> Iterator[Envoy]:
+@contextmanager
+def running_envoy(upstream: Upstream, edit: Callable[[dict[str, Any]], None] | None = None) -> Iterator[Envoy]:
+    """Envoy from the shipped configuration, rewritten, then changed by `edit` (e.g. TLS to keygate)."""
     work = Path(tempfile.mkdtemp(prefix="keygate-e2e-envoy-"))
     env = Envoy(port=free_port(), admin_port=free_port(), keygate_port=free_port(),
                 access_log=work / "access.log", output=work / "envoy.out")
     config = rewrite(yaml.safe_load(SHIPPED.read_text()), listen=env.port, admin=env.admin_port,
                      clusters={"keygate": env.keygate_port, "upstream": upstream.port}, access_log=env.access_log)
+    if edit is not None:
+        edit(config)
     config_file = work / "envoy.yaml"
     config_file.write_text(yaml.safe_dump(config))
     with env.output.open("wb") as out:
@@ -174,6 +178,12 @@ def envoy(upstream: Upstream) -> Iterator[Envoy]:
             process.kill()
             process.wait()
         shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def envoy(upstream: Upstream) -> Iterator[Envoy]:
+    with running_envoy(upstream) as env:
+        yield env
 
 
 # --- HTTP through Envoy -----------------------------------------------------------------------
@@ -235,6 +245,7 @@ class Mesh:
     root: str
     settings: Settings
     app: App | None = None
+    credentials: grpc.ChannelCredentials | None = None  # for keygate serving TLS
     channel: grpc.aio.Channel | None = None
     keys: keys_pb2_grpc.KeyServiceStub = field(init=False)
 
@@ -243,7 +254,9 @@ class Mesh:
         await self.stop()
         self.app = await App.start(replace(self.settings, **overrides), self.database_url)
         if self.channel is None:
-            self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.envoy.keygate_port}")
+            address = f"127.0.0.1:{self.envoy.keygate_port}"
+            self.channel = (grpc.aio.insecure_channel(address) if self.credentials is None
+                            else grpc.aio.secure_channel(address, self.credentials))
             self.keys = keys_pb2_grpc.KeyServiceStub(self.channel)
         deadline = time.monotonic() + READY_TIMEOUT
         while (await self.request("GET", PROBE_PATH)).status == 503:  # Envoy's own until it reaches keygate
