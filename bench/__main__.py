@@ -315,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- settings: {plan.workers} worker(s) per server{no_flag}, "
         f"{plan.rounds} interleaved rounds of {plan.duration:g} s (+{plan.warm_up:g} s warm-up), medians; "
         f"Envoy runs of {plan.envoy_duration:g} s (+{plan.envoy_warm_up:g} s warm-up); "
-        f"keygate log level {os.environ.get('KEYGATE_LOG_LEVEL', 'info')}"
+        f"keygate log level {os.environ.get('KEYGATE_LOG_LEVEL', 'info')}, "
+        f"access log {os.environ.get('KEYGATE_ACCESS_LOG', logs.ACCESS_POLICIES[0])}"
         + ("; --quick" if args.quick else "")
     )
     header.append(f"- other work on the machine: {busy_before:.2f} CPUs before the run, {other_load:.2f} during it "

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 
 from .cache.keys import MISS, KeyCache
 from .clock import Clock, utcnow

@@ -18,6 +18,7 @@ from .domain.permissions import Catalog
 from .domain.routes import RouteTable
 from .metrics import DEFAULT_ADDRESS as DEFAULT_METRICS
 from .metrics import parse_address
+from .logs import ACCESS_POLICIES
 from .store.postgres import DatabaseSettings
 from .tls import ServerFiles
 
@@ -64,7 +65,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("KEYGATE_ROUTES", "--routes", "routes_file", "YAML file of Envoy route rules",
            default="none: the built-in Flowise rules"),
     Option("KEYGATE_LOG_LEVEL", "--log-level", "log_level", "debug, info, warning or error", storage=True),
-    Option("KEYGATE_ACCESS_LOG", "--access-log", "access_log", "one JSON line per RPC: on or off"),
+    Option("KEYGATE_ACCESS_LOG", "--access-log", "access_log",
+           "which calls get a log line: denials (refusals, errors, admin calls; bounded), all, or off"),
     Option("KEYGATE_WORKERS", "--workers", "workers", "processes sharing the port",
            default="one per two cores"),
     Option("KEYGATE_METRICS", "--metrics", "metrics", "host:port serving Prometheus metrics at /metrics, or off",
@@ -108,7 +110,7 @@ class Settings:
     catalog_file: Path | None = None
     routes_file: Path | None = None  # Envoy route rules; default: the built-in Flowise rules
     log_level: str = "info"
-    access_log: bool = True  # one JSON line per RPC
+    access_log: str = ACCESS_POLICIES[0]  # which RPCs get a line: denials (default), all, off
     workers: int = 1
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     tls_cert: Path | None = None  # with tls_key: serve TLS (see tls.py); none: plaintext
@@ -132,7 +134,7 @@ class Settings:
             "catalog_file": _path(env, "KEYGATE_CATALOG"),
             "routes_file": _path(env, "KEYGATE_ROUTES"),
             "log_level": _choice(env, "KEYGATE_LOG_LEVEL", LOG_LEVELS, "info"),
-            "access_log": _switch(env, "KEYGATE_ACCESS_LOG"),
+            "access_log": _choice(env, "KEYGATE_ACCESS_LOG", ACCESS_POLICIES, ACCESS_POLICIES[0]),
             "workers": _int(env, "KEYGATE_WORKERS", default_workers()),
             "shutdown_grace": _float(env, "KEYGATE_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE),
             "tls_cert": _path(env, "KEYGATE_TLS_CERT"),
@@ -223,10 +225,6 @@ def _address(env: Mapping[str, str], name: str, default: str) -> str:
     if raw.startswith("unix:") or (host and port.isdigit() and int(port) <= 65535):
         return raw
     raise InvalidArgument(name, f"must be host:port (e.g. 0.0.0.0:50051), not {raw!r}")
-
-
-def _switch(env: Mapping[str, str], name: str) -> bool:
-    return _choice(env, name, ("on", "off"), "on") == "on"
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:

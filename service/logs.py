@@ -1,9 +1,15 @@
 """Logging: structlog, one JSON object per line on stderr (stdout stays free for `bootstrap`'s key).
 
 Two pipelines. Application events (start, stop, warnings, failures) are written at once.
-The access log, one line per RPC, is the high-volume one: it has its own minimal chain
-and a buffer that `flush` writes out (the server flushes every 100 ms and on shutdown),
-so an RPC costs a few microseconds of logging instead of a formatted write() each.
+The access log is the high-volume one: it has its own minimal chain and a buffer that
+`flush` writes out (the server flushes every 100 ms and on shutdown).
+
+What the access log holds is the operator's policy (KEYGATE_ACCESS_LOG). By default
+(`denials`) it is what an operator reads: every call except the allowed answers of the
+high-volume reads (Check, BatchCheck, ext_authz, health probes), which metrics count;
+refusals and errors are bounded per kind, with a line saying how many were suppressed.
+A line per allowed Check was a quarter of keygate's CPU per Check; like OPA's decision
+logs and SpiceDB's request logs, full logging is opt-in (`all`).
 
 No key may reach a log, whoever put it where. The access chain writes only fields keygate
 controls (method, code, latency, a request id that cannot be key-shaped). The application
@@ -34,6 +40,8 @@ REDACTED = errors.REDACTED.encode()
 THROTTLE_LIMIT = 5  # lines of one kind ...
 THROTTLE_WINDOW_SECONDS = 10.0  # ... per window
 THROTTLE_MAX_KINDS = 1000
+ACCESS_POLICIES = ("denials", "all", "off")  # the first is the default
+REFUSAL_LINES_PER_SECOND = 20  # per (method, status, decision) under `denials`
 _KEY_SHAPED_BYTES = re.compile(KEY_SHAPED.pattern.encode())
 
 
@@ -63,20 +71,16 @@ class BufferedLines:
 class _Logs:
     access: BufferedLines = BufferedLines(sys.stderr.buffer)
     level: int = logging.INFO
-    access_enabled: bool = True
 
 
-def configure(level: str = "info", stream: BinaryIO | None = None, *, access: bool = True) -> None:
-    """Loggers obtained after this call write to `stream` (default: stderr) at `level` and above.
-
-    `access=False` turns the per-RPC access log off (KEYGATE_ACCESS_LOG=off): at saturation its
-    line is about a quarter of keygate's own CPU per Check.
-    """
-    flush()
+def configure(level: str = "info", stream: BinaryIO | None = None, *, access: str = ACCESS_POLICIES[0]) -> None:
+    """Loggers obtained after this call write to `stream` (default: stderr) at `level` and above, and
+    the access log follows the policy `access` (one of ACCESS_POLICIES)."""
+    flush(final=True)
     out = stream or sys.stderr.buffer
     _Logs.level = logging.getLevelNamesMapping()[level.upper()]
-    _Logs.access_enabled = access
     _Logs.access = BufferedLines(out)
+    ACCESS.follow(access)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
@@ -126,6 +130,16 @@ class Throttle:
         self._max_kinds = max_kinds
         self._clock = clock
         self._kinds: dict[Hashable, _Window] = {}
+
+    def ended(self, *, all_windows: bool = False) -> list[tuple[Hashable, int]]:
+        """Each kind whose window ended (or, with `all_windows`, any window) with lines dropped, and how
+        many; forgotten here, so that every drop is reported once."""
+        now = self._clock()
+        found = [(kind, w.dropped) for kind, w in self._kinds.items()
+                 if w.dropped and (all_windows or now - w.start >= self._window)]
+        for kind, _ in found:
+            del self._kinds[kind]
+        return found
 
     def admit(self, kind: Hashable) -> int | None:
         """None: drop this line. Otherwise log it, with the number dropped before it (0 usually)."""
@@ -184,22 +198,65 @@ class _ToStructlog(logging.Handler):
         structlog.get_logger(record.name).log(level, _message(record), exc_info=exc_info, **fields)
 
 
-def access_logger() -> Any | None:
-    """The per-RPC logger (level "info", timestamp, JSON, buffered), or None when it is off."""
-    if not _Logs.access_enabled:
-        return None
-    return structlog.wrap_logger(
-        _CurrentAccess(),
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.JSONRenderer(serializer=orjson.dumps),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(_Logs.level),
-        cache_logger_on_first_use=True,
-    )
+class AccessLog:
+    """The per-RPC log of this process, under the policy of the latest `configure` (servers built before
+    it follow it too).
+
+    Lines carry only fields keygate controls: method, status, decision code, latency, request id.
+    Under `denials`, `refused` lines (a refusing decision or a status other than OK) are admitted
+    at most REFUSAL_LINES_PER_SECOND a second per (method, status, decision): a flood of bad keys
+    costs a bounded log, and an `rpc_suppressed` line counts what was left out, once its second is
+    over (at the next flush) or at shutdown.
+    """
+
+    def __init__(self) -> None:
+        self.follow(ACCESS_POLICIES[0])
+
+    def follow(self, policy: str) -> None:
+        if policy not in ACCESS_POLICIES:
+            raise ValueError(f"access log policy {policy!r} is not one of {ACCESS_POLICIES}")
+        self.enabled = policy != "off"
+        self.log_all = policy == "all"
+        self._throttle = Throttle(REFUSAL_LINES_PER_SECOND, 1.0)
+        self._log = structlog.wrap_logger(
+            _CurrentAccess(),
+            processors=[
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                structlog.processors.JSONRenderer(serializer=orjson.dumps),
+            ],
+            wrapper_class=structlog.make_filtering_bound_logger(_Logs.level),
+            cache_logger_on_first_use=True,
+        )
+
+    def write(self, method: str, code: str, decision: str, latency_ms: float, request_id: str,
+              *, refused: bool) -> None:
+        if refused and not self.log_all:
+            dropped = self._throttle.admit((method, code, decision))
+            if dropped is None:
+                return
+            if dropped:
+                self._suppressed((method, code, decision), dropped)
+        fields = {"decision": decision} if decision else {}
+        self._log.info("rpc", method=method, code=code, **fields, latency_ms=latency_ms, request_id=request_id)
+
+    def report_suppressed(self, *, final: bool = False) -> None:
+        """An `rpc_suppressed` line per kind whose second ended with lines left out (`final`: every kind)."""
+        for kind, dropped in self._throttle.ended(all_windows=final):
+            self._suppressed(kind, dropped)
+
+    def _suppressed(self, kind: Hashable, dropped: int) -> None:
+        method, code, decision = kind  # type: ignore[misc]
+        fields = {"decision": decision} if decision else {}
+        self._log.info("rpc_suppressed", method=method, code=code, **fields, suppressed=dropped,
+                       limit_per_second=REFUSAL_LINES_PER_SECOND)
 
 
-def flush() -> None:
-    """Write out buffered access lines."""
+ACCESS = AccessLog()
+
+
+def flush(*, final: bool = False) -> None:
+    """Write out buffered access lines, after the count of lines suppressed in the last second
+    (`final`, at shutdown: of every line suppressed so far)."""
+    ACCESS.report_suppressed(final=final)
     _Logs.access.flush()

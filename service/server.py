@@ -139,10 +139,12 @@ class App:
             metrics.watch(cache, store, listener, usage)
         boundary = Boundary(metrics)
         boundary.register(server, KeyServicer(authorizer, admin), _service(keys_pb2, "KeyService"))
-        boundary.register(server, AuthzServicer(authorizer, catalog), _service(authz_pb2, "AuthzService"))
+        # The high-volume reads: their allowed answers are counted, not logged (unless KEYGATE_ACCESS_LOG=all).
+        boundary.register(server, AuthzServicer(authorizer, catalog), _service(authz_pb2, "AuthzService"),
+                          quiet=frozenset({"Check", "BatchCheck"}))
         boundary.register(server, EnvoyAuthzServicer(authorizer, settings.routes(catalog)),
-                          _service(external_auth_pb2, "Authorization"))
-        boundary.register(server, health, HEALTH_SERVICE)
+                          _service(external_auth_pb2, "Authorization"), quiet=frozenset({"Check"}))
+        boundary.register(server, health, HEALTH_SERVICE, quiet=frozenset({"Check"}))
         reflection.enable((*SERVICE_NAMES, HEALTH_SERVICE.full_name), server, boundary)
         if metrics is not None:
             count_unknown_methods(server, metrics)  # last: it answers whatever no servicer serves
@@ -174,7 +176,7 @@ class App:
         await self.listener.stop()
         await self.usage.stop()
         await self.store.close()
-        logs.flush()
+        logs.flush(final=True)
 
     async def _until_quiet(self, limit: float) -> None:
         """Serve on until no call has arrived for QUIET_SECONDS, for at most `limit` seconds. Meanwhile

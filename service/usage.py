@@ -23,13 +23,15 @@ class UsageRecorder:
     def __init__(self, store: Store, interval: float = 1.0) -> None:
         self._store = store
         self._interval = interval
-        self._pending: dict[UUID, tuple[int, datetime]] = {}
+        # Keyed by the UUID's 128-bit integer: UUID.__hash__ is a Python-level call, twice per Check.
+        self._pending: dict[int, tuple[int, datetime]] = {}
         self._task: asyncio.Task[None] | None = None
 
     def record(self, key_id: UUID, when: datetime) -> None:
         """On the Check path: calls arrive in time order, so the latest `when` is simply the last."""
-        entry = self._pending.get(key_id)
-        self._pending[key_id] = (1, when) if entry is None else (entry[0] + 1, when)
+        number = key_id.int
+        entry = self._pending.get(number)
+        self._pending[number] = (1, when) if entry is None else (entry[0] + 1, when)
 
     @property
     def pending(self) -> int:
@@ -55,11 +57,11 @@ class UsageRecorder:
             return
         try:
             async with self._store.transaction() as tx:
-                await tx.add_usage(batch)
+                await tx.add_usage({UUID(int=number): usage for number, usage in batch.items()})
         except Unavailable:
-            for key_id, (count, last) in batch.items():
-                now_count, now_last = self._pending.get(key_id, (0, last))
-                self._pending[key_id] = (count + now_count, max(last, now_last))
+            for number, (count, last) in batch.items():
+                now_count, now_last = self._pending.get(number, (0, last))
+                self._pending[number] = (count + now_count, max(last, now_last))
             log.warning("usage_flush_deferred", keys=len(batch))
 
     async def _run(self) -> None:

@@ -1,9 +1,11 @@
-"""The boundary every keygate RPC crosses: request parsing, request id, error translation, one log line.
+"""The boundary every keygate RPC crosses: request parsing, request id, error translation, the access log.
 
 Applied once, when servicers are registered (`Boundary.register`), rather than as a server
 interceptor, which would rebuild a method handler on every call: on the Check path
-every microsecond counts. Log lines carry the method, the status code, the latency and
-the request id, never metadata or request fields, so no key can reach a log.
+every microsecond counts. Log lines carry the method, the status code, the decision code,
+the latency and the request id, never metadata or request fields, so no key can reach a log.
+Which calls get a line is the access log's policy (`logs.AccessLog`); the allowed answers
+of a service's `quiet` methods (Check, ext_authz, health probes) only under `all`.
 
 Requests are parsed by our own deserializer, which cannot fail: bytes that are not the
 method's message become `MALFORMED`, which the boundary answers with INVALID_ARGUMENT.
@@ -30,13 +32,17 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from .. import logs
 from ..domain.errors import KEY_SHAPED, InvalidArgument, KeygateError
 from ..domain.keys import SECRET_LEN
-from ..metrics import Metrics
+from ..metrics import Metrics, decision
 from .errors import internal_status, to_status
 
 _events = structlog.get_logger(__name__)
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}\Z")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+# What a deciding servicer decided for this call (metrics.decision): a decision Code's value, or a word
+# of the Envoy servicer's. Strings, so the boundary's test is a set lookup with a cached hash.
+UNMATCHED_ALLOWED = "UNMATCHED_ALLOWED"  # the Envoy servicer's pass for a request no route rule covers
+ALLOWING = frozenset({"", "OK", UNMATCHED_ALLOWED})  # "": the servicer decided nothing (not a Check)
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
 _HANDLERS = {  # (client streaming, server streaming) -> how grpc wants the handler
@@ -71,33 +77,38 @@ def acceptable_request_id(value: object) -> TypeGuard[str]:
 
 class Boundary:
     def __init__(self, metrics: Metrics | None = None) -> None:
-        self._log = logs.access_logger()
         self._metrics = metrics
-        # Unique across processes and restarts, and cheaper than a uuid4 per call.
-        self._prefix = os.urandom(6).hex()
-        self._counter = itertools.count(1)
+        # Unique across processes and restarts, and cheaper than a uuid4 per call: a random prefix and
+        # a counter, formatted by C code alone (no Python frame per id).
+        self._ids = map(f"{os.urandom(6).hex()}{{:08x}}".format, itertools.count(1))
         self.started = 0  # unary calls handed to a handler so far: a drain waits until none arrive
         self._malformed_log = logs.Throttle()
 
     def register(self, server: grpc.aio.Server, servicer: object, service: ServiceDescriptor,
-                 name: str = "") -> None:
+                 name: str = "", quiet: frozenset[str] = frozenset()) -> None:
         """Serve the methods of `service` that `servicer` implements on `server`, behind the boundary.
+
+        `quiet`: the methods (by name) whose allowed, successful answers are counted by metrics and
+        logged only when the access log's policy is `all`.
 
         A method left to the generated base class (which raises NotImplementedError, e.g. Health.List)
         is not registered, so grpc answers UNIMPLEMENTED instead of our boundary reporting a bug.
         """
         full_name = name or service.full_name  # `name`: the same service served under another package
-        handlers = {method.name: self._handler(full_name, method, getattr(servicer, method.name))
+        handlers = {method.name: self._handler(full_name, method, getattr(servicer, method.name),
+                                               method.name in quiet)
                     for method in service.methods if _implemented(servicer, method.name)}
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(full_name, handlers),))
         server.add_registered_method_handlers(full_name, handlers)
 
-    def _handler(self, service: str, method: MethodDescriptor, behavior: Behavior) -> grpc.RpcMethodHandler:
+    def _handler(self, service: str, method: MethodDescriptor, behavior: Behavior,
+                 quiet: bool) -> grpc.RpcMethodHandler:
         path = f"/{service}/{method.name}"
         name = method.input_type.full_name
         shape = (method.client_streaming, method.server_streaming)
         # Streams are not access-logged (a Watch lasts as long as its client); their requests are screened.
-        wrapped = self._wrap(path, name, behavior) if shape == (False, False) else _screened(behavior, name, shape[0])
+        unary = shape == (False, False)
+        wrapped = self._wrap(path, name, behavior, quiet) if unary else _screened(behavior, name, shape[0])
         return _HANDLERS[shape](
             wrapped,
             request_deserializer=self._parser(path, message_factory.GetMessageClass(method.input_type).FromString),
@@ -122,19 +133,20 @@ class Boundary:
         for key, value in context.invocation_metadata() or ():
             if key == REQUEST_ID_HEADER and acceptable_request_id(value):
                 return value
-        return f"{self._prefix}{next(self._counter):08x}"
+        return next(self._ids)
 
-    def _wrap(self, method: str, message_name: str, behavior: Behavior) -> Behavior:
-        log = self._log
+    def _wrap(self, method: str, message_name: str, behavior: Behavior, quiet: bool) -> Behavior:
+        log, decided, ok, clock, request_id_of = (logs.ACCESS, decision.get, grpc.StatusCode.OK,
+                                                  time.perf_counter, self._request_id)
         record = self._metrics.recorder(method) if self._metrics is not None else None
 
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started = time.perf_counter()
+            started = clock()
             self.started += 1
-            rid = self._request_id(context)
+            rid = request_id_of(context)
             request_id.set(rid)
             echo = ((REQUEST_ID_HEADER, rid),)
-            code = grpc.StatusCode.OK
+            code = ok
             try:
                 if request is MALFORMED:
                     raise _malformed(message_name)
@@ -156,9 +168,12 @@ class Boundary:
             finally:
                 if record is not None:
                     record(code, started)
-                if log is not None:
-                    log.info("rpc", method=method, code=code.name,
-                             latency_ms=round((time.perf_counter() - started) * 1000, 3), request_id=rid)
+                if log.enabled:
+                    outcome = decided()
+                    refused = code is not ok or outcome not in ALLOWING
+                    if refused or not quiet or log.log_all:
+                        log.write(method, code.name, outcome, round((clock() - started) * 1000, 3),
+                                  rid, refused=refused)
 
         return handle
 

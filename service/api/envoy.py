@@ -27,7 +27,7 @@ from ..cache.lru import LRU
 from ..domain.decision import Code, Credential, Decision
 from ..domain.errors import InvalidArgument, Unavailable
 from ..domain.routes import RouteTable
-from .boundary import request_id
+from .boundary import UNMATCHED_ALLOWED, request_id
 
 RETRY_AFTER_SECONDS = "1"
 MAX_TEMPLATES = 10_000  # prebuilt OK responses, one per key and set of stripped carriers
@@ -35,6 +35,7 @@ MAX_TEMPLATES = 10_000  # prebuilt OK responses, one per key and set of stripped
 _PRINTABLE_ASCII = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 IDENTITY_HEADERS = ("x-keygate-key-id", "x-keygate-workspace-id", "x-keygate-key-name")
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_OK = Code.OK.value  # read once: an Enum's `.value` is a Python-level property
 _RPC_CODES = {401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED, 400: code_pb2.INVALID_ARGUMENT,
               503: code_pb2.UNAVAILABLE}
 
@@ -101,8 +102,8 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
                                                     "parameter's name")
         if match is None:
             if self._routes.allow_unmatched:  # passed on as it came, minus keys and forged identity
-                metrics.decision.set("UNMATCHED_ALLOWED")
-                return self._ok([], presented, _metadata("UNMATCHED_ALLOWED"))
+                metrics.decision.set(UNMATCHED_ALLOWED)
+                return self._ok([], presented, _metadata(UNMATCHED_ALLOWED))
             return _denied(403, "NO_MATCHING_ROUTE", f"no route rule covers {http.method} {path}")
 
         workspace = http.headers.get(self._routes.workspace_header, "") if self._routes.workspace_header else ""
@@ -133,7 +134,7 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
             template = self._ok(identity, presented,
                                 _metadata(Code.OK.value, credential.key_id_text, credential.workspace_id))
             self._templates.put(slot, template)
-        metrics.decision.set("OK")
+        metrics.decision.set(_OK)
         response = external_auth_pb2.CheckResponse()
         response.CopyFrom(template)
         response.dynamic_metadata.fields["decision_id"].string_value = request_id.get()

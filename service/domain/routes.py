@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,9 +61,14 @@ class RouteTable:
     key_header: str = "x-api-key"
     query_parameter: str = "apiKey"
     workspace_header: str = ""  # a header naming the workspace of the request, if the mesh sets one
+    # The first rule matching (method, path), memoized per table. Not `lru_cache` on the method: its key
+    # would hold the table itself, whose dataclass hash walks every rule on every request.
+    match: Callable[[str, str], Match | None] = field(init=False, repr=False, compare=False)
 
-    @functools.lru_cache(maxsize=8192)  # noqa: B019 - tables live as long as the process
-    def match(self, method: str, path: str) -> Match | None:
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "match", functools.lru_cache(maxsize=8192)(self._first_match))
+
+    def _first_match(self, method: str, path: str) -> Match | None:
         for route in self.routes:
             resource = route.resolve(method, path)
             if resource is not None:

@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from keygate.config import DEFAULT_LISTEN
+from keygate.config import DEFAULT_LISTEN, Settings
 from keygate.metrics import DEFAULT_ADDRESS as DEFAULT_METRICS
 from keygate.server import SERVICE_NAMES
 
@@ -89,6 +89,11 @@ def test_every_variable_set_is_one_keygate_reads() -> None:
     objects = manifests()
     set_somewhere = set(config()) | variables_set(deployment()) | variables_set(objects[("Job", "keygate-migrate")])
     assert set_somewhere - variables_read() == set()
+
+
+def test_every_value_set_is_one_keygate_accepts() -> None:
+    """A value keygate refuses would stop every pod at start (the access log's retired `on`, say)."""
+    Settings.from_env(config())
 
 
 def test_the_database_url_comes_from_the_secret_only() -> None:

@@ -40,7 +40,10 @@ BAD_SETTINGS = {
     "a flag over its variable": ({"KEYGATE_DB_LOOKUP_TIMEOUT": "1"}, ("--db-lookup-timeout", "1s"),
                                  "KEYGATE_DB_LOOKUP_TIMEOUT (--db-lookup-timeout): must be a number, not '1s'"),
     "a choice not offered": ({"KEYGATE_ACCESS_LOG": "sometimes"}, (),
-                             "KEYGATE_ACCESS_LOG (--access-log): must be one of on, off, not 'sometimes'"),
+                             "KEYGATE_ACCESS_LOG (--access-log): must be one of denials, all, off, not 'sometimes'"),
+    # `on` meant a line for every call, now `all`: refused rather than silently logging less.
+    "the retired access log `on`": ({}, ("--access-log", "on"),
+                                    "KEYGATE_ACCESS_LOG (--access-log): must be one of denials, all, off, not 'on'"),
     "no port": ({"KEYGATE_LISTEN": "localhost"}, (),
                 "KEYGATE_LISTEN (--listen): must be host:port (e.g. 0.0.0.0:50051), not 'localhost'"),
     "a port out of range": ({}, ("--listen", "0.0.0.0:70000"),

@@ -96,6 +96,20 @@ def test_throttle_admits_a_few_per_window_and_counts_the_rest():
     assert throttle.admit("a") == 0
 
 
+def test_throttle_reports_each_ended_window_with_drops_once():
+    clock = FakeClock()
+    throttle = logs.Throttle(limit=1, window=1.0, clock=clock)
+    for kind in ("a", "a", "a", "b", "c", "c"):
+        throttle.admit(kind)
+    assert throttle.ended() == []  # the window is still open
+    assert throttle.ended(all_windows=True) == [("a", 2), ("c", 1)]  # at shutdown: every drop so far
+    throttle.admit("a")
+    throttle.admit("a")
+    clock.now = 1.0
+    assert throttle.ended() == [("a", 1)]
+    assert throttle.ended() == [] and throttle.admit("a") == 0  # told once, and not again by the next line
+
+
 def test_throttle_memory_is_bounded():
     throttle = logs.Throttle(limit=1, window=10.0, max_kinds=3, clock=FakeClock())
     for kind in range(100):
