@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 from collections.abc import AsyncIterator
 
 import pytest
@@ -21,7 +23,24 @@ def settings() -> Settings:
 async def app(settings: Settings, database_url: str) -> AsyncIterator[App]:
     app = await App.start(settings, database_url)
     yield app
-    await app.stop(grace=0)
+    await stop_within(app, STOP_SECONDS)
+
+
+STOP_SECONDS = 30.0  # far above a stop's few milliseconds: reaching it means something hangs
+
+
+async def stop_within(app: App, seconds: float) -> None:
+    """Stop `app`, failing with every task's stack if that takes longer than `seconds`: a shutdown that
+    hangs must show where, not stall the suite."""
+    stopping = asyncio.ensure_future(app.stop(grace=0))
+    done, _ = await asyncio.wait({stopping}, timeout=seconds)
+    if not done:
+        stacks = io.StringIO()
+        for task in asyncio.all_tasks():
+            task.print_stack(file=stacks)
+        stopping.cancel()
+        pytest.fail(f"App.stop took over {seconds} s; tasks:\n{stacks.getvalue()}")
+    stopping.result()
 
 
 @pytest.fixture
