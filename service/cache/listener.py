@@ -100,7 +100,12 @@ class ChangeListener:
 
     async def _ping_until_lost(self, conn: asyncpg.Connection, lost: asyncio.Event, sent: float) -> None:
         """Returns when the connection closes; TimeoutError when a ping is not answered while trusted."""
+        this = asyncio.current_task()
         while not lost.is_set():
+            # Python 3.11's wait_for returns a result that completed as a cancel arrived and drops the
+            # cancel: without this check a stopping listener could ping on forever and hang the shutdown.
+            if this is not None and this.cancelling():
+                raise asyncio.CancelledError
             trusted_until = sent + self._bound
             sent = self._clock()
             await asyncio.wait_for(conn.execute("SELECT 1"), max(0.0, trusted_until - sent))
