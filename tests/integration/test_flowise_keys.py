@@ -84,8 +84,8 @@ async def test_create_without_permissions_copies_the_callers_rights(client: Clie
 
 async def test_root_names_the_workspace(client: Client) -> None:
     err = await rpc_error(create(client, client.root, key_name="r", permissions=["chatflows:view"]))
-    assert (err.code(), field_violations(err)) == (grpc.StatusCode.INVALID_ARGUMENT,
-                                                   {"workspaceId": "root callers must name the workspace of the new key"})
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(err) == {"workspaceId": "root callers must name the workspace of the new key"}
     made = await create(client, client.root, key_name="r", permissions=["chatflows:view"], workspace_id="ws7")
     assert made.workspace_id == "ws7"
 
