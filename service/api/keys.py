@@ -25,14 +25,20 @@ def bearer_token(context: grpc.aio.ServicerContext) -> str:
     return ""
 
 
+async def authenticated(authorizer: Authorizer, context: grpc.aio.ServicerContext) -> Caller:
+    """The calling key, from `authorization: Bearer`: Unauthenticated when missing or not working.
+    Every door onto KeyAdmin (KeyService, FlowiseApiKeyService) starts here."""
+    credential = await authorizer.authenticate(bearer_token(context))
+    return Caller(credential, current_request_id())
+
+
 class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
     def __init__(self, authorizer: Authorizer, admin: KeyAdmin) -> None:
         self._authorizer = authorizer
         self._admin = admin
 
     async def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
-        credential = await self._authorizer.authenticate(bearer_token(context))
-        return Caller(credential, current_request_id())
+        return await authenticated(self._authorizer, context)
 
     async def CreateKey(self, request: keys_pb2.CreateKeyRequest, context: Any) -> keys_pb2.CreateKeyResponse:
         caller = await self._caller(context)
