@@ -36,9 +36,8 @@ SQLITE_DDL = (
 "description" varchar,
 "createdDate" datetime NOT NULL DEFAULT (datetime('now')),
 "updatedDate" datetime NOT NULL DEFAULT (datetime('now')));""",
-    # LinkWorkspaceId1729130948686: apikey rebuilt with createdDate and workspaceId
-    """DROP TABLE "apikey";""",
-    """CREATE TABLE "apikey" (
+    # LinkWorkspaceId1729130948686: apikey rebuilt with createdDate and workspaceId (no rows to copy here)
+    """CREATE TABLE "temp_apikey" (
                 "id" varchar PRIMARY KEY NOT NULL,
                 "apiKey" varchar NOT NULL,
                 "apiSecret" varchar NOT NULL,
@@ -48,10 +47,11 @@ SQLITE_DDL = (
                 "workspaceId" varchar,
                 FOREIGN KEY ("workspaceId") REFERENCES "workspace"("id")
             );""",
-    """CREATE INDEX IF NOT EXISTS "idx_apikey_workspaceId" ON "apikey"("workspaceId");""",
-    # ModifyChatflowType1755066758601: chat_flow as it is since
-    """DROP TABLE "chat_flow";""",
-    """CREATE TABLE "chat_flow" (
+    """CREATE INDEX IF NOT EXISTS "idx_apikey_workspaceId" ON "temp_apikey"("workspaceId");""",
+    """DROP TABLE "apikey";""",
+    """ALTER TABLE "temp_apikey" RENAME TO "apikey";""",
+    # ModifyChatflowType1755066758601: chat_flow as it is since (it rebuilds the table LinkWorkspaceId rebuilt)
+    """CREATE TABLE "temp_chat_flow" (
                 "id" varchar PRIMARY KEY NOT NULL,
                 "name" varchar NOT NULL,
                 "flowData" text NOT NULL,
@@ -70,6 +70,8 @@ SQLITE_DDL = (
                 "followUpPrompts" TEXT,
                 FOREIGN KEY ("workspaceId") REFERENCES "workspace"("id")
             );""",
+    """DROP TABLE "chat_flow";""",
+    """ALTER TABLE "temp_chat_flow" RENAME TO "chat_flow";""",
     # AddTextToSpeechToChatFlow1759419136055, AddChatFlowNameIndex1759424923093
     """ALTER TABLE "chat_flow" ADD COLUMN "textToSpeech" TEXT;""",
     """CREATE INDEX IF NOT EXISTS "IDX_chatflow_name" ON "chat_flow" (substr(name, 1, 255))""",
@@ -97,9 +99,13 @@ POSTGRES_DDL = (
                 "updatedDate" timestamp NOT NULL DEFAULT now(),
                 CONSTRAINT "PK_3c7cea7d047ac4b91764574cdbf" PRIMARY KEY (id)
             );""",
-    # ModifyChatFlow1693995626941, AddCategoryToChatFlow1699900910291, AddTypeToChatFlow1716300000000
+    # ModifyChatFlow1693995626941, AddApiConfig1694099183389, AddAnalytic1694432361423,
+    # AddCategoryToChatFlow1699900910291, AddSpeechToText1706364937060, AddTypeToChatFlow1716300000000
     """ALTER TABLE "chat_flow" ALTER COLUMN "chatbotConfig" TYPE TEXT;""",
+    """ALTER TABLE "chat_flow" ADD COLUMN IF NOT EXISTS "apiConfig" TEXT;""",
+    """ALTER TABLE "chat_flow" ADD COLUMN IF NOT EXISTS "analytic" TEXT;""",
     """ALTER TABLE "chat_flow" ADD COLUMN IF NOT EXISTS "category" TEXT;""",
+    """ALTER TABLE "chat_flow" ADD COLUMN IF NOT EXISTS "speechToText" TEXT;""",
     """ALTER TABLE "chat_flow" ADD COLUMN IF NOT EXISTS "type" TEXT;""",
     # AddApiKey1720230151480
     """CREATE TABLE IF NOT EXISTS apikey (
@@ -121,6 +127,8 @@ POSTGRES_DDL = (
             );""",
     """ALTER TABLE "chat_flow" ADD COLUMN IF NOT EXISTS "workspaceId" varchar;""",
     """ALTER TABLE "apikey" ADD COLUMN IF NOT EXISTS "workspaceId" varchar;""",
+    # AddFollowUpPrompts1726666309552
+    """ALTER TABLE "chat_flow" ADD COLUMN IF NOT EXISTS "followUpPrompts" TEXT;""",
     # LinkWorkspaceId1729130948686
     """ALTER TABLE "apikey" ALTER COLUMN "workspaceId" SET DATA TYPE UUID USING "workspaceId"::UUID;""",
     """ALTER TABLE "apikey" ADD CONSTRAINT "fk_apikey_workspaceId" FOREIGN KEY ("workspaceId") REFERENCES "workspace"("id");""",  # noqa: E501 (verbatim)
@@ -132,8 +140,15 @@ POSTGRES_DDL = (
     """ALTER TABLE "chat_flow" ALTER COLUMN "type" SET DEFAULT 'CHATFLOW';""",
     """ALTER TABLE "chat_flow" ALTER COLUMN "type" TYPE VARCHAR(20);""",
     """ALTER TABLE "chat_flow" ALTER COLUMN "type" SET NOT NULL;""",
+    # AddTextToSpeechToChatFlow1754986480347, AddChatFlowNameIndex1759424903973
+    """ALTER TABLE "chat_flow" ADD COLUMN IF NOT EXISTS "textToSpeech" TEXT;""",
+    """CREATE INDEX IF NOT EXISTS "IDX_chatflow_name" ON "chat_flow" (substring("name" from 1 for 255))""",
     # AddApiKeyPermission1765360298674
     """ALTER TABLE "apikey" ADD COLUMN "permissions" JSONB NOT NULL DEFAULT '[]'::jsonb;""",
+    # AddMcpServerConfigToChatFlow1767000000000, AddWebhookSecretToChatFlow1776240000001
+    """ALTER TABLE "chat_flow" ADD COLUMN IF NOT EXISTS "mcpServerConfig" TEXT;""",
+    """ALTER TABLE "chat_flow" ADD COLUMN IF NOT EXISTS "webhookSecret" TEXT;""",
+    """ALTER TABLE "chat_flow" ADD COLUMN IF NOT EXISTS "webhookSecretConfigured" BOOLEAN DEFAULT FALSE;""",
 )
 
 
@@ -199,15 +214,18 @@ def sqlite_flowise(path: Path, keys: Sequence[Key], flows: Sequence[Flow]) -> Pa
     return path
 
 
-async def postgres_flowise(url: str, keys: Sequence[Key], flows: Sequence[Flow]) -> None:
-    """Flowise's tables in the (empty) database at `url`, holding these keys and flows."""
+async def postgres_flowise(url: str, keys: Sequence[Key], flows: Sequence[Flow], *, ddl: bool = True) -> None:
+    """These keys and flows in a Flowise database at `url`: Flowise's tables are created first (the
+    database is empty) unless `ddl` is off (Flowise's own migrations made them; then no workspace row is
+    made and references to workspaces are not checked: the import never reads that table)."""
     conn = await asyncpg.connect(url)
     try:
         async with conn.transaction():
-            for statement in POSTGRES_DDL:
+            for statement in POSTGRES_DDL if ddl else ("SET LOCAL session_replication_role = replica",):
                 await conn.execute(statement)
-            await conn.executemany('INSERT INTO workspace (id, "name") VALUES ($1::uuid, $2)',
-                                   [(w, f"workspace {w[:8]}") for w in _workspaces(keys, flows)])
+            if ddl:  # Flowise 3.1.4's own workspace rows need an organization and users besides
+                await conn.executemany('INSERT INTO workspace (id, "name") VALUES ($1::uuid, $2)',
+                                       [(w, f"workspace {w[:8]}") for w in _workspaces(keys, flows)])
             await conn.executemany('INSERT INTO apikey (id, "apiKey", "apiSecret", "keyName", permissions, '
                                    '"workspaceId") VALUES ($1::uuid, $2, $3, $4, $5::jsonb, $6::uuid)',
                                    _key_rows(keys))
