@@ -12,20 +12,25 @@ holds besides, since names come from Flowise and could hold one.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .domain.flowise import (
     FLOW_KEY_ACTIONS,
     FlowBinding,
     FlowiseFlow,
+    FlowiseKey,
     FlowLeft,
     Importable,
     Refused,
     examine,
     flow_bindings,
     scrub,
+    secret_matches,
 )
 from .domain.keys import FOREIGN_MIN_LEN, KeyFormat
 from .domain.permissions import Catalog
@@ -111,7 +116,7 @@ async def import_flowise(store: Store, source: FlowiseSource, catalog: Catalog, 
                          dry_run: bool = False, clear_bindings: bool = False) -> Report:
     """Import; with `dry_run`, read both databases and write to neither."""
     data = await source.read()
-    examined = examine(data.keys, catalog, key_format)
+    examined = examine(data.keys, await _verify(data.keys), catalog, key_format)
     report = Report(source.describe(), dry_run,
                     _secrets=tuple(k.api_key for k in data.keys if len(k.api_key) >= FOREIGN_MIN_LEN))
     if dry_run:
@@ -127,6 +132,15 @@ async def import_flowise(store: Store, source: FlowiseSource, catalog: Catalog, 
         flows = [(b.flow_id, b.apikey_id) for b in (*report.bound, *report.bound_before)]
         report.cleared = len(flows) if dry_run else await source.clear(flows)
     return report
+
+
+async def _verify(keys: list[FlowiseKey]) -> list[bool]:
+    """Flowise's apiSecret check for every key, on every core: scrypt costs about 0.1 s a key, and
+    hashlib releases the GIL while it runs."""
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return list(await asyncio.gather(*(loop.run_in_executor(pool, secret_matches, k.api_key, k.api_secret)
+                                           for k in keys)))
 
 
 async def _sort(tx: Tx, report: Report, examined: list[Importable | Refused], flows: list[FlowiseFlow],

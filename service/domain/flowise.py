@@ -178,21 +178,23 @@ def _unknown(permission: str, catalog: Catalog) -> bool:
     return False
 
 
-def examine(rows: Sequence[FlowiseKey], catalog: Catalog, key_format: KeyFormat) -> list[Importable | Refused]:
-    """Each row as a key to import or a refusal, in the rows' order."""
+def examine(rows: Sequence[FlowiseKey], verified: Sequence[bool], catalog: Catalog,
+            key_format: KeyFormat) -> list[Importable | Refused]:
+    """Each row as a key to import or a refusal, in the rows' order. `verified[i]`: does row i's
+    `apiSecret` verify its key (`secret_matches`, the slow part, which callers may run in parallel)?"""
     copies = Counter(row.api_key for row in rows)
     secrets = [row.api_key for row in rows if len(row.api_key) >= FOREIGN_MIN_LEN]
     out: list[Importable | Refused] = []
-    for row in rows:
+    for row, secret_verified in zip(rows, verified, strict=True):
         try:
-            out.append(_importable(row, catalog, key_format, copies[row.api_key], secrets))
+            out.append(_importable(row, catalog, key_format, copies[row.api_key], secrets, secret_verified))
         except InvalidArgument as exc:
             out.append(Refused(row.id, scrub(row.key_name, secrets), row.workspace_id or "", exc.message))
     return out
 
 
 def _importable(row: FlowiseKey, catalog: Catalog, key_format: KeyFormat, copies: int,
-                secrets: Iterable[str]) -> Importable:
+                secrets: Iterable[str], secret_verified: bool) -> Importable:
     if copies > 1:
         raise InvalidArgument("apiKey", f"the same key is in {copies} rows; Flowise answers with whichever its "
                                         "query finds first, so none of them is imported")
@@ -201,7 +203,7 @@ def _importable(row: FlowiseKey, catalog: Catalog, key_format: KeyFormat, copies
         raise InvalidArgument("apiKey", problem)
     if not row.workspace_id:
         raise InvalidArgument("workspaceId", "is empty; Flowise refuses a key without a workspace")
-    if not secret_matches(row.api_key, row.api_secret):
+    if not secret_verified:
         raise InvalidArgument("apiSecret", "does not verify the key; Flowise refuses it")
     if any(secret in row.key_name for secret in secrets) or KEY_SHAPED.search(row.key_name):
         raise InvalidArgument("keyName", "holds an API key; rename the key in Flowise")

@@ -175,32 +175,29 @@ async def flowise_pg(flowise: Flowise, postgres: Postgres) -> str:
 
 @pytest.fixture
 async def served(database_url: str) -> AsyncIterator[tuple[App, Client]]:
-    """keygate on `database_url`, started when the test asks (after an import, if it runs one first)."""
+    """keygate serving `database_url`, and a client holding a root key."""
     app = await App.start(Settings(listen="127.0.0.1:0"), database_url)
     async with connect(app) as client:
         yield app, client
     await stop_within(app, STOP_SECONDS)
 
 
-def test_the_cli_imports_a_sqlite_flowise_and_each_key_is_decided_as_flowise_did(
-        flowise: Flowise, sqlite_file: Path, database_url: str) -> None:
+async def test_the_cli_imports_a_sqlite_flowise_into_a_serving_keygate_and_each_key_is_decided_as_flowise_did(
+        flowise: Flowise, sqlite_file: Path, served: tuple[App, Client], database_url: str) -> None:
+    _, client = served
+    assert await answer(client, flowise.prod, "chatflows:view") == Code.KEY_NOT_FOUND  # remembered as unknown
     before = sqlite_file.read_bytes()
-    done = run_import("--source", str(sqlite_file), "--database-url", database_url)
+    done = await asyncio.to_thread(run_import, "--source", str(sqlite_file), "--database-url", database_url)
     assert done.returncode == 3, done.stderr  # ran, but refused keys and restrictions left to Flowise
     assert_reported(done.stdout, flowise)
     assert "Flowise unchanged: 1 flow(s) bound in keygate keep Flowise's own apikeyid" in done.stdout
-    assert_no_secret(flowise.keys, done.stdout, done.stderr, stored=asyncio.run(everything_stored(database_url)))
+    assert_no_secret(flowise.keys, done.stdout, done.stderr, stored=await everything_stored(database_url))
     assert sqlite_file.read_bytes() == before  # read-only without --clear-flowise-bindings
 
-    async def check() -> None:
-        app = await App.start(Settings(listen="127.0.0.1:0"), database_url)
-        try:
-            async with connect(app) as client:
-                await assert_decided_as_flowise_did(client, flowise)
-        finally:
-            await stop_within(app, STOP_SECONDS)
-
-    asyncio.run(check())
+    async with asyncio.timeout(5):  # the import's commit reaches the serving keygate as a notification
+        while await answer(client, flowise.prod, "chatflows:view") != Code.OK:
+            await asyncio.sleep(0.05)
+    await assert_decided_as_flowise_did(client, flowise)
 
 
 def test_a_second_cli_import_changes_nothing_and_says_so(

@@ -35,6 +35,10 @@ NODE_SECRET = ("c5abbeeae795cc2ba8680c3e4f83ad1a837443c25a8e08b20ced774811db2ae7
                "e351918fff78075e34a25ffa8343fd.0011223344556677")
 
 
+def examine_(rows: list[FlowiseKey], catalog: Catalog, key_format: KeyFormat) -> list[Importable | Refused]:
+    return examine(rows, [secret_matches(r.api_key, r.api_secret) for r in rows], catalog, key_format)
+
+
 def row(api_key: str = "", *, permissions: object = ("chatflows:view",), workspace: str | None = WS,
         name: str = "prod", id_: str = "", secret: str = "") -> FlowiseKey:
     api_key = api_key or flowise_key()
@@ -51,7 +55,7 @@ def test_flowise_secrets_verify_as_node_computes_them() -> None:
 
 def test_a_flowise_key_is_foreign_and_keeps_its_id_name_workspace_and_permissions() -> None:
     source = row(permissions=["chatflows:view", "tools:update"])
-    (key,) = examine([source], CATALOG, FORMAT)
+    (key,) = examine_([source], CATALOG, FORMAT)
     assert isinstance(key, Importable)
     assert FORMAT.shape(source.api_key) is Shape.FOREIGN
     assert key.key_id == uuid.UUID(source.id)
@@ -67,12 +71,12 @@ def test_non_uuid_ids_map_to_a_stable_uuid() -> None:
 
 
 def test_a_database_before_the_permissions_column_grants_what_flowise_migration_gave() -> None:
-    (key,) = examine([row(permissions=None)], CATALOG, FORMAT)
+    (key,) = examine_([row(permissions=None)], CATALOG, FORMAT)
     assert isinstance(key, Importable) and "documentStores:upsert-config" in key.spec.permissions
 
 
 def refusal(*rows: FlowiseKey) -> list[str]:
-    found = examine(list(rows), CATALOG, FORMAT)
+    found = examine_(list(rows), CATALOG, FORMAT)
     assert all(isinstance(k, Refused) for k in found), found
     return [k.reason for k in found]  # type: ignore[union-attr]
 
@@ -87,7 +91,7 @@ def test_what_flowise_itself_refuses_is_refused_with_its_reason() -> None:
 def test_unknown_permissions_refuse_the_key_naming_them() -> None:
     (reason,) = refusal(row(permissions=["chatflows:view", "billing:charge"]))
     assert "'billing:charge'" in reason and "--catalog" in reason
-    assert isinstance(examine([row(permissions=["billing:charge"])], Catalog.build({"billing": ["charge"]}),
+    assert isinstance(examine_([row(permissions=["billing:charge"])], Catalog.build({"billing": ["charge"]}),
                               FORMAT)[0], Importable)
     assert "'*'" in refusal(row(permissions=["*"]))[0]
 
@@ -112,7 +116,7 @@ def test_scrub_removes_every_key_from_any_text(secret: str, around: str) -> None
 
 def test_flow_restrictions_become_bindings_only_where_flowise_enforced_them_for_an_imported_key() -> None:
     good, bad = row(), row(permissions=["nope:nope"])
-    keys = examine([good, bad], CATALOG, FORMAT)
+    keys = examine_([good, bad], CATALOG, FORMAT)
     flow_id = str(uuid.uuid4()).upper()
     flows = [FlowiseFlow(flow_id, good.id.upper(), WS), FlowiseFlow("f2", bad.id, WS),
              FlowiseFlow("f3", good.id, "another-ws"), FlowiseFlow("f4", str(uuid.uuid4()), WS)]
