@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from .admin import set_fields
 from .domain.flowise import (
     FLOW_KEY_ACTIONS,
     FlowBinding,
@@ -183,7 +184,7 @@ async def _write(tx: Tx, report: Report) -> None:
         await tx.insert_key(key.key_id, key.spec, key.digest, key.display, None)
         await tx.audit(AuditEvent(action=KEY_ACTION, outcome="OK", workspace_id=key.spec.workspace_id,
                                   target_key_id=key.key_id, request_id=report.run_id,
-                                  changed_fields=("name", "permissions", "metadata", "secret"),
+                                  changed_fields=(*set_fields(key.spec), "secret"),
                                   reason=report.clean(f"Flowise key {key.source_id}")))
     for binding in report.bound:
         await tx.upsert_binding(binding.workspace_id, binding.resource, binding.key_id, FLOW_KEY_ACTIONS, None)

@@ -3,8 +3,8 @@ own migrations, run by its own TypeORM from an installed Flowise, give the same 
 and the import reads a database so made.
 
 Needs an installed Flowise (`npm install --ignore-scripts flowise@3.1.4`): FLOWISE_DIST names its dist
-directory (default: the one `make e2e-flowise` installs, if present) and FLOWISE_NODE the node binary
-(default: node on PATH; Node 20 runs the migrations). Skipped, saying why, when there is none.
+directory (default: /work/cache/flowise-3.1.4/..., where this workplace keeps one) and FLOWISE_NODE the
+node binary (default: node on PATH; Node 20 runs the migrations). Skipped, saying why, without them.
 """
 
 from __future__ import annotations
