@@ -76,7 +76,7 @@ SQLITE_DDL = (
     """ALTER TABLE "chat_flow" ADD COLUMN "textToSpeech" TEXT;""",
     """CREATE INDEX IF NOT EXISTS "IDX_chatflow_name" ON "chat_flow" (substr(name, 1, 255))""",
     # AddApiKeyPermission1765360298674
-    """ALTER TABLE "apikey" ADD COLUMN "permissions" TEXT NOT NULL DEFAULT '[]';""",
+    SQLITE_PERMISSIONS := """ALTER TABLE "apikey" ADD COLUMN "permissions" TEXT NOT NULL DEFAULT '[]';""",
     # AddWebhookSecretToChatFlow1776240000000, AddMcpServerConfigToChatFlow1767000000000
     """ALTER TABLE "chat_flow" ADD COLUMN "webhookSecret" TEXT;""",
     """ALTER TABLE "chat_flow" ADD COLUMN "webhookSecretConfigured" BOOLEAN DEFAULT FALSE;""",
@@ -196,17 +196,21 @@ def _workspaces(keys: Sequence[Key], flows: Sequence[Flow]) -> list[str]:
     return sorted({w for w in [*(k.workspace for k in keys), *(f.workspace for f in flows)] if w})
 
 
-def sqlite_flowise(path: Path, keys: Sequence[Key], flows: Sequence[Flow]) -> Path:
-    """A Flowise SQLite file holding these keys and flows."""
+def sqlite_flowise(path: Path, keys: Sequence[Key], flows: Sequence[Flow], *, flowise_3_0: bool = False) -> Path:
+    """A Flowise SQLite file holding these keys and flows; `flowise_3_0`: as Flowise 3.0 left it, before
+    the migrations from AddApiKeyPermission on (no `apikey.permissions`: the keys' own are not stored)."""
+    ddl = SQLITE_DDL[:SQLITE_DDL.index(SQLITE_PERMISSIONS)] if flowise_3_0 else SQLITE_DDL
     conn = sqlite3.connect(path)
     try:
         with conn:
-            for statement in SQLITE_DDL:
+            for statement in ddl:
                 conn.execute(statement)
             conn.executemany('INSERT INTO "workspace" ("id", "name") VALUES (?, ?)',
                              [(w, f"workspace {w[:8]}") for w in _workspaces(keys, flows)])
-            conn.executemany('INSERT INTO "apikey" ("id", "apiKey", "apiSecret", "keyName", "permissions", '
-                             '"workspaceId") VALUES (?, ?, ?, ?, ?, ?)', _key_rows(keys))
+            rows = [row[:4] + row[5:] if flowise_3_0 else row for row in _key_rows(keys)]
+            columns = '"id", "apiKey", "apiSecret", "keyName", ' + ("" if flowise_3_0 else '"permissions", ')
+            conn.executemany(f'INSERT INTO "apikey" ({columns}"workspaceId") VALUES ({", ".join("?" * len(rows[0]))})',
+                             rows)
             conn.executemany('INSERT INTO "chat_flow" ("id", "name", "flowData", "apikeyid", "workspaceId") '
                              "VALUES (?, ?, ?, ?, ?)", _flow_rows(flows))
     finally:

@@ -323,3 +323,15 @@ class TestNoKeyMaterialEscapes:
 
         report, stored = asyncio.run(example())
         assert_no_secret(keys, "\n".join(report.lines()), repr(report), stored=stored)
+
+
+async def test_a_flowise_3_0_database_grants_what_flowise_gave_keys_before_their_permissions_column(
+        tmp_path: Path, served: tuple[App, Client]) -> None:
+    app, client = served
+    old = Key("From 3.0", WS_A, [])
+    path = sqlite_flowise(tmp_path / "database.sqlite", [old], [], flowise_3_0=True)
+    report = await import_flowise(app.store, open_source(str(path), DatabaseSettings()), Catalog.build(),
+                                  KeyFormat())
+    assert report.complete and [k.key_id for k in report.imported] == [uuid.UUID(old.id)]
+    assert await answer(client, old, "documentStores:upsert-config") == Code.OK
+    assert await answer(client, old, "credentials:share") == Code.PERMISSION_DENIED  # not in that list
