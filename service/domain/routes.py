@@ -111,6 +111,7 @@ def _route(rule: Any, at: str, catalog: Catalog) -> Route:
     access = str(rule.get("access", KEY))
     if access not in _ACCESS:
         raise InvalidArgument(f"{at}.access", f"must be one of {', '.join(_ACCESS)}, not {access!r}")
+    access = _ACCESS[_ACCESS.index(access)]  # the module's own string: servicers test it with `is`
     if access != KEY:
         extra = sorted(set(rule) & {"action", "resource", "query_key"})
         if extra:

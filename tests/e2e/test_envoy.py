@@ -206,7 +206,7 @@ DENIALS = {
                                  "RESOURCE_BOUND_TO_OTHER_KEY", 'Bearer realm="keygate", error="invalid_token"'),
     "query-key-where-not-allowed": Denial(viewer, "GET", "/api/v1/chatflows/abc?apiKey={key}", 401, "KEY_MISSING",
                                           'Bearer realm="keygate"'),
-    "no-matching-route": Denial(viewer, "GET", "/api/v1/tools", 403, "NO_MATCHING_ROUTE", None),
+    "no-matching-route": Denial(viewer, "GET", "/api/v1/no-such-area", 403, "NO_MATCHING_ROUTE", None),
     "method-without-route": Denial(viewer, "PATCH", "/api/v1/chatflows/abc", 403, "NO_MATCHING_ROUTE", None),
     # Envoy resolves `..` before asking: this is GET /api/v1/apikey, which a chatflows key may not do.
     "dot-segments-resolved-first": Denial(viewer, "GET", "/api/v1/chatflows/abc/../../apikey", 403,
