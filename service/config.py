@@ -16,9 +16,9 @@ from .domain.errors import InvalidArgument
 from .domain.keys import DEFAULT_PREFIX, KeyFormat
 from .domain.permissions import Catalog
 from .domain.routes import RouteTable
+from .logs import ACCESS_POLICIES
 from .metrics import DEFAULT_ADDRESS as DEFAULT_METRICS
 from .metrics import parse_address
-from .logs import ACCESS_POLICIES
 from .store.postgres import DatabaseSettings
 from .tls import ServerFiles
 from .upstream import UpstreamCredentials

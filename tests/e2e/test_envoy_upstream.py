@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Mesh, Response
 from keygate.v1 import keys_pb2
 
+from .conftest import Mesh, Response
 from .test_envoy import IDENTITY, assert_denied, bearer, not_upstream, seen_headers
 
 FLOWISE_KEY = "flowise-ws1-Key_0123456789"

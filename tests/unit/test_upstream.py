@@ -42,7 +42,7 @@ def test_the_keys_are_not_in_its_repr(tmp_path: Path) -> None:
     (f"ws1: [{SECRET}]\n", "the key of workspace 'ws1' must be one word"),
     (f"ws1: '{SECRET} more'\n", "the key of workspace 'ws1' must be one word"),
     (f"ws1: \"{SECRET}\\n\"\n", "the key of workspace 'ws1' must be one word"),
-    (f"ws1: ''\n", "the key of workspace 'ws1' must be one word"),
+    ("ws1: ''\n", "the key of workspace 'ws1' must be one word"),
     (f"- {SECRET}\n", "must map workspace ids"),
     ("", "must map workspace ids"),
     (f"ws1: {SECRET}\n  bad: [\n", "is not YAML or JSON"),
