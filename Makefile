@@ -30,7 +30,7 @@ test: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench
 
-## Regenerate the stubs in service/v1 from protos/.
+## Regenerate the stubs in service/v1 and Envoy's descriptor set deploy/envoy/keygate.pb from protos/.
 proto: $(VENV)/.installed-dev
 	$(BIN)/python protos/generate.py
 
