@@ -48,7 +48,8 @@ _call: contextvars.ContextVar[str | grpc.aio.ServicerContext | None] = contextva
 # of the Envoy servicer's. Strings, so the boundary's test is a set lookup with a cached hash.
 UNMATCHED_ALLOWED = "UNMATCHED_ALLOWED"  # the Envoy servicer's pass for a request no route rule covers
 PUBLIC_ROUTE = "PUBLIC"  # the Envoy servicer's pass for a route rule that needs no key
-ALLOWING = frozenset({"", "OK", UNMATCHED_ALLOWED, PUBLIC_ROUTE})  # "": the servicer decided nothing (not a Check)
+UPSTREAM_SESSION = "UPSTREAM_SESSION"  # its pass for a keyless call of the upstream's own logged-in UI
+ALLOWING = frozenset({"", "OK", UNMATCHED_ALLOWED, PUBLIC_ROUTE, UPSTREAM_SESSION})  # "": the servicer decided nothing (not a Check)
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
 _HANDLERS = {  # (client streaming, server streaming) -> how grpc wants the handler

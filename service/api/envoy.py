@@ -32,7 +32,7 @@ from ..domain.decision import Code, Credential, Decision
 from ..domain.errors import InvalidArgument, Unavailable
 from ..domain.routes import KEY, PUBLIC, RouteTable
 from ..upstream import UpstreamCredentials
-from .boundary import PUBLIC_ROUTE, UNMATCHED_ALLOWED, assigned_request_id, current_request_id
+from .boundary import PUBLIC_ROUTE, UNMATCHED_ALLOWED, UPSTREAM_SESSION, assigned_request_id, current_request_id
 
 RETRY_AFTER_SECONDS = "1"
 MAX_TEMPLATES = 10_000  # prebuilt OK responses, one per key, upstream credential and set of stripped carriers
@@ -124,6 +124,10 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
             # REFUSED; the path itself may hold a key, so it is not echoed
             return _denied(403, "ROUTE_REFUSED", "keygate does not pass this route on (see its route rules)")
 
+        if not presented.key and self._routes.session_call(http.headers):  # the upstream verifies its session
+            metrics.decision.set(UPSTREAM_SESSION)
+            return self._ok([], presented, _metadata(UPSTREAM_SESSION, decision_id=assigned_request_id()))
+
         workspace = http.headers.get(self._routes.workspace_header, "") if self._routes.workspace_header else ""
         item = CheckItem(match.resource, match.route.action, workspace)
         try:
@@ -172,14 +176,17 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         response.dynamic_metadata.fields["decision_id"].string_value = decision_id
         return response
 
-    @staticmethod
-    def _ok(identity: list[base_pb2.HeaderValueOption], presented: _Presented,
+    def _ok(self, identity: list[base_pb2.HeaderValueOption], presented: _Presented,
             metadata: struct_pb2.Struct) -> external_auth_pb2.CheckResponse:
         """Allow, with the identity headers (and credential) set, or, without identity, any forged ones removed.
-        A header set is not also removed: Envoy removes after it sets."""
+        With identity, the upstream-session marker goes too: the upstream must check the credential keygate
+        decided on, not a session riding along. A header set is not also removed: Envoy removes after it sets."""
         setting = {option.header.key for option in identity}
-        removed = [h for h in presented.headers if h not in setting] if identity else [
-            *presented.headers, *IDENTITY_HEADERS]
+        if identity:
+            session = self._routes.upstream_session
+            removed = [h for h in (*presented.headers, *((session[0],) if session else ())) if h not in setting]
+        else:
+            removed = [*presented.headers, *IDENTITY_HEADERS]
         return external_auth_pb2.CheckResponse(
             status=status_pb2.Status(code=code_pb2.OK),
             ok_response=external_auth_pb2.OkHttpResponse(

@@ -66,6 +66,9 @@ class RouteTable:
     key_header: str = "x-api-key"
     query_parameter: str = "apiKey"
     workspace_header: str = ""  # a header naming the workspace of the request, if the mesh sets one
+    # (header, value) by which the upstream's own UI marks a call made with its login session, not a key
+    # (Flowise: `x-request-from: internal`): such a call presenting no key is the upstream's to verify.
+    upstream_session: tuple[str, str] | None = None
     # The first rule matching (method, path), memoized per table. Not `lru_cache` on the method: its key
     # would hold the table itself, whose dataclass hash walks every rule on every request.
     match: Callable[[str, str], Match | None] = field(init=False, repr=False, compare=False)
@@ -96,7 +99,22 @@ class RouteTable:
             key_header=str(key.get("header", "x-api-key")).lower(),
             query_parameter=str(key.get("query_parameter", "apiKey")),
             workspace_header=str(data.get("workspace_header", "")).lower(),
+            upstream_session=_upstream_session(data.get("upstream_session")),
         )
+
+    def session_call(self, headers: Mapping[str, str]) -> bool:
+        """Does this request say it comes from the upstream's own logged-in UI?"""
+        marker = self.upstream_session
+        return marker is not None and headers.get(marker[0], "").strip().lower() == marker[1]
+
+
+def _upstream_session(raw: Any) -> tuple[str, str] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping) or not raw.get("header") or not raw.get("value"):
+        raise InvalidArgument("upstream_session", "give the header and the value that mark the upstream's own "
+                                                  "session calls, e.g. {header: x-request-from, value: internal}")
+    return str(raw["header"]).lower(), str(raw["value"]).lower()
 
 
 def _route(rule: Any, at: str, catalog: Catalog) -> Route:
