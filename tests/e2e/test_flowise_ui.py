@@ -28,7 +28,7 @@ import yaml
 from keygate import logs
 from keygate.v1 import keys_pb2
 
-from .conftest import (READY_TIMEOUT, Envoy, Mesh, Response, Upstream, _mappings,
+from .conftest import (READY_TIMEOUT, ROOT, SHIPPED, UI_MARK, Envoy, Mesh, Response, Upstream, _mappings,
                        running_envoy)
 from .test_flowise_door import API, refused, secret_material
 
@@ -273,3 +273,11 @@ async def test_the_ui_key_is_not_in_envoys_config_dump(mesh: Mesh, ui: Gateway) 
         dump = answer.read().decode()
     assert "flowise_ui_key" in dump and ui.ui_key not in dump and ui.secret not in dump
 
+
+def test_readme_gives_the_commands_these_tests_run() -> None:
+    """The JWKS command and the sed that turns the page on, as README and envoy.yaml tell the operator."""
+    readme = (ROOT / "README.md").read_text()
+    assert JWKS_COMMAND in readme
+    sed = "sed -E 's/^( *)#ui /\\1/' deploy/envoy/envoy.yaml"
+    assert sed in readme and sed in SHIPPED.read_text()
+    assert UI_MARK.pattern == r"^( *)#ui "
