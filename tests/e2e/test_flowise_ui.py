@@ -281,3 +281,14 @@ def test_readme_gives_the_commands_these_tests_run() -> None:
     sed = "sed -E 's/^( *)#ui /\\1/' deploy/envoy/envoy.yaml"
     assert sed in readme and sed in SHIPPED.read_text()
     assert UI_MARK.pattern == r"^( *)#ui "
+
+
+async def test_a_request_id_sent_by_the_client_is_not_the_one_audited(mesh: Mesh, ui: Gateway) -> None:
+    """The join of audit row and access-log line cannot be forged: Envoy makes the id, whatever came."""
+    headers = {**session_headers(flowise_jwt(ui.secret)), "x-request-id": "chosen-by-the-client-0001"}
+    created = await page(mesh, ui, "POST", API, {"keyName": "id test", "permissions": ["chatflows:view"]},
+                         headers=headers)
+    assert created.status == 200, created
+    (event,) = [e for e in await audit_of(mesh, ui.ui_key_id) if e.target_key_id == created.json()["id"]]
+    assert event.request_id != "chosen-by-the-client-0001"
+    assert await logged_user(mesh, event.request_id) == USER_ID
