@@ -1,4 +1,4 @@
-"""`keygate serve | migrate | bootstrap | keys ... | check | permissions`.
+"""`keygate serve | migrate | bootstrap | gateway | keys ... | check | permissions`.
 
 Exit status: 0 done; 1 failed (a configuration error, an error the server answered); 2 a wrong command line.
 `check` answers with its status instead: 0 allowed, 1 denied, 2 no answer (any error).
@@ -14,7 +14,7 @@ from importlib import metadata
 
 import uvloop
 
-from . import client, logs, server
+from . import client, gateway, logs, server
 from .admin import KeyAdmin
 from .config import OPTIONS, Option, Settings
 from .domain.errors import InvalidArgument, KeygateError
@@ -22,10 +22,15 @@ from .server import database_url
 from .store.postgres import Store
 
 
+def _environment(args: argparse.Namespace) -> dict[str, str]:
+    """The environment with the setting flags given laid over it."""
+    given = {o.env: value for o in OPTIONS if (value := getattr(args, o.env, None)) is not None}
+    return {**os.environ, **given}
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     """The environment with the flags given laid over it, parsed and checked in one place (config.py)."""
-    given = {o.env: value for o in OPTIONS if (value := getattr(args, o.env, None)) is not None}
-    return Settings.from_env({**os.environ, **given})
+    return Settings.from_env(_environment(args))
 
 
 def _one_line(exc: KeygateError) -> str:
@@ -89,6 +94,12 @@ def _bootstrap(args: argparse.Namespace) -> int:
     return _run(lambda: _with_store(settings, work))
 
 
+def _gateway(args: argparse.Namespace) -> int:
+    """keygate serve and Envoy in front of a Flowise; keygate's flags reach the child as its environment."""
+    environment = _environment(args)
+    return gateway.run(gateway.plan(args, Settings.from_env(environment), environment))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keygate", description="API keys and authorization decisions over gRPC.")
     parser.add_argument("--version", action="version", version=f"keygate {metadata.version('keygate')}")
@@ -108,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(boot_p, storage)
     boot_p.add_argument("--name", default="root", help="name of the root key")
     boot_p.set_defaults(func=_bootstrap)
+
+    gateway_p = commands.add_parser("gateway", help="keygate and Envoy (deploy/envoy/envoy.yaml) in front of a Flowise")
+    gateway.add_arguments(gateway_p)
+    _add_options(gateway_p, OPTIONS)
+    gateway_p.set_defaults(func=_gateway)
 
     client.add_parser(commands)
     client.add_check_parser(commands)
