@@ -56,7 +56,7 @@ $(CURDIR)/.cache/flowise-$(FLOWISE_VERSION)/.installed: | $(VENV)/.installed-e2e
 e2e-flowise: $(VENV)/.installed-e2e-flowise $(FLOWISE_INSTALLED)
 	$(BIN)/python -m pytest -q -m flowise tests/flowise
 
-## Regenerate the stubs in service/v1 from protos/.
+## Regenerate the stubs in service/v1 and Envoy's descriptor set deploy/envoy/keygate.pb from protos/.
 proto: $(VENV)/.installed-dev
 	$(BIN)/python protos/generate.py
 

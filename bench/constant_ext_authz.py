@@ -3,8 +3,8 @@ envoy.service.auth.v3.Authorization/Check allows every request with a constant a
 
 The answer has the shape and size of keygate's own for an allowed `Authorization: Bearer` key: the
 three identity headers, `authorization` in headers_to_remove, and the same dynamic metadata (code,
-key_id, workspace_id, decision_id), so Envoy receives and applies the same bytes from both servers.
-It sets no trailing metadata (keygate adds an x-request-id trailer): the constant server does less.
+key_id, workspace_id; keygate adds a decision id only to the calls it logs, and allowed ones are not
+logged by default), so Envoy receives and applies the same bytes from both servers.
 
 Run: `python -m bench.constant_ext_authz --listen 127.0.0.1:PORT`.
 """
@@ -22,7 +22,6 @@ from google.rpc import code_pb2, status_pb2
 
 from .constant_server import ANSWER, serve_until_signalled
 
-DECISION_ID = "0" * 20  # keygate's request ids: 12 hex digits of process prefix + an 8-digit counter
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 
@@ -32,8 +31,7 @@ def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
 
 def _answer() -> external_auth_pb2.CheckResponse:
     metadata = struct_pb2.Struct()
-    metadata.update({"code": "OK", "key_id": ANSWER.key_id, "workspace_id": ANSWER.workspace_id,
-                     "decision_id": DECISION_ID})
+    metadata.update({"code": "OK", "key_id": ANSWER.key_id, "workspace_id": ANSWER.workspace_id})
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=code_pb2.OK),
         ok_response=external_auth_pb2.OkHttpResponse(

@@ -113,7 +113,7 @@ class KeyAdmin:
         async with self._store.transaction() as tx:
             record = await tx.insert_key(key_id, spec, digest(api_key), self._format.display(api_key), None)
             await tx.audit(AuditEvent(action="Bootstrap", outcome="OK", workspace_id="", target_key_id=key_id,
-                                      changed_fields=_set_fields(spec)))
+                                      changed_fields=set_fields(spec)))
         return record, api_key
 
     async def has_root_key(self) -> bool:
@@ -136,7 +136,7 @@ class KeyAdmin:
             record = await tx.insert_key(key_id, spec, digest(api_key), self._format.display(api_key),
                                          caller.credential.key_id)
             await tx.audit(self._event(caller, "CreateKey", "OK", spec.workspace_id, target_key_id=key_id,
-                                       changed_fields=_set_fields(spec)))
+                                       changed_fields=set_fields(spec)))
         return record, api_key
 
     async def get_key(self, caller: Caller, key_id: UUID) -> KeyRecord:
@@ -321,7 +321,7 @@ class KeyAdmin:
         return self._tokens.page(rows, size, lambda last: [last.id], fingerprint)
 
 
-def _set_fields(spec: KeySpec) -> tuple[str, ...]:
+def set_fields(spec: KeySpec) -> tuple[str, ...]:
     """The fields a new key was given (those not left at their defaults), for its audit row."""
     return tuple(f for f in UPDATABLE_FIELDS if getattr(spec, f))
 

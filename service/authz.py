@@ -82,34 +82,43 @@ class Authorizer:
             raise Unauthenticated(dead.reason)
         return identified
 
-    async def check(self, api_key: str, item: CheckItem) -> Decision:
-        """Check: the hot path. InvalidArgument for a malformed request.
+    def recall(self, api_key: str, item: CheckItem) -> Decision | None:
+        """The hot path, without a coroutine: the decision remembered for exactly this question (by the
+        spelling that arrived, which maps to one canonical Target), if the cache entries it rests on are
+        still fresh and unchanged and no expiry has passed; None otherwise (then `check`).
 
-        A question asked before, about a key whose cache entries are still fresh and unchanged,
-        is answered from the cache's remembered decisions: no validation, no decide, no lookup.
-        Remembered by the spelling that arrived, which maps to one canonical Target.
+        Servicers call this first and await `check` only on None: a cached Check then creates no
+        coroutine and awaits nothing, which measured as a large share of its cost in a loaded server.
         """
+        if not api_key or len(api_key) > MAX_KEY_LEN:
+            return None
         now = self._clock()
+        decision = self._cache.recall(_question(digest(api_key), item), now)
+        if decision is not None and decision.allowed:
+            self._usage.record(decision.credential.key_id, now)  # type: ignore[union-attr]
+        return decision
+
+    async def check(self, api_key: str, item: CheckItem) -> Decision:
+        """Check, decided afresh from the cached (or stored) key and bindings, and remembered for
+        `recall`; callers try `recall` first. InvalidArgument for a malformed request."""
         if not api_key or len(api_key) > MAX_KEY_LEN:
             self.target(item)
             return _MISSING if not api_key else _MALFORMED
+        now = self._clock()
         key_digest = digest(api_key)
-        slot = (key_digest, item.resource, item.action, item.workspace_id)
-        decision = self._cache.recall(slot, now)
-        if decision is None:
-            wanted = self.target(item)
-            identified = await self.identify(api_key, key_digest)
-            if isinstance(identified, Decision):
-                return identified
-            workspace = item.workspace_id or identified.workspace_id
-            decision = decide(identified, wanted, workspace, now)
-            bindings_slot = _bindings_slot(decision, wanted, workspace)
-            if bindings_slot is not None:
-                bindings = self._cache.peek_bindings(*bindings_slot)
-                if bindings is MISS:
-                    bindings = await self._cache.bindings(*bindings_slot)
-                decision = bound_elsewhere(decision, wanted, bindings)  # type: ignore[arg-type]
-            self._cache.remember(slot, decision, key_digest, bindings_slot)
+        wanted = self.target(item)
+        identified = await self.identify(api_key, key_digest)
+        if isinstance(identified, Decision):
+            return identified
+        workspace = item.workspace_id or identified.workspace_id
+        decision = decide(identified, wanted, workspace, now)
+        bindings_slot = _bindings_slot(decision, wanted, workspace)
+        if bindings_slot is not None:
+            bindings = self._cache.peek_bindings(*bindings_slot)
+            if bindings is MISS:
+                bindings = await self._cache.bindings(*bindings_slot)
+            decision = bound_elsewhere(decision, wanted, bindings)  # type: ignore[arg-type]
+        self._cache.remember(_question(key_digest, item), decision, key_digest, bindings_slot)
         if decision.allowed:
             self._usage.record(decision.credential.key_id, now)  # type: ignore[union-attr]
         return decision
@@ -133,6 +142,12 @@ class Authorizer:
         if any(d.allowed for d in decisions):
             self._usage.record(identified.key_id, now)
         return decisions
+
+
+def _question(key_digest: bytes, item: CheckItem) -> tuple[bytes, str, str, str]:
+    """Where a decision is remembered: the key and the question as it arrived (a plain tuple, whose
+    hash is C code; a dataclass's is Python)."""
+    return key_digest, item.resource, item.action, item.workspace_id
 
 
 def _bindings_slot(decision: Decision, wanted: Target, workspace: str) -> tuple[str, str] | None:

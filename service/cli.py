@@ -1,7 +1,8 @@
-"""`keygate serve | migrate | bootstrap | gateway | keys ... | check | permissions`.
+"""`keygate serve | migrate | bootstrap | gateway | import flowise | keys ... | check | permissions`.
 
 Exit status: 0 done; 1 failed (a configuration error, an error the server answered); 2 a wrong command line.
 `check` answers with its status instead: 0 allowed, 1 denied, 2 no answer (any error).
+`import flowise` exits 3 when it ran but left keys or flow restrictions out (each reported).
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ from . import client, gateway, logs, server
 from .admin import KeyAdmin
 from .config import OPTIONS, Option, Settings
 from .domain.errors import InvalidArgument, KeygateError
+from .flowise_import import import_flowise
 from .server import database_url
+from .store.flowise import open_source
 from .store.postgres import Store
+
+IMPORT_INCOMPLETE = 3  # `import flowise` ran, but some keys or flow restrictions stayed out
 
 
 def _environment(args: argparse.Namespace) -> dict[str, str]:
@@ -100,6 +105,41 @@ def _gateway(args: argparse.Namespace) -> int:
     return gateway.run(gateway.plan(args, Settings.from_env(environment), environment))
 
 
+def _import_flowise(args: argparse.Namespace) -> int:
+    """The report on stdout (never a key); the exit status says whether everything came over."""
+    settings = _settings(args)
+    logs.configure("warning")
+    source = open_source(args.source, settings.database)
+
+    async def work(store: Store) -> int:
+        catalog = settings.catalog()
+        await store.migrate(catalog)
+        report = await import_flowise(store, source, catalog, settings.key_format(), dry_run=args.dry_run,
+                                      clear_bindings=args.clear_flowise_bindings)
+        for line in report.lines():
+            print(line, flush=True)
+        return 0 if report.complete else IMPORT_INCOMPLETE
+
+    return _run(lambda: _with_store(settings, work))
+
+
+def _add_import_parser(commands: argparse._SubParsersAction, storage: tuple[Option, ...]) -> None:  # type: ignore[type-arg]
+    import_p = commands.add_parser("import", help="import API keys from another system into keygate")
+    systems = import_p.add_subparsers(dest="system", required=True)
+    flowise_p = systems.add_parser(
+        "flowise", help="import a Flowise database's API keys (hashed on the way in) and flow restrictions",
+        description="Every apikey row becomes a keygate key with the same id, name, workspace and permissions, "
+                    "working unchanged; chat_flow.apikeyid becomes a binding. A second run changes nothing.")
+    flowise_p.add_argument("--source", required=True, metavar="PATH_OR_URL",
+                           help="Flowise's SQLite file (database.sqlite) or a postgresql:// URL "
+                                "(put a password in PGPASSWORD, not in the URL: a flag shows in `ps`)")
+    flowise_p.add_argument("--dry-run", action="store_true", help="report what would happen; write nothing")
+    flowise_p.add_argument("--clear-flowise-bindings", action="store_true",
+                           help="set Flowise's chat_flow.apikeyid to NULL on the flows now bound in keygate")
+    _add_options(flowise_p, storage)
+    flowise_p.set_defaults(func=_import_flowise)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keygate", description="API keys and authorization decisions over gRPC.")
     parser.add_argument("--version", action="version", version=f"keygate {metadata.version('keygate')}")
@@ -125,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(gateway_p, OPTIONS)
     gateway_p.set_defaults(func=_gateway)
 
+    _add_import_parser(commands, storage)
     client.add_parser(commands)
     client.add_check_parser(commands)
     client.add_permissions_parser(commands)

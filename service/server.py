@@ -27,6 +27,7 @@ from .api import reflection
 from .api.authz import AuthzServicer
 from .api.boundary import Boundary
 from .api.envoy import EnvoyAuthzServicer
+from .api.flowise_keys import FlowiseKeyServicer
 from .api.health import HealthServicer
 from .api.keys import KeyServicer
 from .authz import Authorizer
@@ -38,7 +39,7 @@ from .metrics import Exporter, Metrics, count_unknown_methods
 from .store import embedded
 from .store.postgres import Store
 from .usage import UsageRecorder
-from .v1 import authz_pb2, keys_pb2
+from .v1 import authz_pb2, flowise_pb2, keys_pb2
 from .workers import Supervisor
 
 log = structlog.get_logger(__name__)
@@ -48,8 +49,10 @@ def _service(module: Any, name: str) -> ServiceDescriptor:
 
 
 KEY_SERVICE = _service(keys_pb2, "KeyService").full_name
+FLOWISE_KEY_SERVICE = _service(flowise_pb2, "FlowiseApiKeyService").full_name  # KeyService's second door
 SERVICE_NAMES = (
     KEY_SERVICE,
+    FLOWISE_KEY_SERVICE,
     _service(authz_pb2, "AuthzService").full_name,
     _service(external_auth_pb2, "Authorization").full_name,
 )
@@ -130,7 +133,7 @@ class App:
         admin = KeyAdmin(store, catalog, key_format, page_tokens=page_tokens)
 
         server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuse_port))])
-        health = HealthServicer(SERVICE_NAMES, needs_database=(KEY_SERVICE,))
+        health = HealthServicer(SERVICE_NAMES, needs_database=(KEY_SERVICE, FLOWISE_KEY_SERVICE))
         store.on_reachability(health.database_reachable)
         # Every service through the boundary, whose request parser turns bytes that are not the
         # method's message into INVALID_ARGUMENT (grpc's own would answer UNKNOWN and log a traceback).
@@ -139,6 +142,8 @@ class App:
             metrics.watch(cache, store, listener, usage)
         boundary = Boundary(metrics)
         boundary.register(server, KeyServicer(authorizer, admin), _service(keys_pb2, "KeyService"))
+        boundary.register(server, FlowiseKeyServicer(authorizer, admin),
+                          _service(flowise_pb2, "FlowiseApiKeyService"))
         # The high-volume reads: their allowed answers are counted, not logged (unless KEYGATE_ACCESS_LOG=all).
         boundary.register(server, AuthzServicer(authorizer, catalog), _service(authz_pb2, "AuthzService"),
                           quiet=frozenset({"Check", "BatchCheck"}))
@@ -269,7 +274,7 @@ async def serve_until_signalled(settings: Settings, url: str, *, on_ready: Calla
 def announce(settings: Settings, port: int, exporter: Exporter | None) -> None:
     host = settings.listen.rpartition(":")[0] or "127.0.0.1"
     workers = f", {settings.workers} worker processes" if settings.workers > 1 else ""
-    services = "KeyService, AuthzService, Envoy ext_authz, health, reflection"
+    services = "KeyService, FlowiseApiKeyService, AuthzService, Envoy ext_authz, health, reflection"
     security = "" if settings.tls_cert is None else " with mTLS" if settings.tls_client_ca else " with TLS"
     metrics = f"; metrics on http://{exporter.address}/metrics" if exporter is not None else "; metrics off"
     print(f"keygate is listening on {host}:{port}{security} (gRPC: {services}{workers}){metrics}", flush=True)

@@ -28,11 +28,12 @@ class Postgres:
     def url(self, database: str = "postgres") -> str:
         return self.server.get_uri(database)
 
-    async def fresh_database(self) -> str:
+    async def fresh_database(self, template: str = TEMPLATE) -> str:
+        """A new database copied from `template`: keygate's migrated one, or `template0` for an empty one."""
         name = f"test_{os.getpid()}_{next(_numbers)}"
         conn = await asyncpg.connect(self.url())
         try:
-            await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE {TEMPLATE}')
+            await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE {template}')
         finally:
             await conn.close()
         return self.url(name)

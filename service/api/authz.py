@@ -31,7 +31,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
         self, request: authz_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> authz_pb2.CheckResponse:
         item = CheckItem(request.resource, request.action, request.workspace_id)
-        found = await self._authorizer.check(request.api_key, item)
+        found = self._authorizer.recall(request.api_key, item) or await self._authorizer.check(request.api_key, item)
         metrics.decision.set(found.code._value_)  # `_value_`: `.value` is a Python-level property
         return self._render(found)
 

@@ -38,7 +38,12 @@ from .errors import internal_status, to_status
 _events = structlog.get_logger(__name__)
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}\Z")
-request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+# Unique across processes and restarts, and cheaper than a uuid4 per call: a random prefix and a counter,
+# formatted by C code alone (no Python frame per id).
+_ids = map(f"{os.urandom(6).hex()}{{:08x}}".format, itertools.count(1))
+# This call's request id once it has one; before that (a quiet call, see `Boundary.register`), its gRPC
+# context, from which `current_request_id` takes the caller's id or makes one when first needed.
+_call: contextvars.ContextVar[str | grpc.aio.ServicerContext | None] = contextvars.ContextVar("call", default=None)
 # What a deciding servicer decided for this call (metrics.decision): a decision Code's value, or a word
 # of the Envoy servicer's. Strings, so the boundary's test is a set lookup with a cached hash.
 UNMATCHED_ALLOWED = "UNMATCHED_ALLOWED"  # the Envoy servicer's pass for a request no route rule covers
@@ -69,6 +74,30 @@ def _malformed(message_name: str) -> InvalidArgument:
     return InvalidArgument("request", f"the body is not a valid {message_name} message")
 
 
+def current_request_id() -> str:
+    """This call's request id: the caller's `x-request-id` if acceptable, else a fresh one; assigned on
+    first need, so a quiet call that is allowed and not logged never pays for reading metadata."""
+    held = _call.get()
+    if isinstance(held, str):
+        return held
+    assigned = _request_id(held) if held is not None else next(_ids)
+    _call.set(assigned)
+    return assigned
+
+
+def assigned_request_id() -> str:
+    """This call's request id if it already has one (it will be logged), else "" (and none is made)."""
+    held = _call.get()
+    return held if type(held) is str else ""
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER and acceptable_request_id(value):
+            return value
+    return next(_ids)
+
+
 def acceptable_request_id(value: object) -> TypeGuard[str]:
     """A caller's request id is echoed, logged and audited, so it must not be able to carry a key."""
     return (isinstance(value, str) and _REQUEST_ID_RE.match(value) is not None
@@ -78,9 +107,6 @@ def acceptable_request_id(value: object) -> TypeGuard[str]:
 class Boundary:
     def __init__(self, metrics: Metrics | None = None) -> None:
         self._metrics = metrics
-        # Unique across processes and restarts, and cheaper than a uuid4 per call: a random prefix and
-        # a counter, formatted by C code alone (no Python frame per id).
-        self._ids = map(f"{os.urandom(6).hex()}{{:08x}}".format, itertools.count(1))
         self.started = 0  # unary calls handed to a handler so far: a drain waits until none arrive
         self._malformed_log = logs.Throttle()
 
@@ -129,42 +155,39 @@ class Boundary:
 
         return parse_or_mark
 
-    def _request_id(self, context: grpc.aio.ServicerContext) -> str:
-        for key, value in context.invocation_metadata() or ():
-            if key == REQUEST_ID_HEADER and acceptable_request_id(value):
-                return value
-        return next(self._ids)
-
     def _wrap(self, method: str, message_name: str, behavior: Behavior, quiet: bool) -> Behavior:
-        log, decided, ok, clock, request_id_of = (logs.ACCESS, decision.get, grpc.StatusCode.OK,
-                                                  time.perf_counter, self._request_id)
+        log, decided, ok, clock = logs.ACCESS, decision.get, grpc.StatusCode.OK, time.perf_counter
         record = self._metrics.recorder(method) if self._metrics is not None else None
 
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = clock()
             self.started += 1
-            rid = request_id_of(context)
-            request_id.set(rid)
-            echo = ((REQUEST_ID_HEADER, rid),)
+            # A request id identifies a call in the log: one that will not be logged (a quiet method's
+            # allowed answer, unless the policy is `all`) gets none, and reads no metadata for one.
+            _call.set(context if quiet and not log.log_all else _request_id(context))
             code = ok
             try:
                 if request is MALFORMED:
                     raise _malformed(message_name)
                 response = await behavior(request, context)
-                context.set_trailing_metadata(echo)
+                if assigned_request_id() or decided() not in ALLOWING:  # it will be logged: identify it
+                    context.set_trailing_metadata(((REQUEST_ID_HEADER, current_request_id()),))
                 return response
             except KeygateError as exc:
                 status = to_status(exc)
                 code = status.code
-                await context.abort(status.code, status.details, (*status.trailing_metadata, *echo))
+                await context.abort(status.code, status.details,
+                                    (*status.trailing_metadata, (REQUEST_ID_HEADER, current_request_id())))
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
             except Exception as exc:  # a bug: log it with its traceback, tell the caller only INTERNAL
                 status = internal_status()
                 code = status.code
+                rid = current_request_id()
                 _events.exception("rpc_failed", method=method, request_id=rid, error=type(exc).__name__)
-                await context.abort(status.code, status.details, (*status.trailing_metadata, *echo))
+                await context.abort(status.code, status.details,
+                                    (*status.trailing_metadata, (REQUEST_ID_HEADER, rid)))
             finally:
                 if record is not None:
                     record(code, started)
@@ -173,7 +196,7 @@ class Boundary:
                     refused = code is not ok or outcome not in ALLOWING
                     if refused or not quiet or log.log_all:
                         log.write(method, code.name, outcome, round((clock() - started) * 1000, 3),
-                                  rid, refused=refused)
+                                  current_request_id(), refused=refused)
 
         return handle
 

@@ -6,6 +6,7 @@ overflowing timedelta) is refused here, as InvalidArgument naming the field, bef
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -13,7 +14,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from ..domain.decision import Code, Decision
 from ..domain.errors import InvalidArgument
 from ..domain.records import AuditEvent, BindingRecord, KeyRecord
-from ..v1 import authz_pb2, keys_pb2
+from ..v1 import authz_pb2, flowise_pb2, keys_pb2
 
 MAX_DURATION_SECONDS = 315_576_000_000  # google.protobuf.Duration's own bound: 10,000 years
 NANOS_PER_SECOND = 1_000_000_000
@@ -77,6 +78,28 @@ def api_key(record: KeyRecord) -> keys_pb2.ApiKey:
         root=record.root,
         previous_secret_expire_time=timestamp(record.previous_secret_expire_time),
     )
+
+
+def flowise_key(record: KeyRecord, api_key: str = "",
+                chatflows: Sequence[BindingRecord] = ()) -> flowise_pb2.FlowiseApiKey:
+    """A key in Flowise's shape: `api_key` is the plaintext for a new key's one showing, else the masked
+    display; `chatflows` are the key's bindings to chatflows."""
+    spec = record.spec
+    return flowise_pb2.FlowiseApiKey(
+        id=str(record.id),
+        key_name=spec.name,
+        api_key=api_key or record.display,
+        permissions=spec.permissions,
+        workspace_id=spec.workspace_id,
+        created_at=timestamp(record.create_time),
+        updated_date=timestamp(record.update_time),
+        chat_flows=[_flowise_chatflow(b) for b in chatflows],
+    )
+
+
+def _flowise_chatflow(record: BindingRecord) -> flowise_pb2.FlowiseChatflow:
+    flow = record.resource.partition("/")[2]
+    return flowise_pb2.FlowiseChatflow(id=flow, flow_name=flow, updated_date=timestamp(record.create_time))
 
 
 def binding(record: BindingRecord) -> keys_pb2.Binding:

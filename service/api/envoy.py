@@ -27,7 +27,7 @@ from ..cache.lru import LRU
 from ..domain.decision import Code, Credential, Decision
 from ..domain.errors import InvalidArgument, Unavailable
 from ..domain.routes import RouteTable
-from .boundary import UNMATCHED_ALLOWED, request_id
+from .boundary import UNMATCHED_ALLOWED, assigned_request_id, current_request_id
 
 RETRY_AFTER_SECONDS = "1"
 MAX_TEMPLATES = 10_000  # prebuilt OK responses, one per key and set of stripped carriers
@@ -44,9 +44,13 @@ def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
     return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=name, value=value), append_action=_OVERWRITE)
 
 
-def _metadata(code: str, key_id: str = "", workspace_id: str = "") -> struct_pb2.Struct:
+def _metadata(code: str, key_id: str = "", workspace_id: str = "", decision_id: str = "") -> struct_pb2.Struct:
+    """The decision for Envoy's access log; `decision_id` (keygate's request id) only when keygate logs
+    the call too, so the two lines can be joined."""
     out = struct_pb2.Struct()
-    out.update({"code": code, "key_id": key_id, "workspace_id": workspace_id, "decision_id": request_id.get()})
+    out.update({"code": code, "key_id": key_id, "workspace_id": workspace_id})
+    if decision_id:
+        out.fields["decision_id"].string_value = decision_id
     return out
 
 
@@ -66,7 +70,7 @@ def _denied(http_status: int, code: str, message: str, *, key_presented: bool = 
             headers=headers,
             body=orjson.dumps({"code": code, "message": message}).decode(),
         ),
-        dynamic_metadata=_metadata(code, key_id, workspace_id),
+        dynamic_metadata=_metadata(code, key_id, workspace_id, current_request_id()),  # refusals are logged
     )
 
 
@@ -103,13 +107,13 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         if match is None:
             if self._routes.allow_unmatched:  # passed on as it came, minus keys and forged identity
                 metrics.decision.set(UNMATCHED_ALLOWED)
-                return self._ok([], presented, _metadata(UNMATCHED_ALLOWED))
+                return self._ok([], presented, _metadata(UNMATCHED_ALLOWED, decision_id=assigned_request_id()))
             return _denied(403, "NO_MATCHING_ROUTE", f"no route rule covers {http.method} {path}")
 
         workspace = http.headers.get(self._routes.workspace_header, "") if self._routes.workspace_header else ""
         item = CheckItem(match.resource, match.route.action, workspace)
         try:
-            decision = await self._authorizer.check(presented.key, item)
+            decision = self._authorizer.recall(presented.key, item) or await self._authorizer.check(presented.key, item)
         except InvalidArgument as exc:
             return _denied(400, "INVALID_ARGUMENT", exc.message)
         except Unavailable:
@@ -120,8 +124,9 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         return self._allowed(credential, presented)
 
     def _allowed(self, credential: Credential, presented: _Presented) -> external_auth_pb2.CheckResponse:
-        """The OK for this key: built once per key and set of stripped carriers, then copied, with only
-        the decision id filled in per request (building it afresh was most of this servicer's time)."""
+        """The OK for this key: built once per key and set of stripped carriers (building it afresh was most
+        of this servicer's time) and sent as is, or copied with the decision id filled in when keygate
+        logs the call (`KEYGATE_ACCESS_LOG=all`). Replies are never mutated once built."""
         slot = (credential.key_id_text, credential.key_name, credential.workspace_id,
                 tuple(presented.headers), tuple(presented.query))
         template = self._templates.get(slot)
@@ -135,9 +140,12 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
                                 _metadata(Code.OK.value, credential.key_id_text, credential.workspace_id))
             self._templates.put(slot, template)
         metrics.decision.set(_OK)
+        decision_id = assigned_request_id()
+        if not decision_id:
+            return template
         response = external_auth_pb2.CheckResponse()
         response.CopyFrom(template)
-        response.dynamic_metadata.fields["decision_id"].string_value = request_id.get()
+        response.dynamic_metadata.fields["decision_id"].string_value = decision_id
         return response
 
     @staticmethod

@@ -2,7 +2,8 @@
 
 - "" (the process): SERVING until a shutdown begins. It says nothing about the database, so a liveness
   probe on it never restarts a replica whose caches are what still answers during an outage.
-- KeyService: also NOT_SERVING while the database is known unreachable (every admin call would fail).
+- KeyService and FlowiseApiKeyService (its second door): also NOT_SERVING while the database is known
+  unreachable (every admin call would fail).
 - AuthzService and Envoy's Authorization: SERVING through a database outage. Cached keys answer for
   the outage grace and unknown keys are refused with UNAVAILABLE (fail closed); every replica shares the
   database, so taking them out of rotation would only add connection errors to those answers.

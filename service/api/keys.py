@@ -13,7 +13,7 @@ from ..domain.policy import KeySpec, parse_id
 from ..domain.records import AuditQuery
 from ..v1 import keys_pb2, keys_pb2_grpc
 from . import convert
-from .boundary import request_id
+from .boundary import current_request_id
 
 
 def bearer_token(context: grpc.aio.ServicerContext) -> str:
@@ -25,14 +25,20 @@ def bearer_token(context: grpc.aio.ServicerContext) -> str:
     return ""
 
 
+async def authenticated(authorizer: Authorizer, context: grpc.aio.ServicerContext) -> Caller:
+    """The calling key, from `authorization: Bearer`: Unauthenticated when missing or not working.
+    Every door onto KeyAdmin (KeyService, FlowiseApiKeyService) starts here."""
+    credential = await authorizer.authenticate(bearer_token(context))
+    return Caller(credential, current_request_id())
+
+
 class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
     def __init__(self, authorizer: Authorizer, admin: KeyAdmin) -> None:
         self._authorizer = authorizer
         self._admin = admin
 
     async def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
-        credential = await self._authorizer.authenticate(bearer_token(context))
-        return Caller(credential, request_id.get())
+        return await authenticated(self._authorizer, context)
 
     async def CreateKey(self, request: keys_pb2.CreateKeyRequest, context: Any) -> keys_pb2.CreateKeyResponse:
         caller = await self._caller(context)

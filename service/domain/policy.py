@@ -66,6 +66,20 @@ class KeySpec:
         )
 
 
+def rights_of(credential: Credential) -> KeySpec:
+    """A nameless spec holding exactly `credential`'s rights: its permissions (wildcards kept, the
+    concrete ones they imply left out), its resource scope, its end, its workspace.
+
+    For a create that names no permissions (Flowise's `{keyName}`): the one default that can never
+    exceed the caller, since `ensure_within` checks it like any other spec.
+    """
+    held = credential.grants - {ROOT}
+    wildcards = {p for p in held if p.endswith(":*")}
+    permissions = sorted(p for p in held if p in wildcards or f"{p.partition(':')[0]}:*" not in wildcards)
+    return KeySpec(name="", workspace_id=credential.workspace_id, permissions=tuple(permissions),
+                   resources=credential.scope.roots, expire_time=credential.ends)
+
+
 def validate_name(name: str) -> str:
     return _validate_text(name.strip(), "name", MAX_NAME_LEN, allow_empty=False)
 

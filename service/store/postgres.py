@@ -230,6 +230,20 @@ class Tx:
         await self._notify(changes.KeyChanged(key_id, (fingerprint(digest),)))
         return _key(row)
 
+    async def lock_imports(self) -> None:
+        """Serialise imports until this transaction ends: two at once would both find a key absent."""
+        await self._conn.execute("SELECT pg_advisory_xact_lock(hashtext('keygate-import'))")
+
+    async def secret_owners(self, digests: Sequence[bytes]) -> dict[bytes, UUID]:
+        """The key each of these digests belongs to, for those stored."""
+        rows = await self._conn.fetch("SELECT digest, key_id FROM key_secrets WHERE digest = ANY($1::bytea[])",
+                                      list(digests))
+        return {bytes(r["digest"]): r["key_id"] for r in rows}
+
+    async def existing_keys(self, key_ids: Sequence[UUID]) -> set[UUID]:
+        rows = await self._conn.fetch("SELECT id FROM api_keys WHERE id = ANY($1::uuid[])", list(key_ids))
+        return {r["id"] for r in rows}
+
     async def count_digests(self) -> int:
         return int(await self._conn.fetchval("SELECT count(*) FROM key_secrets"))
 
@@ -287,6 +301,13 @@ class Tx:
             workspace_id, resource, key_id,
         )
         return [_binding(r) for r in rows]
+
+    async def bindings_of_keys(self, key_ids: Sequence[UUID]) -> set[tuple[str, str, UUID]]:
+        """(workspace, resource, key) of every binding of these keys."""
+        rows = await self._conn.fetch(
+            "SELECT workspace_id, resource, key_id FROM resource_bindings WHERE key_id = ANY($1::uuid[])",
+            list(key_ids))
+        return {(r["workspace_id"], r["resource"], r["key_id"]) for r in rows}
 
     async def upsert_binding(self, workspace_id: str, resource: str, key_id: UUID, actions: tuple[str, ...],
                              created_by: UUID | None) -> BindingRecord:

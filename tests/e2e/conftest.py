@@ -97,20 +97,21 @@ def upstream() -> Iterator[Upstream]:
 # --- Envoy from the shipped configuration ----------------------------------------------------
 
 
-def _file_access_logs(node: Any) -> Iterator[dict[str, Any]]:
+def _mappings(node: Any) -> Iterator[dict[str, Any]]:
+    """Every mapping in a parsed configuration, depth first."""
     if isinstance(node, dict):
-        if str(node.get("@type", "")).endswith("FileAccessLog"):
-            yield node
+        yield node
         for value in node.values():
-            yield from _file_access_logs(value)
+            yield from _mappings(value)
     elif isinstance(node, list):
         for value in node:
-            yield from _file_access_logs(value)
+            yield from _mappings(value)
 
 
 def rewrite(config: dict[str, Any], *, listen: int, admin: int, clusters: dict[str, int],
             access_log: Path) -> dict[str, Any]:
-    """The shipped configuration with only ports, addresses and access-log paths changed."""
+    """The shipped configuration with only ports, addresses, access-log paths and the descriptor set's
+    path (relative to the repository, where the shipped file is run from) changed."""
     config["admin"]["address"]["socket_address"].update(address="127.0.0.1", port_value=admin)
     (listener,) = config["static_resources"]["listeners"]
     listener["address"]["socket_address"].update(address="127.0.0.1", port_value=listen)
@@ -118,10 +119,12 @@ def rewrite(config: dict[str, Any], *, listen: int, admin: int, clusters: dict[s
         for group in cluster["load_assignment"]["endpoints"]:
             for endpoint in group["lb_endpoints"]:
                 endpoint["endpoint"]["address"]["socket_address"]["port_value"] = clusters[cluster["name"]]
-    logs = list(_file_access_logs(config))
+    logs = [n for n in _mappings(config) if str(n.get("@type", "")).endswith("FileAccessLog")]
     assert logs, "the shipped envoy.yaml has no file access log"
     for log in logs:
         log["path"] = str(access_log)
+    for transcoder in [n for n in _mappings(config) if "proto_descriptor" in n]:
+        transcoder["proto_descriptor"] = str(ROOT / transcoder["proto_descriptor"])
     return config
 
 
@@ -199,10 +202,12 @@ class Response:
         return json.loads(self.body)
 
 
-def _http(port: int, method: str, path: str, headers: dict[str, str]) -> Response:
+def _http(port: int, method: str, path: str, headers: dict[str, str], body: bytes | None = None) -> Response:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    if body is None and method in ("POST", "PUT", "PATCH"):
+        body = b""
     try:
-        conn.request(method, path, body=b"" if method in ("POST", "PUT", "PATCH") else None, headers=headers)
+        conn.request(method, path, body=body, headers=headers)
         answer = conn.getresponse()
         return Response(answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read())
     finally:
@@ -273,9 +278,10 @@ class Mesh:
         if self.channel is not None:
             await self.channel.close()
 
-    async def request(self, method: str, path: str, headers: dict[str, str] | None = None) -> Response:
+    async def request(self, method: str, path: str, headers: dict[str, str] | None = None,
+                      body: bytes | None = None) -> Response:
         """One HTTP request through Envoy (in a thread: keygate answers Envoy from this event loop)."""
-        return await asyncio.to_thread(_http, self.envoy.port, method, path, headers or {})
+        return await asyncio.to_thread(_http, self.envoy.port, method, path, headers or {}, body)
 
     async def create(self, **fields: Any) -> keys_pb2.CreateKeyResponse:
         """CreateKey as root; workspace ws1 unless given."""

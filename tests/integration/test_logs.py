@@ -141,8 +141,10 @@ async def _one_line_per_rpc(client: Client, captured: io.BytesIO, *, log_allowed
         request_id = rid()
         result = await outcome(rpc(client, created.api_key, request_id))
         assert result.code.name == code, name
-        assert result.trailing_metadata.get("x-request-id") == request_id, name
-        if log_allowed or name != ALLOWED_CHECK:
+        logged = log_allowed or name != ALLOWED_CHECK
+        # A request id identifies a logged call: an allowed Check that is not logged has none.
+        assert result.trailing_metadata.get("x-request-id") == (request_id if logged else None), name
+        if logged:
             sent[request_id] = (method, code, EXPECTED_DECISIONS.get(name, ""))
 
     # The CreateKey above has its line too: an admin call.
@@ -329,3 +331,22 @@ async def test_the_access_log_can_be_switched_off(database_url: str) -> None:
             await client.check(FOREIGN_KEY)
         events = [e["event"] for e in lines(stream)]
         assert "rpc" not in events and "rpc_suppressed" not in events
+
+
+@pytest.mark.parametrize("policy", ["denials", "all"])
+async def test_an_ext_authz_decision_id_names_the_logged_line_and_only_a_logged_one(client: Client, policy: str) -> None:
+    """The decision id in Envoy's dynamic metadata joins Envoy's access log to keygate's: a refusal has one
+    (and its line), an allowed answer only when keygate logs it (`all`); otherwise neither pays for one."""
+    created = await client.create(permissions=["predictions:create"])
+    stub = external_auth_pb2_grpc.AuthorizationStub(client.channel)
+    with capture(policy) as stream:
+        allowed_id, refused_id = rid(), rid()
+        allowed = await stub.Check(envoy_request("/api/v1/prediction/flow-1", created.api_key),
+                                   metadata=with_rid(allowed_id))
+        refused = await stub.Check(envoy_request("/api/v1/prediction/flow-1", FOREIGN_KEY),
+                                   metadata=with_rid(refused_id))
+        assert allowed.status.code == 0 and refused.denied_response.status.code == 401
+        decision_ids = [a.dynamic_metadata.fields["decision_id"].string_value
+                        if "decision_id" in a.dynamic_metadata.fields else None for a in (allowed, refused)]
+        assert decision_ids == [allowed_id if policy == "all" else None, refused_id]
+        assert [len(rpc_lines(stream, r)) for r in (allowed_id, refused_id)] == [int(policy == "all"), 1]

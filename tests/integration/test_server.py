@@ -25,12 +25,13 @@ from .support import Client, auth, field_violations, rpc_error, running
 
 KEY_SERVICE = "keygate.v1.KeyService"
 AUTHZ_SERVICE = "keygate.v1.AuthzService"
+FLOWISE_KEY_SERVICE = "keygate.v1.FlowiseApiKeyService"
 
 
 # --- health ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("service", ["", KEY_SERVICE, AUTHZ_SERVICE])
+@pytest.mark.parametrize("service", ["", KEY_SERVICE, AUTHZ_SERVICE, FLOWISE_KEY_SERVICE])
 async def test_health_answers_serving(client: Client, service: str) -> None:
     health = health_pb2_grpc.HealthStub(client.channel)
     answer = await health.Check(health_pb2.HealthCheckRequest(service=service))
@@ -57,13 +58,14 @@ async def reflect(channel: grpc.aio.Channel, request: reflection_pb2.ServerRefle
 async def test_reflection_lists_the_services(client: Client) -> None:
     answer = await reflect(client.channel, reflection_pb2.ServerReflectionRequest(list_services=""))
     names = {s.name for s in answer.list_services_response.service}
-    assert {KEY_SERVICE, AUTHZ_SERVICE, "grpc.health.v1.Health"} <= names
+    assert {KEY_SERVICE, AUTHZ_SERVICE, FLOWISE_KEY_SERVICE, "grpc.health.v1.Health"} <= names
 
 
 @pytest.mark.parametrize(("symbol", "methods"), [
     (KEY_SERVICE, {"CreateKey", "GetKey", "ListKeys", "UpdateKey", "DeleteKey", "RotateKey", "BindResource",
                    "UnbindResource", "ListBindings", "ListAuditEvents"}),
     (AUTHZ_SERVICE, {"Check", "BatchCheck", "ListPermissions"}),
+    (FLOWISE_KEY_SERVICE, {"CreateApiKey", "ListApiKeys", "UpdateApiKey", "DeleteApiKey"}),
 ])
 async def test_reflection_describes_each_service(client: Client, symbol: str, methods: set[str]) -> None:
     """What grpcurl needs to call a method without the .proto files."""

@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 from keygate.domain.decision import Credential
 from keygate.domain.errors import InvalidArgument, PermissionDenied
 from keygate.domain.permissions import Catalog
-from keygate.domain.policy import KeySpec, ensure_not_retired, ensure_within, parse_id, validate_grace_period
+from keygate.domain.policy import (
+    KeySpec,
+    ensure_not_retired,
+    ensure_within,
+    parse_id,
+    rights_of,
+    validate_grace_period,
+)
 from keygate.domain.resources import Scope
 
 CATALOG = Catalog.build()
@@ -285,3 +292,19 @@ def test_a_retired_secret_grants_nothing_that_outlives_it(grace, key_life, wante
     except PermissionDenied:
         granted = False
     assert granted is (wanted is not None and wanted <= ends)
+
+
+# --- rights_of: the default of a create that names no permissions ---------------------------
+
+
+@pytest.mark.parametrize(("held", "expected"), [
+    (("chatflows:*", "tools:update"), ["chatflows:*", "tools:update", "tools:view"]),
+    (("*",), sorted(f"{c}:*" for c in CATALOG.verbs)),
+])
+def test_rights_of_holds_what_the_caller_holds_and_passes_ensure_within(held, expected):
+    caller = replace(cred(held, scope=("chatflows/a", "tools/*"), workspace="ws1"), expire_time=SOON)
+    out = replace(rights_of(caller), name="copy").validated(CATALOG, NOW)
+    assert list(out.permissions) == expected
+    assert (out.resources, out.expire_time, out.workspace_id) == (("chatflows/a", "tools/*"), SOON, "ws1")
+    assert CATALOG.expand(out.permissions) == caller.grants - {"*"}
+    ensure_within(caller, out)
