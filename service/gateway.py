@@ -44,6 +44,7 @@ KEYGATE_CLUSTER = "keygate"  # every other cluster of the shipped file is the pr
 READY_SECONDS = 60.0  # the embedded PostgreSQL's first start (initdb) takes a few seconds of it
 POLL_SECONDS = 0.1
 KILL_WAIT_SECONDS = 5.0
+ACCESS_LOG_FLUSH_MS = 250  # Envoy writes its access log this often (its default, 10 s, is long at a terminal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +263,8 @@ def run(plan: Plan) -> int:
             processes["keygate"] = subprocess.Popen([sys.executable, "-m", "keygate", "serve"],
                                                     env=dict(plan.keygate_env))
             processes["envoy"] = subprocess.Popen([plan.envoy, "-c", str(config_file), "--log-level", "warn",
-                                                   "--disable-hot-restart"])
+                                                   "--disable-hot-restart", "--file-flush-interval-msec",
+                                                   str(ACCESS_LOG_FLUSH_MS)])
             return _supervise(plan, processes, stopping)
         finally:
             _stop(processes, plan.stop_seconds)
