@@ -16,11 +16,12 @@ from .domain.errors import InvalidArgument
 from .domain.keys import DEFAULT_PREFIX, KeyFormat
 from .domain.permissions import Catalog
 from .domain.routes import RouteTable
+from .logs import ACCESS_POLICIES
 from .metrics import DEFAULT_ADDRESS as DEFAULT_METRICS
 from .metrics import parse_address
-from .logs import ACCESS_POLICIES
 from .store.postgres import DatabaseSettings
 from .tls import ServerFiles
+from .upstream import UpstreamCredentials
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATA_DIR = Path(".keygate")
@@ -64,6 +65,9 @@ OPTIONS: tuple[Option, ...] = (
            default="none: the built-in catalog", storage=True),
     Option("KEYGATE_ROUTES", "--routes", "routes_file", "YAML file of Envoy route rules",
            default="none: the built-in Flowise rules"),
+    Option("KEYGATE_UPSTREAM_CREDENTIALS", "--upstream-credentials", "upstream_credentials",
+           "secret YAML file: workspace id (or \"*\") -> the Flowise API key set on allowed requests",
+           default="none: no credential is set"),
     Option("KEYGATE_LOG_LEVEL", "--log-level", "log_level", "debug, info, warning or error", storage=True),
     Option("KEYGATE_ACCESS_LOG", "--access-log", "access_log",
            "which calls get a log line: denials (refusals, errors, admin calls; bounded), all, or off"),
@@ -109,6 +113,7 @@ class Settings:
     key_prefix: str = DEFAULT_PREFIX
     catalog_file: Path | None = None
     routes_file: Path | None = None  # Envoy route rules; default: the built-in Flowise rules
+    upstream_credentials: Path | None = None  # the Flowise API key per workspace (keygate.upstream)
     log_level: str = "info"
     access_log: str = ACCESS_POLICIES[0]  # which RPCs get a line: denials (default), all, off
     workers: int = 1
@@ -133,6 +138,7 @@ class Settings:
             "key_prefix": env.get("KEYGATE_KEY_PREFIX", DEFAULT_PREFIX),
             "catalog_file": _path(env, "KEYGATE_CATALOG"),
             "routes_file": _path(env, "KEYGATE_ROUTES"),
+            "upstream_credentials": _path(env, "KEYGATE_UPSTREAM_CREDENTIALS"),
             "log_level": _choice(env, "KEYGATE_LOG_LEVEL", LOG_LEVELS, "info"),
             "access_log": _choice(env, "KEYGATE_ACCESS_LOG", ACCESS_POLICIES, ACCESS_POLICIES[0]),
             "workers": _int(env, "KEYGATE_WORKERS", default_workers()),
@@ -180,6 +186,10 @@ class Settings:
         except InvalidArgument as exc:
             raise InvalidArgument("KEYGATE_CATALOG", f"{self.catalog_file}: {exc.description}") from None
 
+
+    def upstream(self) -> UpstreamCredentials | None:
+        """The upstream credentials, read now (InvalidArgument naming the setting if they do not load)."""
+        return UpstreamCredentials(self.upstream_credentials) if self.upstream_credentials else None
 
     def routes(self, catalog: Catalog) -> RouteTable:
         """The Envoy route rules: the operator's file, or the built-in Flowise rules."""

@@ -112,6 +112,7 @@ class App:
     port: int
     log_flusher: asyncio.Task[None]
     metrics: Metrics | None  # None: metrics off
+    upstream_watch: asyncio.Task[None] | None  # follows the upstream credentials file, if one is set
 
     @classmethod
     async def start(cls, settings: Settings, url: str, *, reuse_port: bool = False) -> App:
@@ -122,6 +123,7 @@ class App:
         credentials = tls.server_credentials(tls_files) if tls_files else None
         catalog = settings.catalog()
         key_format = settings.key_format()
+        routes, upstream = settings.routes(catalog), settings.upstream()
         store = await Store.connect(url, settings.database)
         await store.migrate(catalog)
         cache = KeyCache(store, catalog, settings.cache)
@@ -147,7 +149,7 @@ class App:
         # The high-volume reads: their allowed answers are counted, not logged (unless KEYGATE_ACCESS_LOG=all).
         boundary.register(server, AuthzServicer(authorizer, catalog), _service(authz_pb2, "AuthzService"),
                           quiet=frozenset({"Check", "BatchCheck"}))
-        boundary.register(server, EnvoyAuthzServicer(authorizer, settings.routes(catalog)),
+        boundary.register(server, EnvoyAuthzServicer(authorizer, routes, upstream),
                           _service(external_auth_pb2, "Authorization"), quiet=frozenset({"Check"}))
         boundary.register(server, health, HEALTH_SERVICE, quiet=frozenset({"Check"}))
         reflection.enable((*SERVICE_NAMES, HEALTH_SERVICE.full_name), server, boundary)
@@ -164,8 +166,10 @@ class App:
         await server.start()
         usage.start()
         log_flusher = asyncio.create_task(_flush_access_log(), name="access-log-flush")
+        upstream_watch = None if upstream is None else asyncio.create_task(upstream.watch(), name="upstream-watch")
         log.info("serving", listen=settings.listen, port=port)
-        return cls(store, cache, listener, usage, admin, server, boundary, health, port, log_flusher, metrics)
+        return cls(store, cache, listener, usage, admin, server, boundary, health, port, log_flusher, metrics,
+                   upstream_watch)
 
     async def stop(self, grace: float) -> None:
         """Drain within `grace` seconds: every service NOT_SERVING first (Watch streams say so and end), and
@@ -178,6 +182,8 @@ class App:
         await self._until_quiet(min(grace / 3, LAME_DUCK_SECONDS))
         await self.server.stop(max(0.0, deadline - loop.time()))
         self.log_flusher.cancel()
+        if self.upstream_watch is not None:
+            self.upstream_watch.cancel()
         await self.listener.stop()
         await self.usage.stop()
         await self.store.close()
@@ -208,6 +214,7 @@ def run(settings: Settings) -> None:
     """`keygate serve`: prepare the database once, then serve here or in `settings.workers` processes."""
     refuse_taken_port(settings.listen)  # before anything is started, and whatever shares the port
     tls.check_server(settings.listen, settings.tls_files())
+    settings.upstream()  # a credentials file that does not load fails now, in one line
     exporter = Exporter(settings.metrics) if settings.metrics else None  # likewise: a taken port fails now
     url = database_url(settings)
     uvloop.run(_prepare(settings, url))

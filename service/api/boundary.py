@@ -47,7 +47,8 @@ _call: contextvars.ContextVar[str | grpc.aio.ServicerContext | None] = contextva
 # What a deciding servicer decided for this call (metrics.decision): a decision Code's value, or a word
 # of the Envoy servicer's. Strings, so the boundary's test is a set lookup with a cached hash.
 UNMATCHED_ALLOWED = "UNMATCHED_ALLOWED"  # the Envoy servicer's pass for a request no route rule covers
-ALLOWING = frozenset({"", "OK", UNMATCHED_ALLOWED})  # "": the servicer decided nothing (not a Check)
+PUBLIC_ROUTE = "PUBLIC"  # the Envoy servicer's pass for a route rule that needs no key
+ALLOWING = frozenset({"", "OK", UNMATCHED_ALLOWED, PUBLIC_ROUTE})  # "": the servicer decided nothing (not a Check)
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
 _HANDLERS = {  # (client streaming, server streaming) -> how grpc wants the handler

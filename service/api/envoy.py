@@ -3,7 +3,11 @@
 identify, first half (here): route the HTTP request to (resource, action) and take the key
 from `Authorization: Bearer`, the configured header, or, on routes that allow it, the query
 string. Every place a key was found is stripped before the request travels upstream.
-render (here): an OK with identity headers, or a denial Envoy sends as is: 401 with
+A route rule may make a route public (passed on without a decision, keys stripped all the same) or
+refused.
+render (here): an OK with identity headers and, when configured, the upstream credential
+(`Authorization: Bearer <the workspace's Flowise key>`, see keygate.upstream), or a denial Envoy sends
+as is: 401 with
 WWW-Authenticate, 403, 400 for a request keygate cannot read, 503 with Retry-After when
 it cannot decide. Decision metadata goes into dynamic_metadata for access logs.
 """
@@ -26,18 +30,19 @@ from ..authz import Authorizer, CheckItem
 from ..cache.lru import LRU
 from ..domain.decision import Code, Credential, Decision
 from ..domain.errors import InvalidArgument, Unavailable
-from ..domain.routes import RouteTable
-from .boundary import UNMATCHED_ALLOWED, assigned_request_id, current_request_id
+from ..domain.routes import KEY, PUBLIC, RouteTable
+from ..upstream import UpstreamCredentials
+from .boundary import PUBLIC_ROUTE, UNMATCHED_ALLOWED, assigned_request_id, current_request_id
 
 RETRY_AFTER_SECONDS = "1"
-MAX_TEMPLATES = 10_000  # prebuilt OK responses, one per key and set of stripped carriers
+MAX_TEMPLATES = 10_000  # prebuilt OK responses, one per key, upstream credential and set of stripped carriers
 # Header values are ASCII: a key name outside it is sent percent-encoded (UTF-8), the rest as is.
 _PRINTABLE_ASCII = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 IDENTITY_HEADERS = ("x-keygate-key-id", "x-keygate-workspace-id", "x-keygate-key-name")
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _OK = Code.OK.value  # read once: an Enum's `.value` is a Python-level property
 _RPC_CODES = {401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED, 400: code_pb2.INVALID_ARGUMENT,
-              503: code_pb2.UNAVAILABLE}
+              500: code_pb2.INTERNAL, 503: code_pb2.UNAVAILABLE}
 
 
 def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
@@ -89,9 +94,11 @@ class _Presented:
 
 
 class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
-    def __init__(self, authorizer: Authorizer, routes: RouteTable) -> None:
+    def __init__(self, authorizer: Authorizer, routes: RouteTable,
+                 upstream: UpstreamCredentials | None = None) -> None:
         self._authorizer = authorizer
         self._routes = routes
+        self._upstream = upstream  # None: allowed requests travel on without a credential
         self._templates: LRU[tuple[str, ...], external_auth_pb2.CheckResponse] = LRU(MAX_TEMPLATES)
 
     async def Check(self, request: external_auth_pb2.CheckRequest,
@@ -109,6 +116,13 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
                 metrics.decision.set(UNMATCHED_ALLOWED)
                 return self._ok([], presented, _metadata(UNMATCHED_ALLOWED, decision_id=assigned_request_id()))
             return _denied(403, "NO_MATCHING_ROUTE", f"no route rule covers {http.method} {path}")
+        access = match.route.access
+        if access is not KEY:
+            if access is PUBLIC:  # the upstream decides alone: no identity, no credential
+                metrics.decision.set(PUBLIC_ROUTE)
+                return self._ok([], presented, _metadata(PUBLIC_ROUTE, decision_id=assigned_request_id()))
+            # REFUSED; the path itself may hold a key, so it is not echoed
+            return _denied(403, "ROUTE_REFUSED", "keygate does not pass this route on (see its route rules)")
 
         workspace = http.headers.get(self._routes.workspace_header, "") if self._routes.workspace_header else ""
         item = CheckItem(match.resource, match.route.action, workspace)
@@ -121,13 +135,21 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         credential = decision.credential
         if not decision.allowed or credential is None:
             return self._refuse(decision, presented.key)
-        return self._allowed(credential, presented)
+        upstream = ""
+        if self._upstream is not None:
+            upstream = self._upstream.for_workspace(credential.workspace_id) or ""
+            if not upstream:
+                return _denied(500, "UPSTREAM_CREDENTIAL_MISSING", "keygate has no upstream credential for this "
+                               "key's workspace", key_id=credential.key_id_text, workspace_id=credential.workspace_id)
+        return self._allowed(credential, presented, upstream)
 
-    def _allowed(self, credential: Credential, presented: _Presented) -> external_auth_pb2.CheckResponse:
-        """The OK for this key: built once per key and set of stripped carriers (building it afresh was most
-        of this servicer's time) and sent as is, or copied with the decision id filled in when keygate
-        logs the call (`KEYGATE_ACCESS_LOG=all`). Replies are never mutated once built."""
-        slot = (credential.key_id_text, credential.key_name, credential.workspace_id,
+    def _allowed(self, credential: Credential, presented: _Presented,
+                 upstream: str) -> external_auth_pb2.CheckResponse:
+        """The OK for this key: built once per key, upstream credential and set of stripped carriers (building
+        it afresh was most of this servicer's time) and sent as is, or copied with the decision id filled in
+        when keygate logs the call (`KEYGATE_ACCESS_LOG=all`). Replies are never mutated once built. A
+        rotated credential is a new slot; the old one ages out of the LRU."""
+        slot = (credential.key_id_text, credential.key_name, credential.workspace_id, upstream,
                 tuple(presented.headers), tuple(presented.query))
         template = self._templates.get(slot)
         if template is None:
@@ -136,6 +158,8 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
                 _header("x-keygate-workspace-id", credential.workspace_id),
                 _header("x-keygate-key-name", quote(credential.key_name, safe=_PRINTABLE_ASCII)),
             ]
+            if upstream:
+                identity.append(_header("authorization", upstream))
             template = self._ok(identity, presented,
                                 _metadata(Code.OK.value, credential.key_id_text, credential.workspace_id))
             self._templates.put(slot, template)
@@ -151,8 +175,11 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
     @staticmethod
     def _ok(identity: list[base_pb2.HeaderValueOption], presented: _Presented,
             metadata: struct_pb2.Struct) -> external_auth_pb2.CheckResponse:
-        """Allow, with the identity headers set (or, without identity, any forged ones removed)."""
-        removed = presented.headers if identity else [*presented.headers, *IDENTITY_HEADERS]
+        """Allow, with the identity headers (and credential) set, or, without identity, any forged ones removed.
+        A header set is not also removed: Envoy removes after it sets."""
+        setting = {option.header.key for option in identity}
+        removed = [h for h in presented.headers if h not in setting] if identity else [
+            *presented.headers, *IDENTITY_HEADERS]
         return external_auth_pb2.CheckResponse(
             status=status_pb2.Status(code=code_pb2.OK),
             ok_response=external_auth_pb2.OkHttpResponse(

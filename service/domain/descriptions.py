@@ -31,6 +31,7 @@ FLOWISE_NOUNS: Mapping[str, str] = {
     "workspace": "workspaces",
     "logs": "logs and the audit trail",
     "loginActivity": "login activity",
+    "auditLogs": "the audit logs",
 }
 
 FLOWISE_VERBS: Mapping[str, str] = {

@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 
 # What every key of ours contains, whatever its prefix: a run of at least 43 base62 characters (the
-# secret; with the checksum one run of 49, see keys.py). Errors and logs replace such runs; a request
-# id or resource name holding one is refused.
-KEY_SHAPED = re.compile(r"[0-9A-Za-z]{43,}")
+# secret; with the checksum one run of 49, see keys.py); and what an imported Flowise key is: 43
+# base64url characters (32 random bytes), so `-` and `_` count too. Errors and logs replace such runs;
+# a request id or resource name holding one is refused.
+KEY_SHAPED = re.compile(r"[0-9A-Za-z_-]{43,}")
 REDACTED = "[redacted]"
 
 

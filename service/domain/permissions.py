@@ -35,7 +35,7 @@ FLOWISE_CATALOG: Mapping[str, tuple[str, ...]] = {
         "view", "create", "update", "delete", "add-loader", "delete-loader", "preview-process", "upsert-config",
     ),
     "datasets": ("view", "create", "update", "delete"),
-    "executions": ("view", "delete"),
+    "executions": ("view", "update", "delete"),
     "evaluators": ("view", "create", "update", "delete"),
     "evaluations": ("view", "create", "update", "delete", "run"),
     "templates": ("marketplace", "custom", "custom-delete", "toolexport", "flowexport", "custom-share"),
@@ -44,6 +44,7 @@ FLOWISE_CATALOG: Mapping[str, tuple[str, ...]] = {
     "roles": ("manage",),
     "sso": ("manage",),
     "logs": ("view",),
+    "auditLogs": ("view",),
     "loginActivity": ("view", "delete"),
     "predictions": ("create",),
 }

@@ -3,6 +3,8 @@
 A rule such as `POST /api/v1/prediction/{id}` -> `chatflows/{id}` + `predictions:create`
 turns an HTTP request Envoy asks about into the same question Check answers. The first
 matching rule wins; a request no rule matches is denied unless `unmatched` is "allow".
+A rule's `access` is `key` (the default: Check decides), `public` (passed on without a key, as the
+upstream's own unauthenticated endpoints are) or `refused` (never passed on).
 Paths match case-blind, as Flowise's router (Express) matches them, so `/API/V1/Prediction/x`
 cannot slip past a rule written in lower case. The resource a rule produces is made
 canonical by the same resource model as every other door (`keygate.domain.resources`).
@@ -22,15 +24,18 @@ from .resources import target
 
 _VARIABLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "*"})
+KEY, PUBLIC, REFUSED = "key", "public", "refused"
+_ACCESS = (KEY, PUBLIC, REFUSED)
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
     method: str
     path: str  # template, e.g. /api/v1/prediction/{id}
-    action: str
+    action: str  # empty unless access is key
     resource: str = ""  # template, e.g. chatflows/{id}; empty = collection-level
     query_key: bool = False  # may the key come in the query string on this route?
+    access: str = KEY
     regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -103,6 +108,15 @@ def _route(rule: Any, at: str, catalog: Catalog) -> Route:
     path = str(rule.get("path", ""))
     if not path.startswith("/"):
         raise InvalidArgument(f"{at}.path", "must start with '/'")
+    access = str(rule.get("access", KEY))
+    if access not in _ACCESS:
+        raise InvalidArgument(f"{at}.access", f"must be one of {', '.join(_ACCESS)}, not {access!r}")
+    access = _ACCESS[_ACCESS.index(access)]  # the module's own string: servicers test it with `is`
+    if access != KEY:
+        extra = sorted(set(rule) & {"action", "resource", "query_key"})
+        if extra:
+            raise InvalidArgument(f"{at}.access", f"an {access} route takes no {', '.join(extra)}")
+        return Route(method, path, "", access=access)
     action = catalog.validate_action(str(rule.get("action", "")), f"{at}.action")
     resource = str(rule.get("resource", ""))
     names = set(_VARIABLE.findall(path))

@@ -205,7 +205,7 @@ DENIALS = {
                                  "RESOURCE_BOUND_TO_OTHER_KEY", 'Bearer realm="keygate", error="invalid_token"'),
     "query-key-where-not-allowed": Denial(viewer, "GET", "/api/v1/chatflows/abc?apiKey={key}", 401, "KEY_MISSING",
                                           'Bearer realm="keygate"'),
-    "no-matching-route": Denial(viewer, "GET", "/api/v1/tools", 403, "NO_MATCHING_ROUTE", None),
+    "no-matching-route": Denial(viewer, "GET", "/api/v1/no-such-area", 403, "NO_MATCHING_ROUTE", None),
     "method-without-route": Denial(viewer, "PATCH", "/api/v1/chatflows/abc", 403, "NO_MATCHING_ROUTE", None),
     # Envoy resolves `..` before asking: this is DELETE /api/v1/chatflows/abc, which a viewer may not do.
     # (/api/v1/apikey itself is keygate's own key API, not a Flowise route: test_flowise_door.py.)

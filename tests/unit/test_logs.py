@@ -117,13 +117,15 @@ def test_throttle_memory_is_bounded():
     assert len(throttle._kinds) <= 3
 
 
-@pytest.mark.parametrize("value", ["3f2a6c1e-8b1d-4c47-9b5e-0d2f1c3a4b5c", "req-1", "a" * 42, "ab-" * 21,
+@pytest.mark.parametrize("value", ["3f2a6c1e-8b1d-4c47-9b5e-0d2f1c3a4b5c", "req-1", "a" * 42, "ab." * 21,
                                    "4bf92f3577b34da6a3ce929d0e0e4736"])
 def test_ordinary_request_ids_are_accepted(value):
     assert acceptable_request_id(value)
 
 
-@pytest.mark.parametrize("value", [KEY, OTHER_PREFIX_KEY, f"r-{KEY}", KEY[3:], "a" * 43, "", "a b", "é", "x" * 65])
+# "ab-" * 21: 43+ base64url characters, the shape of an imported Flowise key.
+@pytest.mark.parametrize("value", [KEY, OTHER_PREFIX_KEY, f"r-{KEY}", KEY[3:], "a" * 43, "ab-" * 21, "", "a b", "é",
+                                   "x" * 65])
 def test_request_ids_that_could_carry_a_key_are_not_accepted(value):
     assert not acceptable_request_id(value)
 

@@ -19,7 +19,9 @@ FLOWISE = Settings().routes(CATALOG)
         ("GET", "/api/v1/chatflows", "", "chatflows:view", False),
         ("GET", "/api/v1/chatflows/abc", "chatflows/abc", "chatflows:view", False),
         ("DELETE", "/api/v1/chatflows/abc", "chatflows/abc", "chatflows:delete", False),
-        ("PUT", "/api/v1/agentflows/a1", "agentflows/a1", "agentflows:update", False),
+        ("PUT", "/api/v1/chatflows/a1", "chatflows/a1", "chatflows:update", False),
+        ("POST", "/api/v1/vector/upsert/a1", "chatflows/a1", "predictions:create", False),
+        ("GET", "/api/v1/document-store/chunks/s1/l1/2", "documentStores/s1", "documentStores:view", False),
         ("POST", "/api/v1/apikey", "", "apikeys:create", False),
         ("DELETE", "/api/v1/apikey/k9", "apikeys/k9", "apikeys:delete", False),
     ],
@@ -34,10 +36,10 @@ def test_the_built_in_flowise_rules(method: str, path: str, resource: str, actio
     ("method", "path"),
     [
         ("GET", "/api/v1/prediction/3f2a"),  # wrong method
-        ("POST", "/api/v1/prediction"),  # no id
         ("POST", "/api/v1/prediction/a/b"),  # a variable never spans a '/'
         ("GET", "/api/v1/chatflowsX"),
         ("GET", "/other"),
+        ("GET", "/api/v1/ping/x"),
     ],
 )
 def test_requests_no_rule_covers_do_not_match(method: str, path: str) -> None:
@@ -130,3 +132,17 @@ def test_a_rule_is_written_in_the_catalogs_spelling() -> None:
                                           "action": "documentStores:view"}]}, CATALOG)
     assert table.match("GET", "/ds/1") == table.match("GET", "/DS/1")
     assert table.routes[0].resource == "documentStores/{id}"
+
+
+def test_public_and_refused_rules_take_no_action() -> None:
+    table = RouteTable.parse({"routes": [
+        {"method": "GET", "path": "/ping", "access": "public"},
+        {"method": "GET", "path": "/verify/{key}", "access": "refused"},
+    ]}, CATALOG)
+    assert [(r.access, r.action) for r in table.routes] == [("public", ""), ("refused", "")]
+    for rule, field in (({"access": "open"}, "routes[0].access"),
+                        ({"access": "public", "action": "tools:view"}, "routes[0].access"),
+                        ({"access": "refused", "query_key": True}, "routes[0].access")):
+        with pytest.raises(InvalidArgument) as err:
+            RouteTable.parse({"routes": [{"method": "GET", "path": "/x", **rule}]}, CATALOG)
+        assert err.value.field == field
