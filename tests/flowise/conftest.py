@@ -357,6 +357,7 @@ class Gateway:
     root: str  # keygate's root key
     database_url: str
     imported: str  # what `keygate import flowise` reported
+    upstream: str  # the upstream credential: the Flowise key keygate sets on allowed requests
     env: dict[str, str] = field(default_factory=dict)
 
     def request(self, method: str, path: str, headers: dict[str, str] | None = None, body: Any = None) -> Response:
@@ -381,10 +382,9 @@ def keygate(*args: str, env: dict[str, str], check: bool = True) -> subprocess.C
 
 @dataclass(frozen=True)
 class FlowiseKeys:
-    """What an existing Flowise has before keygate comes: API keys made through Flowise's API, and a chatflow
-    restricted to one of them (Flowise's chatflow-specific key, `chat_flow.apikeyid`)."""
+    """What an existing Flowise has before keygate comes: an API key made through Flowise's API, and a chatflow
+    restricted to it (Flowise's chatflow-specific key, `chat_flow.apikeyid`)."""
 
-    operator: dict[str, Any]  # every permission: the upstream credential keygate injects
     client: dict[str, Any]  # chatflows:view: a client's existing key, used unchanged through the gateway
     bound_flow: str  # a chatflow Flowise lets only `client` run
 
@@ -395,19 +395,18 @@ def flowise_keys(flowise: Flowise) -> FlowiseKeys:
     bound_flow = flowise.create_chatflow(BOUND_REPLY)
     answer = flowise.admin("PUT", f"/api/v1/chatflows/{bound_flow}", {"apikeyid": client["id"]})
     assert (answer.status, answer.json()["apikeyid"]) == (200, client["id"]), answer
-    return FlowiseKeys(flowise.create_api_key("keygate upstream", flowise.api_key_permissions()), client, bound_flow)
+    return FlowiseKeys(client, bound_flow)
 
 
 @pytest.fixture(scope="session")
 def gateway(flowise: Flowise, flowise_keys: FlowiseKeys, relay: Relay, postgres: Postgres) -> Iterator[Gateway]:
-    """`keygate gateway` in front of the relay, as an operator sets it up: a keygate database with a root
-    key, Flowise's keys imported into it, and the upstream credential file naming the operator's key."""
+    """`keygate gateway` in front of the relay, set up as the README tells an operator: a keygate database with
+    a root key, Flowise's keys imported into it, then (after the import, so that keygate does not hold it)
+    one Flowise key with every permission made as the upstream credential, in its secret file."""
     database_url = asyncio.run(postgres.fresh_database())
     keygate_address = f"127.0.0.1:{free_port()}"
     work = Path(tempfile.mkdtemp(prefix="keygate-flowise-gateway-"))
     credentials = work / "upstream.yaml"
-    credentials.write_text(f'"*": "{flowise_keys.operator["apiKey"]}"\n')
-    credentials.chmod(0o600)
     env = {**os.environ, "DATABASE_URL": database_url, "KEYGATE_LISTEN": keygate_address, "KEYGATE_METRICS": "off",
            "KEYGATE_SHUTDOWN_GRACE": "2", "KEYGATE_FLOWISE_URL": f"http://127.0.0.1:{relay.port}",
            "KEYGATE_GATEWAY_LISTEN": f"127.0.0.1:{free_port()}", "KEYGATE_ENVOY_ADMIN": f"127.0.0.1:{free_port()}",
@@ -416,8 +415,11 @@ def gateway(flowise: Flowise, flowise_keys: FlowiseKeys, relay: Relay, postgres:
     # --clear-flowise-bindings: keygate's binding replaces Flowise's own, which would refuse the upstream credential
     imported = keygate("import", "flowise", "--source", flowise.database_url, "--clear-flowise-bindings",
                        env=env).stdout
+    upstream = flowise.create_api_key("keygate upstream", flowise.api_key_permissions())["apiKey"]
+    credentials.write_text(f'"*": "{upstream}"\n')
+    credentials.chmod(0o600)
     instance = Gateway(int(env["KEYGATE_GATEWAY_LISTEN"].rpartition(":")[2]), keygate_address, work / "gateway.out",
-                       root, database_url, imported, env)
+                       root, database_url, imported, upstream, env)
     with instance.output.open("wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "keygate", "gateway"], env=env, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)

@@ -96,11 +96,11 @@ def assert_keyless(seen: Seen, *keys: str) -> None:
         assert not [name for name, value in seen.headers if key in value], seen.headers
 
 
-def assert_forwarded(seen: list[Seen], method: str, path: str, caller: str, operator: str) -> Seen:
+def assert_forwarded(seen: list[Seen], method: str, path: str, caller: str, upstream: str) -> Seen:
     """One request reached Flowise, carrying the upstream credential instead of the caller's key."""
     (request,) = seen
     assert (request.method, request.path) == (method, path)
-    assert request.header("authorization") == [f"Bearer {operator}"]
+    assert request.header("authorization") == [f"Bearer {upstream}"]
     assert_keyless(request, caller)
     return request
 
@@ -162,7 +162,7 @@ def test_an_imported_flowise_key_works_unchanged_through_the_gateway(
     response, seen = through(relay, lambda: gateway.request("GET", "/api/v1/chatflows", bearer(key)))
 
     assert chatflow in chatflow_ids(response)  # Flowise's own answer: it accepted the request
-    request = assert_forwarded(seen, "GET", "/api/v1/chatflows", key, flowise_keys.operator["apiKey"])
+    request = assert_forwarded(seen, "GET", "/api/v1/chatflows", key, gateway.upstream)
     assert request.header("x-keygate-key-id") == [flowise_keys.client["id"]]  # the same id as in Flowise
     # keygate decides: the same key, now asking for what it never had, is refused before Flowise.
     refused, seen = through(relay, lambda: gateway.request("POST", "/api/v1/chatflows", bearer(key), {"name": "x"}))
@@ -170,17 +170,16 @@ def test_an_imported_flowise_key_works_unchanged_through_the_gateway(
     assert seen == []
 
 
-def test_a_key_flowise_made_after_the_import_is_not_keygates(
-        gateway: Gateway, relay: Relay, flowise: Flowise) -> None:
-    """Flowise's own key table no longer decides: a key created in Flowise behind keygate's back is unknown."""
-    late = flowise.create_api_key("made after the import", ["chatflows:view"])["apiKey"]
-    response, seen = through(relay, lambda: gateway.request("GET", "/api/v1/chatflows", bearer(late)))
+def test_a_key_flowise_made_after_the_import_is_not_keygates(gateway: Gateway, relay: Relay) -> None:
+    """Flowise's own key table no longer decides: a Flowise key made after the import, such as the upstream
+    credential itself (every permission in Flowise), is unknown at the gateway."""
+    response, seen = through(relay, lambda: gateway.request("GET", "/api/v1/chatflows", bearer(gateway.upstream)))
     assert_refused(response, 401, "KEY_NOT_FOUND")
     assert seen == []
 
 
 def test_a_key_created_through_the_gateways_apikey_api_works_on_flowises_routes(
-        gateway: Gateway, relay: Relay, flowise: Flowise, flowise_keys: FlowiseKeys, chatflow: str,
+        gateway: Gateway, relay: Relay, flowise: Flowise, chatflow: str,
         create_key: Callable[..., dict[str, Any]]) -> None:
     before = {k["id"] for k in flowise.api_keys()}
     created, seen = through(relay, lambda: create_key(["chatflows:view"]))
@@ -191,7 +190,7 @@ def test_a_key_created_through_the_gateways_apikey_api_works_on_flowises_routes(
     response, seen = through(relay, lambda: gateway.request("GET", "/api/v1/chatflows", bearer(created["apiKey"])))
 
     assert chatflow in chatflow_ids(response)
-    request = assert_forwarded(seen, "GET", "/api/v1/chatflows", created["apiKey"], flowise_keys.operator["apiKey"])
+    request = assert_forwarded(seen, "GET", "/api/v1/chatflows", created["apiKey"], gateway.upstream)
     assert request.header("x-keygate-key-id") == [created["id"]]
 
 
@@ -225,14 +224,14 @@ def test_a_revoked_key_is_refused_within_a_second(
 
 
 def test_the_query_parameter_key_works_on_prediction_routes_only(
-        gateway: Gateway, relay: Relay, flowise: Flowise, flowise_keys: FlowiseKeys, chatflow: str,
+        gateway: Gateway, relay: Relay, flowise: Flowise, chatflow: str,
         create_key: Callable[..., dict[str, Any]]) -> None:
     key = create_key(["predictions:create", "chatflows:view"])["apiKey"]
 
     response, seen = through(relay, lambda: ask(gateway, chatflow, query=f"?apiKey={key}"))
     assert response.status == 200, response
     assert response.json()["text"] == REPLY
-    assert_forwarded(seen, "POST", f"/api/v1/prediction/{chatflow}", key, flowise_keys.operator["apiKey"])
+    assert_forwarded(seen, "POST", f"/api/v1/prediction/{chatflow}", key, gateway.upstream)
 
     refused, seen = through(relay, lambda: gateway.request("GET", f"/api/v1/chatflows?apiKey={key}"))
     assert_refused(refused, 401, "KEY_MISSING")  # a chatflows route takes no query key, even a valid one
@@ -240,7 +239,7 @@ def test_the_query_parameter_key_works_on_prediction_routes_only(
 
 
 def test_a_prediction_on_the_chatflow_is_answered_by_flowise(
-        gateway: Gateway, relay: Relay, flowise: Flowise, flowise_keys: FlowiseKeys, chatflow: str,
+        gateway: Gateway, relay: Relay, flowise: Flowise, chatflow: str,
         create_key: Callable[..., dict[str, Any]]) -> None:
     key = create_key(["predictions:create"])
 
@@ -249,13 +248,13 @@ def test_a_prediction_on_the_chatflow_is_answered_by_flowise(
     assert response.status == 200, response
     assert response.json()["text"] == REPLY  # Flowise ran the flow: its Direct Reply node answered
     request = assert_forwarded(seen, "POST", f"/api/v1/prediction/{chatflow}", key["apiKey"],
-                               flowise_keys.operator["apiKey"])
+                               gateway.upstream)
     assert request.header("x-keygate-key-id") == [key["id"]]
     wait_until(lambda: flowise.saw("POST", f"/api/v1/prediction/{chatflow}"), 5, "Flowise logging the prediction")
 
 
 def test_flowise_never_receives_a_callers_key(
-        gateway: Gateway, relay: Relay, flowise_keys: FlowiseKeys, chatflow: str,
+        gateway: Gateway, relay: Relay, chatflow: str,
         create_key: Callable[..., dict[str, Any]], issued: list[str]) -> None:
     """Every carrier keygate reads, then everything Flowise was sent in this session, against every key a
     client used; the only key Flowise ever got is the upstream credential."""
@@ -266,7 +265,7 @@ def test_flowise_never_receives_a_callers_key(
     assert len(relay.seen) >= 3
     for seen in relay.seen:
         assert_keyless(seen, *issued)
-        assert seen.header("authorization") in ([], [f"Bearer {flowise_keys.operator['apiKey']}"])
+        assert seen.header("authorization") in ([], [f"Bearer {gateway.upstream}"])
         assert seen.header("x-api-key") == []
 
 
@@ -284,7 +283,7 @@ def test_a_chatflow_specific_key_moves_from_flowise_to_a_keygate_binding(
     response, seen = through(relay, lambda: ask(gateway, flow, bearer(client["apiKey"])))
     assert response.status == 200, response
     assert response.json()["text"] == BOUND_REPLY
-    assert_forwarded(seen, "POST", f"/api/v1/prediction/{flow}", client["apiKey"], flowise_keys.operator["apiKey"])
+    assert_forwarded(seen, "POST", f"/api/v1/prediction/{flow}", client["apiKey"], gateway.upstream)
 
     other = create_key(["predictions:create"])["apiKey"]
     token = uuid.uuid4().hex
@@ -293,9 +292,9 @@ def test_a_chatflow_specific_key_moves_from_flowise_to_a_keygate_binding(
     assert_flowise_never_saw(flowise, seen, token)
 
 
-def test_the_gateway_log_holds_no_key(gateway: Gateway, issued: list[str], flowise_keys: FlowiseKeys) -> None:
+def test_the_gateway_log_holds_no_key(gateway: Gateway, issued: list[str]) -> None:
     """keygate's log and Envoy's access log, as the gateway prints them, after every test above."""
     text = Path(gateway.output).read_text(errors="replace")
     assert gateway.access_log(), "no Envoy access-log line"
-    for key in [*issued, flowise_keys.operator["apiKey"]]:
+    for key in [*issued, gateway.upstream]:
         assert key not in text
