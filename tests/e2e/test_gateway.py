@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -111,6 +112,25 @@ def test_gateway_serves_in_front_of_an_upstream_and_ctrl_c_stops_both(
     interrupt(again)
     assert ROOT_KEY.findall(again.text()) == []
     assert root not in again.text()
+
+
+def test_a_child_that_exits_stops_the_other_and_the_gateway_exits_1(data_dir: Path, upstream: Upstream) -> None:
+    """keygate cannot listen (its port is taken): it exits with its own one line, and the gateway stops
+    Envoy and exits 1 instead of serving a gateway that answers 503 to everything."""
+    env, port, admin, keygate = gateway_env(data_dir, upstream)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", keygate))
+        taken.listen()
+        done = subprocess.run([sys.executable, "-m", "keygate", "gateway", "--flowise-url",
+                               f"http://127.0.0.1:{upstream.port}"], env=env, capture_output=True, text=True,
+                              timeout=START_SECONDS)
+
+    assert done.returncode == 1, done
+    assert f"keygate: cannot listen on 127.0.0.1:{keygate}: the address is in use" in done.stderr
+    assert "keygate gateway: keygate exited with status 1; stopping" in done.stderr
+    assert BANNER not in done.stdout
+    with pytest.raises(ConnectionRefusedError):  # Envoy is gone: nothing listens on its admin port
+        socket.create_connection(("127.0.0.1", admin), timeout=1).close()
 
 
 @pytest.mark.parametrize(("args", "message"), [
