@@ -112,15 +112,15 @@ def keygate_address(settings: Settings) -> Address:
 # --- Envoy's configuration ------------------------------------------------------------------------
 
 
-def _mappings(node: Any) -> Iterator[dict[str, Any]]:
+def mappings(node: Any) -> Iterator[dict[str, Any]]:
     """Every mapping in a parsed configuration, depth first."""
     if isinstance(node, dict):
         yield node
         for value in node.values():
-            yield from _mappings(value)
+            yield from mappings(value)
     elif isinstance(node, list):
         for value in node:
-            yield from _mappings(value)
+            yield from mappings(value)
 
 
 def envoy_config(config: dict[str, Any], *, listen: Address, admin: Address, keygate: Address,
@@ -142,7 +142,7 @@ def envoy_config(config: dict[str, Any], *, listen: Address, admin: Address, key
         for group in cluster["load_assignment"]["endpoints"]:
             for endpoint in group["lb_endpoints"]:
                 endpoint["endpoint"]["address"]["socket_address"].update(address.socket_address())
-    for node in _mappings(config):
+    for node in mappings(config):
         if "proto_descriptor" in node:
             descriptor = base / node["proto_descriptor"]
             if not descriptor.is_file():
@@ -150,7 +150,7 @@ def envoy_config(config: dict[str, Any], *, listen: Address, admin: Address, key
                                    "(`make proto` writes it; run from the keygate checkout)")
             node["proto_descriptor"] = str(descriptor)
     if access_log is not None:
-        logs = [n for n in _mappings(config) if str(n.get("@type", "")).endswith("FileAccessLog")]
+        logs = [n for n in mappings(config) if str(n.get("@type", "")).endswith("FileAccessLog")]
         if not logs:
             raise KeygateError("the Envoy configuration has no file access log to redirect")
         for log in logs:

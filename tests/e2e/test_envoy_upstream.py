@@ -157,3 +157,39 @@ async def test_a_refused_route_never_reaches_the_upstream_nor_echoes_its_path(me
 
     assert_denied(response, 403, "ROUTE_REFUSED")
     assert key.api_key not in response.body.decode()
+
+
+# --- the upstream's own logged-in UI ----------------------------------------------------------
+
+SESSION = {"x-request-from": "internal", "Cookie": "token=header.payload.signature"}  # as Flowise's UI sends
+
+
+async def test_a_keyless_session_call_is_flowises_to_verify(mesh: Mesh, credentials: Path) -> None:
+    """No key, Flowise's session marker: passed on with its cookie, without identity or credential, so
+    Flowise checks its own session as it does without keygate (a forged one gets Flowise's 401)."""
+    await mesh.start(upstream_credentials=credentials)
+    response = await mesh.request("GET", f"/api/v1/chatflows/{uuid.uuid4()}", {**SESSION, "X-Keygate-Key-Id": "forged"})
+    assert response.status == 200, response
+    headers = seen_headers(response)
+    assert headers["x-request-from"] == ["internal"] and headers["cookie"] == [SESSION["Cookie"]]
+    assert "authorization" not in headers and not set(IDENTITY) & set(headers)
+
+
+async def test_a_keyed_call_loses_the_session_marker_and_carries_the_credential(mesh: Mesh, credentials: Path) -> None:
+    """With a key, keygate decides and Flowise must check the injected credential, not the session riding along."""
+    await mesh.start(upstream_credentials=credentials)
+    key = await mesh.create(name="caller", permissions=["chatflows:view"])
+    response = await mesh.request("GET", f"/api/v1/chatflows/{uuid.uuid4()}", {**SESSION, **bearer(key.api_key)})
+    assert_forwarded(response, key, f"Bearer {FLOWISE_KEY}")
+    assert "x-request-from" not in seen_headers(response)
+
+
+@pytest.mark.parametrize("marker", [{}, {"x-request-from": "external"}], ids=["no-marker", "other-value"])
+async def test_a_keyless_call_without_the_marker_is_refused(mesh: Mesh, credentials: Path,
+                                                              marker: dict[str, str]) -> None:
+    await mesh.start(upstream_credentials=credentials)
+    before = len(mesh.upstream.seen)
+    response = await mesh.request("GET", f"/api/v1/chatflows/{uuid.uuid4()}",
+                                  {"Cookie": SESSION["Cookie"], **marker})
+    assert response.status == 401 and response.json()["code"] == "KEY_MISSING"
+    assert len(mesh.upstream.seen) == before

@@ -26,9 +26,10 @@ import pytest
 import yaml
 
 from keygate import logs
+from keygate.gateway import mappings
 from keygate.v1 import keys_pb2
 
-from .conftest import (READY_TIMEOUT, ROOT, SHIPPED, UI_MARK, Envoy, Mesh, Response, Upstream, _mappings,
+from .conftest import (READY_TIMEOUT, ROOT, SHIPPED, UI_MARK, Envoy, Mesh, Response, Upstream,
                        running_envoy)
 from .test_flowise_door import API, refused, secret_material
 
@@ -102,7 +103,7 @@ def gateway(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Ite
     sds_file(ui_key_file, "fl_not-yet-issued")  # the real UI key comes once keygate runs: a rotation
 
     def paths(config: dict[str, Any]) -> None:
-        for node in _mappings(config):
+        for node in mappings(config):
             if "local_jwks" in node:
                 node["local_jwks"]["filename"] = str(work / "flowise-jwks.json")
             if "path_config_source" in node:
@@ -258,13 +259,17 @@ async def test_a_bearer_caller_uses_its_own_key_even_with_a_session(mesh: Mesh, 
     assert refused(await page(mesh, ui, "GET", API, headers=bad), 401)
 
 
-async def test_a_session_gets_no_key_on_flowise_routes(mesh: Mesh, ui: Gateway) -> None:
-    """The UI key is for the key page only: elsewhere a session is no key to keygate, and nothing reaches
-    Flowise with the UI key."""
+async def test_a_session_call_elsewhere_goes_to_flowise_as_it_came(mesh: Mesh, ui: Gateway) -> None:
+    """Elsewhere the UI's session is Flowise's to verify (the routes' `upstream_session`): the call travels
+    on with its cookie and marker, with no UI key, no identity and no credential of keygate's."""
     before = len(mesh.upstream.seen)
     response = await mesh.request("GET", "/api/v1/chatflows/f1", session_headers(flowise_jwt(ui.secret)))
-    assert (response.status, response.json()["code"]) == (401, "KEY_MISSING")
-    assert ui.ui_key not in json.dumps(mesh.upstream.seen[before:])
+    assert response.status == 200
+    (seen,) = mesh.upstream.seen[before:]
+    headers = dict(seen["headers"])
+    assert headers["x-request-from"] == "internal" and "token=" in headers["cookie"]
+    assert not {"authorization", "x-api-key", "x-keygate-key-id"} & set(headers)
+    assert ui.ui_key not in json.dumps(seen)
 
 
 async def test_the_ui_key_is_not_in_envoys_config_dump(mesh: Mesh, ui: Gateway) -> None:

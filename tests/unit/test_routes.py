@@ -146,3 +146,19 @@ def test_public_and_refused_rules_take_no_action() -> None:
         with pytest.raises(InvalidArgument) as err:
             RouteTable.parse({"routes": [{"method": "GET", "path": "/x", **rule}]}, CATALOG)
         assert err.value.field == field
+
+
+def test_the_upstream_sessions_marker_is_read_case_blind_and_checked() -> None:
+    rules = [{"method": "GET", "path": "/x", "action": "chatflows:view"}]
+    table = RouteTable.parse({"routes": rules, "upstream_session": {"header": "X-Request-From", "value": "Internal"}},
+                             CATALOG)
+    assert table.session_call({"x-request-from": " internal "})
+    assert not table.session_call({"x-request-from": "external"}) and not table.session_call({})
+    assert not RouteTable.parse({"routes": rules}, CATALOG).session_call({"x-request-from": "internal"})
+    with pytest.raises(InvalidArgument) as err:
+        RouteTable.parse({"routes": rules, "upstream_session": {"header": "x-request-from"}}, CATALOG)
+    assert err.value.field == "upstream_session"
+
+
+def test_the_built_in_rules_know_flowises_ui_marker() -> None:
+    assert Settings().routes(CATALOG).session_call({"x-request-from": "internal"})
