@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import re
+from urllib.parse import unquote
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +70,9 @@ class RouteTable:
     # (header, value) by which the upstream's own UI marks a call made with its login session, not a key
     # (Flowise: `x-request-from: internal`): such a call presenting no key is the upstream's to verify.
     upstream_session: tuple[str, str] | None = None
+    # The upstream's API lives under this path prefix; every other path (a web UI's pages and assets) is
+    # public. Compared percent-decoded and case-blind, so no spelling of an API path counts as outside.
+    api_prefix: str = ""
     # The first rule matching (method, path), memoized per table. Not `lru_cache` on the method: its key
     # would hold the table itself, whose dataclass hash walks every rule on every request.
     match: Callable[[str, str], Match | None] = field(init=False, repr=False, compare=False)
@@ -100,12 +104,27 @@ class RouteTable:
             query_parameter=str(key.get("query_parameter", "apiKey")),
             workspace_header=str(data.get("workspace_header", "")).lower(),
             upstream_session=_upstream_session(data.get("upstream_session")),
+            api_prefix=_api_prefix(data.get("api_prefix", "")),
         )
+
+    def outside_api(self, path: str) -> bool:
+        """Is this path outside the upstream's API (so public), whatever its spelling?"""
+        if not self.api_prefix:
+            return False
+        decoded = unquote(path).lower()
+        return not (decoded + "/").startswith(self.api_prefix) and "%" not in decoded
 
     def session_call(self, headers: Mapping[str, str]) -> bool:
         """Does this request say it comes from the upstream's own logged-in UI?"""
         marker = self.upstream_session
         return marker is not None and headers.get(marker[0], "").strip().lower() == marker[1]
+
+
+def _api_prefix(raw: Any) -> str:
+    prefix = str(raw).lower()
+    if prefix and not (prefix.startswith("/") and prefix.endswith("/") and len(prefix) > 2):
+        raise InvalidArgument("api_prefix", "a path prefix such as /api/ (with both slashes), or empty")
+    return prefix
 
 
 def _upstream_session(raw: Any) -> tuple[str, str] | None:

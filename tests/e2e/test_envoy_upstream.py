@@ -193,3 +193,36 @@ async def test_a_keyless_call_without_the_marker_is_refused(mesh: Mesh, credenti
                                   {"Cookie": SESSION["Cookie"], **marker})
     assert response.status == 401 and response.json()["code"] == "KEY_MISSING"
     assert len(mesh.upstream.seen) == before
+
+
+# --- Flowise's web UI and its key API, whatever the spelling ----------------------------------
+
+
+@pytest.mark.parametrize("path", ["/", "/assets/index-1a2b.js", "/chatflows"])
+async def test_flowises_web_ui_is_served_without_a_key(mesh: Mesh, credentials: Path, path: str) -> None:
+    await mesh.start(upstream_credentials=credentials)
+    response = await mesh.request("GET", path)
+    assert response.status == 200 and response.json()["path"] == path
+    assert "authorization" not in seen_headers(response)
+
+
+@pytest.mark.parametrize("path", ["/%61pi/v1/chatflows", "/API/v1/chatflows", "/%2561pi/v1/chatflows"])
+async def test_no_spelling_of_an_api_path_passes_as_a_page(mesh: Mesh, credentials: Path, path: str) -> None:
+    await mesh.start(upstream_credentials=credentials)
+    before = len(mesh.upstream.seen)
+    response = await mesh.request("GET", path)
+    assert response.status in (401, 403) and len(mesh.upstream.seen) == before
+
+
+@pytest.mark.parametrize("path", ["/API/V1/APIKEY", "/api/v1/ApiKey/k1", "/api/v1/apikey/"])
+async def test_flowises_key_api_never_reaches_flowise_in_any_spelling(mesh: Mesh, credentials: Path,
+                                                                      path: str) -> None:
+    """Passed on with the upstream credential it would create Flowise's own plaintext keys."""
+    await mesh.start(upstream_credentials=credentials)
+    key = await mesh.create(name="admin", permissions=["apikeys:create", "apikeys:view", "apikeys:update",
+                                                        "apikeys:delete"])
+    before = len(mesh.upstream.seen)
+    for method in ("GET", "POST", "PUT", "DELETE"):
+        response = await mesh.request(method, path, bearer(key.api_key), body=b'{"keyName": "x"}')
+        assert response.status != 200 or "keyName" in response.body.decode(), (method, response)
+    assert len(mesh.upstream.seen) == before

@@ -24,7 +24,8 @@ ROUTES = load()
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 # Flowise serves these without a key; keygate does not (the README's route rules say why).
 KEYED_THOUGH_FLOWISE_IS_OPEN = ("/api/v1/prediction", "/api/v1/webhook/")
-REFUSED_PATHS = ("/api/v1/verify/apikey", "/api/v1/chatflows/apikey/", "/api/v1/mcp/")
+# /api/v1/apikey is keygate's own (the transcoder door); passed on it would manage Flowise's plaintext keys.
+REFUSED_PATHS = ("/api/v1/verify/apikey", "/api/v1/chatflows/apikey/", "/api/v1/mcp/", "/api/v1/apikey")
 
 
 def sample(path: str) -> str:
@@ -94,3 +95,14 @@ def test_the_list_is_what_the_installed_flowise_serves() -> None:
     if not dist:
         pytest.skip("FLOWISE_DIST not set: no installed Flowise to compare with")
     assert compare(Path(dist)) == []
+
+
+@pytest.mark.parametrize("path", ["/", "/chatflows", "/assets/index-1a2b.js", "/canvas/abc", "/apikey"])
+def test_flowises_web_ui_is_public(path: str) -> None:
+    assert RULES.match("GET", path) is None and RULES.outside_api(path)
+
+
+@pytest.mark.parametrize("path", ["/api/v1/tools", "/API/v1/tools", "/%61pi/v1/tools", "/%2561pi/v1/tools", "/api",
+                                  "/Api/", "/%41PI/v1/x"])
+def test_no_spelling_of_an_api_path_is_outside_the_api(path: str) -> None:
+    assert not RULES.outside_api(path)

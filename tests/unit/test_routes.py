@@ -22,8 +22,6 @@ FLOWISE = Settings().routes(CATALOG)
         ("PUT", "/api/v1/chatflows/a1", "chatflows/a1", "chatflows:update", False),
         ("POST", "/api/v1/vector/upsert/a1", "chatflows/a1", "predictions:create", False),
         ("GET", "/api/v1/document-store/chunks/s1/l1/2", "documentStores/s1", "documentStores:view", False),
-        ("POST", "/api/v1/apikey", "", "apikeys:create", False),
-        ("DELETE", "/api/v1/apikey/k9", "apikeys/k9", "apikeys:delete", False),
     ],
 )
 def test_the_built_in_flowise_rules(method: str, path: str, resource: str, action: str, query_key: bool) -> None:
