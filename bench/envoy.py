@@ -439,7 +439,7 @@ def _notes(duration: float, rounds: int, reply_bytes: dict[str, int]) -> list[st
         "filter and keygate cluster unchanged but for the port (gRPC over HTTP/2, fail closed). keygate runs "
         "`serve --workers 1` on the cached key; the constant-allow server sends the same reply message "
         f"({reply_bytes['constant']} bytes; keygate's {reply_bytes['keygate']}) without keygate's "
-        "x-request-id trailer, decision and key extraction.",
+        "decision and key extraction.",
         f"- Envoy rounds: a, b, c0, c interleaved, {rounds} rounds of {duration:g} s each for throughput "
         f"(h2load -c{THROUGHPUT[0]} -m{THROUGHPUT[1]}, closed loop) and for latency (h2load -c4 -m1: exactly "
         "4 in flight; p50/p99 from h2load's per-request log, request start to end of response). Before each: "
