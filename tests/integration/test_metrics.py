@@ -292,7 +292,7 @@ async def test_decisions_are_labelled_for_each_api(app: App, client: Client) -> 
     key = (await client.create(permissions=["chatflows:view", "predictions:create"])).api_key
     envoy = external_auth_pb2_grpc.AuthorizationStub(client.channel)
     for path, presented in [("/api/v1/prediction/f1", key), ("/api/v1/prediction/f1", ""),
-                            ("/api/v1/prediction/f1", key), ("/nowhere", key)]:
+                            ("/api/v1/prediction/f1", key), ("/api/v1/nowhere", key)]:
         await envoy.Check(envoy_check(path, presented))
     view = authz_pb2.BatchCheckItem(resource="chatflows/f1", action="chatflows:view")
     other = authz_pb2.BatchCheckItem(resource="chatflows/f1", action="chatflows:view", workspace_id="ws-other")
