@@ -146,6 +146,24 @@ def test_flowise_is_reachable_only_as_keygate_allows(gateway: Gateway, relay: Re
     assert seen == []
 
 
+def test_flowises_own_ui_works_through_the_gateway_on_its_session(
+        gateway: Gateway, relay: Relay, flowise: Flowise, chatflow: str) -> None:
+    """Flowise's UI: its page is served, and its API calls (login session, `x-request-from: internal`, no key)
+    reach Flowise as they came, which answers them from the session; a forged session gets Flowise's 401."""
+    page, seen = through(relay, lambda: gateway.request("GET", "/"))
+    assert page.status == 200 and b"<html" in page.body.lower() and [s.path for s in seen] == ["/"]
+
+    ui = {"Cookie": flowise.cookie, "x-request-from": "internal"}
+    listed, seen = through(relay, lambda: gateway.request("GET", "/api/v1/chatflows", ui))
+    assert chatflow in chatflow_ids(listed)
+    (request,) = seen
+    assert request.header("authorization") == [] and request.header("x-keygate-key-id") == []
+
+    forged = {"Cookie": "token=eyJhbGciOiJIUzI1NiJ9.e30.forged", "x-request-from": "internal"}
+    refused, seen = through(relay, lambda: gateway.request("GET", "/api/v1/chatflows", forged))
+    assert refused.status == 401 and len(seen) == 1  # Flowise's own answer to a session it did not issue
+
+
 # --- issue 9, part 4 ------------------------------------------------------------------------------------
 
 
