@@ -112,7 +112,7 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
             return _denied(400, "INVALID_ARGUMENT", f"percent-encode no part of the {self._routes.query_parameter!r} "
                                                     "parameter's name")
         if match is None:
-            if self._routes.outside_api(path):  # the upstream's web UI: public, as Flowise serves it
+            if self._routes.public_without_rule(http.method, path):  # web UI pages, CORS preflights
                 metrics.decision.set(PUBLIC_ROUTE)
                 return self._ok([], presented, _metadata(PUBLIC_ROUTE, decision_id=assigned_request_id()))
             if self._routes.allow_unmatched:  # passed on as it came, minus keys and forged identity

@@ -73,6 +73,9 @@ class RouteTable:
     # The upstream's API lives under this path prefix; every other path (a web UI's pages and assets) is
     # public. Compared percent-decoded and case-blind, so no spelling of an API path counts as outside.
     api_prefix: str = ""
+    # CORS preflights (OPTIONS) pass without a key: a browser sends them with no credential, and the
+    # upstream answers them before any route (Flowise's cors middleware), so they reach no API handler.
+    public_preflight: bool = False
     # The first rule matching (method, path), memoized per table. Not `lru_cache` on the method: its key
     # would hold the table itself, whose dataclass hash walks every rule on every request.
     match: Callable[[str, str], Match | None] = field(init=False, repr=False, compare=False)
@@ -105,7 +108,12 @@ class RouteTable:
             workspace_header=str(data.get("workspace_header", "")).lower(),
             upstream_session=_upstream_session(data.get("upstream_session")),
             api_prefix=_api_prefix(data.get("api_prefix", "")),
+            public_preflight=_preflight(data.get("preflight", "rules")),
         )
+
+    def public_without_rule(self, method: str, path: str) -> bool:
+        """A request no rule covers that passes anyway: a page of the upstream's web UI, or a CORS preflight."""
+        return self.outside_api(path) or (method == "OPTIONS" and self.public_preflight)
 
     def outside_api(self, path: str) -> bool:
         """Is this path outside the upstream's API (so public), whatever its spelling?"""
@@ -118,6 +126,12 @@ class RouteTable:
         """Does this request say it comes from the upstream's own logged-in UI?"""
         marker = self.upstream_session
         return marker is not None and headers.get(marker[0], "").strip().lower() == marker[1]
+
+
+def _preflight(raw: Any) -> bool:
+    if raw not in ("public", "rules"):
+        raise InvalidArgument("preflight", "must be 'public' (CORS preflights pass without a key) or 'rules'")
+    return raw == "public"
 
 
 def _api_prefix(raw: Any) -> str:

@@ -226,3 +226,13 @@ async def test_flowises_key_api_never_reaches_flowise_in_any_spelling(mesh: Mesh
         response = await mesh.request(method, path, bearer(key.api_key), body=b'{"keyName": "x"}')
         assert response.status != 200 or "keyName" in response.body.decode(), (method, response)
     assert len(mesh.upstream.seen) == before
+
+
+async def test_a_cors_preflight_reaches_flowise_without_a_key(mesh: Mesh, credentials: Path) -> None:
+    """Flowise's embedded chat calls /prediction from other sites: the browser's preflight carries no key."""
+    await mesh.start(upstream_credentials=credentials)
+    preflight = {"Origin": "https://shop.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "content-type"}
+    response = await mesh.request("OPTIONS", f"/api/v1/prediction/{uuid.uuid4()}", preflight)
+    assert response.status == 200 and response.json()["method"] == "OPTIONS"
+    assert "authorization" not in seen_headers(response)

@@ -314,7 +314,7 @@ class _Relay(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _forward
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _forward
 
     def log_message(self, *args: object) -> None:
         pass

@@ -164,6 +164,16 @@ def test_flowises_own_ui_works_through_the_gateway_on_its_session(
     assert refused.status == 401 and len(seen) == 1  # Flowise's own answer to a session it did not issue
 
 
+def test_a_cors_preflight_is_answered_by_flowise(gateway: Gateway, relay: Relay, chatflow: str) -> None:
+    """Flowise's embedded chat calls /prediction from other sites; the browser's preflight has no key."""
+    preflight = {"Origin": "https://shop.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "content-type"}
+    answer, seen = through(relay, lambda: gateway.request("OPTIONS", f"/api/v1/prediction/{chatflow}", preflight))
+    assert answer.status in (200, 204), answer
+    assert answer.header("access-control-allow-methods") is not None  # Flowise's cors middleware answered
+    assert [(s.method, s.header("authorization")) for s in seen] == [("OPTIONS", [])]
+
+
 # --- issue 9, part 4 ------------------------------------------------------------------------------------
 
 

@@ -106,3 +106,9 @@ def test_flowises_web_ui_is_public(path: str) -> None:
                                   "/Api/", "/%41PI/v1/x"])
 def test_no_spelling_of_an_api_path_is_outside_the_api(path: str) -> None:
     assert not RULES.outside_api(path)
+
+
+@pytest.mark.parametrize("path", ["/api/v1/prediction/f1", "/api/v1/chatflows"])
+def test_cors_preflights_pass_and_nothing_else_does_by_method(path: str) -> None:
+    assert RULES.public_without_rule("OPTIONS", path)
+    assert not RULES.public_without_rule("GET", path) and not RULES.public_without_rule("HEAD", path)
