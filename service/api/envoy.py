@@ -113,23 +113,19 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
                                                     "parameter's name")
         if match is None:
             if self._routes.public_without_rule(http.method, path):  # web UI pages, CORS preflights
-                metrics.decision.set(PUBLIC_ROUTE)
-                return self._ok([], presented, _metadata(PUBLIC_ROUTE, decision_id=assigned_request_id()))
+                return self._pass(PUBLIC_ROUTE, presented)
             if self._routes.allow_unmatched:  # passed on as it came, minus keys and forged identity
-                metrics.decision.set(UNMATCHED_ALLOWED)
-                return self._ok([], presented, _metadata(UNMATCHED_ALLOWED, decision_id=assigned_request_id()))
+                return self._pass(UNMATCHED_ALLOWED, presented)
             return _denied(403, "NO_MATCHING_ROUTE", f"no route rule covers {http.method} {path}")
         access = match.route.access
         if access is not KEY:
             if access is PUBLIC:  # the upstream decides alone: no identity, no credential
-                metrics.decision.set(PUBLIC_ROUTE)
-                return self._ok([], presented, _metadata(PUBLIC_ROUTE, decision_id=assigned_request_id()))
+                return self._pass(PUBLIC_ROUTE, presented)
             # REFUSED; the path itself may hold a key, so it is not echoed
             return _denied(403, "ROUTE_REFUSED", "keygate does not pass this route on (see its route rules)")
 
         if not presented.key and self._routes.session_call(http.headers):  # the upstream verifies its session
-            metrics.decision.set(UPSTREAM_SESSION)
-            return self._ok([], presented, _metadata(UPSTREAM_SESSION, decision_id=assigned_request_id()))
+            return self._pass(UPSTREAM_SESSION, presented)
 
         workspace = http.headers.get(self._routes.workspace_header, "") if self._routes.workspace_header else ""
         item = CheckItem(match.resource, match.route.action, workspace)
@@ -178,6 +174,12 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         response.CopyFrom(template)
         response.dynamic_metadata.fields["decision_id"].string_value = decision_id
         return response
+
+    def _pass(self, word: str, presented: _Presented) -> external_auth_pb2.CheckResponse:
+        """Passed on without a key decision (`word` says why: a public route or page, the upstream's own
+        session, an unmatched request allowed): no identity or credential, every key carrier removed."""
+        metrics.decision.set(word)
+        return self._ok([], presented, _metadata(word, decision_id=assigned_request_id()))
 
     def _ok(self, identity: list[base_pb2.HeaderValueOption], presented: _Presented,
             metadata: struct_pb2.Struct) -> external_auth_pb2.CheckResponse:
