@@ -29,7 +29,7 @@ from .. import metrics
 from ..authz import Authorizer, CheckItem
 from ..cache.lru import LRU
 from ..domain.decision import Code, Credential, Decision
-from ..domain.errors import InvalidArgument, Unavailable
+from ..domain.errors import InvalidArgument, Unavailable, redact
 from ..domain.routes import KEY, PUBLIC, RouteTable
 from ..upstream import UpstreamCredentials
 from .boundary import PUBLIC_ROUTE, UNMATCHED_ALLOWED, UPSTREAM_SESSION, assigned_request_id, current_request_id
@@ -116,7 +116,7 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
                 return self._pass(PUBLIC_ROUTE, presented)
             if self._routes.allow_unmatched:  # passed on as it came, minus keys and forged identity
                 return self._pass(UNMATCHED_ALLOWED, presented)
-            return _denied(403, "NO_MATCHING_ROUTE", f"no route rule covers {http.method} {path}")
+            return _denied(403, "NO_MATCHING_ROUTE", f"no route rule covers {http.method} {redact(path)}")
         access = match.route.access
         if access is not KEY:
             if access is PUBLIC:  # the upstream decides alone: no identity, no credential

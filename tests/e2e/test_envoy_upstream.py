@@ -236,3 +236,13 @@ async def test_a_cors_preflight_reaches_flowise_without_a_key(mesh: Mesh, creden
     response = await mesh.request("OPTIONS", f"/api/v1/prediction/{uuid.uuid4()}", preflight)
     assert response.status == 200 and response.json()["method"] == "OPTIONS"
     assert "authorization" not in seen_headers(response)
+
+
+async def test_an_unmatched_path_holding_a_key_is_not_echoed(mesh: Mesh, credentials: Path) -> None:
+    await mesh.start(upstream_credentials=credentials)
+    key = await mesh.create(name="caller", permissions=["chatflows:view"])
+    flowise_shaped = "Ab3-_" * 9  # 45 base64url characters, as an imported Flowise key
+    for secret in (key.api_key, flowise_shaped):
+        response = await mesh.request("GET", f"/api/v1/nothing-here/{secret}")
+        assert response.status == 403 and response.json()["code"] == "NO_MATCHING_ROUTE"
+        assert secret not in response.body.decode() and "[redacted]" in response.json()["message"]
