@@ -143,15 +143,16 @@ class App:
         if metrics is not None:
             metrics.watch(cache, store, listener, usage)
         boundary = Boundary(metrics)
-        boundary.register(server, KeyServicer(authorizer, admin), _service(keys_pb2, "KeyService"))
-        boundary.register(server, FlowiseKeyServicer(authorizer, admin),
-                          _service(flowise_pb2, "FlowiseApiKeyService"))
-        # The high-volume reads: their allowed answers are counted, not logged (unless KEYGATE_ACCESS_LOG=all).
+        # The high-volume reads first (grpc asks each service's handler in turn whether it serves a call);
+        # their allowed answers are counted, not logged (unless KEYGATE_ACCESS_LOG=all).
         boundary.register(server, AuthzServicer(authorizer, catalog), _service(authz_pb2, "AuthzService"),
                           quiet=frozenset({"Check", "BatchCheck"}))
         boundary.register(server, EnvoyAuthzServicer(authorizer, routes, upstream),
                           _service(external_auth_pb2, "Authorization"), quiet=frozenset({"Check"}))
         boundary.register(server, health, HEALTH_SERVICE, quiet=frozenset({"Check"}))
+        boundary.register(server, KeyServicer(authorizer, admin), _service(keys_pb2, "KeyService"))
+        boundary.register(server, FlowiseKeyServicer(authorizer, admin),
+                          _service(flowise_pb2, "FlowiseApiKeyService"))
         reflection.enable((*SERVICE_NAMES, HEALTH_SERVICE.full_name), server, boundary)
         if metrics is not None:
             count_unknown_methods(server, metrics)  # last: it answers whatever no servicer serves
