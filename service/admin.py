@@ -28,7 +28,8 @@ from .domain.records import AuditEvent, AuditQuery, BindingRecord, KeyRecord
 from .domain.resources import canonical_resource, target
 from .store.postgres import Store, Tx
 
-UPDATABLE_FIELDS = ("name", "description", "permissions", "resources", "expire_time", "disabled", "metadata")
+UPDATABLE_FIELDS = ("name", "description", "permissions", "resources", "expire_time", "disabled", "metadata",
+                    "rate_limits", "credits")
 DEFAULT_BINDING_ACTIONS = ("predictions:create",)
 _AUDIT_ACTION_RE = re.compile(r"^[A-Za-z]{1,64}\Z")  # audit rows name the call: CreateKey, RotateKey, ...
 
@@ -181,7 +182,7 @@ class KeyAdmin:
                 ensure_within(caller.credential, new, None if reenabled else record.credential(self._catalog))
                 if not changed:
                     return record
-                updated = await tx.update_key(key_id, new)
+                updated = await tx.update_key(key_id, new, changed)
                 await tx.audit(self._event(caller, "UpdateKey", "OK", new.workspace_id, target_key_id=key_id,
                                            changed_fields=changed))
                 return updated

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from .cache.keys import MISS, KeyCache
 from .clock import Clock, utcnow
 from .domain.decision import Code, Credential, Decision, bound_elsewhere, decide, key_state
 from .domain.errors import InvalidArgument, Unauthenticated
 from .domain.keys import MAX_KEY_LEN, KeyFormat, Shape, digest
+from .domain.limits import MAX_COST, validate_cost
 from .domain.permissions import Catalog
 from .domain.policy import validate_workspace_id
 from .domain.resources import Target, target
+from .limits.engine import LimitsMeter
 from .usage import UsageRecorder
 
 MAX_BATCH = 100
@@ -36,12 +39,14 @@ class CheckItem:
     resource: str
     action: str
     workspace_id: str = ""
+    cost: int = 0  # credits, for a key with credits: 0 (unset) = 1
 
 
 class Authorizer:
     def __init__(self, cache: KeyCache, catalog: Catalog, key_format: KeyFormat, usage: UsageRecorder,
-                 clock: Clock = utcnow) -> None:
+                 meter: LimitsMeter, clock: Clock = utcnow) -> None:
         self._cache = cache
+        self._meter = meter
         self._catalog = catalog
         self._format = key_format
         self._usage = usage
@@ -53,6 +58,8 @@ class Authorizer:
         found = target(self._catalog, item.resource, item.action, at)
         if item.workspace_id:
             validate_workspace_id(item.workspace_id, f"{at}workspace_id")
+        if item.cost:
+            validate_cost(item.cost, f"{at}cost")
         return found
 
     def targets(self, items: Sequence[CheckItem]) -> list[Target]:
@@ -89,12 +96,19 @@ class Authorizer:
 
         Servicers call this first and await `check` only on None: a cached Check then creates no
         coroutine and awaits nothing, which measured as a large share of its cost in a loaded server.
+        A key with limits is metered here too, from the leases in hand (None when one needs a refill).
         """
         if not api_key or len(api_key) > MAX_KEY_LEN:
             return None
         now = self._clock()
         decision = self._cache.recall(_question(digest(api_key), item), now)
         if decision is not None and decision.allowed:
+            if decision.credential.limits is not None:  # type: ignore[union-attr]
+                if not 0 <= item.cost <= MAX_COST:
+                    return None  # `check` names the field
+                decision = self._meter.admit_now(decision, item.cost or 1, now)
+                if decision is None or not decision.allowed:
+                    return decision
             self._usage.record(decision.credential.key_id, now)  # type: ignore[union-attr]
         return decision
 
@@ -119,9 +133,16 @@ class Authorizer:
                 bindings = await self._cache.bindings(*bindings_slot)
             decision = bound_elsewhere(decision, wanted, bindings)  # type: ignore[arg-type]
         self._cache.remember(_question(key_digest, item), decision, key_digest, bindings_slot)
+        if decision.allowed and identified.limits is not None:
+            decision = await self._metered(decision, item.cost, now)
         if decision.allowed:
             self._usage.record(decision.credential.key_id, now)  # type: ignore[union-attr]
         return decision
+
+    async def _metered(self, allowed: Decision, cost: int, now: datetime) -> Decision:
+        """The limits meter, last of all rules (what it remembers is the decision before it)."""
+        cost = cost or 1
+        return self._meter.admit_now(allowed, cost, now) or await self._meter.admit(allowed, cost, now)
 
     async def check_batch(self, api_key: str, items: Sequence[CheckItem]) -> list[Decision]:
         """One decision per item, for one key identified once; the bindings the decisions need are
@@ -139,6 +160,9 @@ class Authorizer:
             bindings = await self._cache.bindings_many(needed)
             decisions = [d if s is None else bound_elsewhere(d, t, bindings[s])
                          for d, t, s in zip(decisions, wanted, slots, strict=True)]
+        if identified.limits is not None:  # item by item, in order: each allowed item is one request
+            decisions = [await self._metered(d, item.cost, now) if d.allowed else d
+                         for d, item in zip(decisions, items, strict=True)]
         if any(d.allowed for d in decisions):
             self._usage.record(identified.key_id, now)
         return decisions

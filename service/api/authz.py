@@ -30,7 +30,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
     async def Check(
         self, request: authz_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> authz_pb2.CheckResponse:
-        item = CheckItem(request.resource, request.action, request.workspace_id)
+        item = CheckItem(request.resource, request.action, request.workspace_id, request.cost)
         found = self._authorizer.recall(request.api_key, item) or await self._authorizer.check(request.api_key, item)
         metrics.decision.set(found.code._value_)  # `_value_`: `.value` is a Python-level property
         return self._render(found)
@@ -40,6 +40,8 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
         the cache remembered, and building the reply was about a quarter of a cached Check in-process.
         Keyed by identity (a Decision's dataclass hash walks its credential); the entry holds the
         Decision, so its id cannot be reused while the entry lives. Replies are never mutated."""
+        if decision.usage is not None:  # metered: a new Decision every time, not worth keeping
+            return check_response(decision)
         held = self._rendered.get(id(decision))
         if held is not None and held[0] is decision:
             return held[1]
@@ -52,7 +54,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
     async def BatchCheck(
         self, request: authz_pb2.BatchCheckRequest, context: grpc.aio.ServicerContext
     ) -> authz_pb2.BatchCheckResponse:
-        items = [CheckItem(i.resource, i.action, i.workspace_id) for i in request.items]
+        items = [CheckItem(i.resource, i.action, i.workspace_id, i.cost) for i in request.items]
         decisions = await self._authorizer.check_batch(request.api_key, items)
         metrics.decision.set(next((d.code for d in decisions if not d.allowed), Code.OK).value)
         return authz_pb2.BatchCheckResponse(results=[check_response(d) for d in decisions])

@@ -50,6 +50,8 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
             expire_time=convert.from_timestamp(request, "expire_time"),
             description=request.description,
             metadata=dict(request.metadata),
+            rate_limits=convert.from_rate_limits(request),
+            credits=convert.from_credits(request),
         )
         record, api_key = await self._admin.create_key(caller, spec)
         return keys_pb2.CreateKeyResponse(key=convert.api_key(record), api_key=api_key)
@@ -75,6 +77,8 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
             "expire_time": convert.from_timestamp(key, "expire_time"),
             "disabled": key.disabled,
             "metadata": dict(key.metadata),
+            "rate_limits": convert.from_rate_limits(key),
+            "credits": convert.from_credits(key),
         }
         record = await self._admin.update_key(caller, parse_id(key.id, "key.id"), fields,
                                               list(request.update_mask.paths), key.etag)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
+from .limits import Limits, Usage
 from .resources import Scope, Target
 
 
@@ -32,6 +33,8 @@ class Code(enum.Enum):
     PERMISSION_DENIED = "PERMISSION_DENIED"
     RESOURCE_OUT_OF_SCOPE = "RESOURCE_OUT_OF_SCOPE"
     WORKSPACE_MISMATCH = "WORKSPACE_MISMATCH"
+    RATE_LIMITED = "RATE_LIMITED"
+    USAGE_EXCEEDED = "USAGE_EXCEEDED"
 
     @property
     def http_status(self) -> int:
@@ -51,6 +54,8 @@ HTTP_STATUS: dict[Code, int] = {
     Code.PERMISSION_DENIED: 403,
     Code.RESOURCE_OUT_OF_SCOPE: 403,
     Code.WORKSPACE_MISMATCH: 403,
+    Code.RATE_LIMITED: 429,
+    Code.USAGE_EXCEEDED: 429,
 }
 
 
@@ -66,6 +71,7 @@ class Credential:
     expire_time: datetime | None
     disabled: bool
     secret_expire_time: datetime | None = None  # set on a secret replaced by RotateKey
+    limits: Limits | None = None  # rate limits and credits: None for a key with neither (no metering)
     key_id_text: str = field(init=False)  # str(key_id), rendered once rather than on every Check
 
     def __post_init__(self) -> None:
@@ -102,6 +108,7 @@ class Decision:
     code: Code
     reason: str
     credential: Credential | None = None
+    usage: Usage | None = None  # set by the limits meter, for a key with rate limits or credits
 
     @property
     def allowed(self) -> bool:

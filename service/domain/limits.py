@@ -84,14 +84,34 @@ class Limits:
     """What the engine enforces for one key; None on a Credential that has neither."""
 
     rate_limits: tuple[RateLimit, ...]
-    credits: bool  # the key has a credits row; its balance lives in the store, not here
+    credits: Credits | None  # as loaded with the key (the live balance is in the store and the leases)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitState:
+    """A rate limit as one server sees it after a request: `remaining` is an estimate (the store's count
+    at this server's last lease, plus what this server still holds), `reset_time` the window's end."""
+
+    name: str
+    limit: int
+    window: timedelta
+    remaining: int
+    reset_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What Check reports of a limited key: its tightest rate limit and its credits (estimates)."""
+
+    rate_limit: LimitState | None
+    credits_remaining: int | None
 
 
 def limits_of(rate_limits: Sequence[RateLimit], credits: Credits | None) -> Limits | None:
     """The Credential's Limits: None (the hot path's one test) for a key with neither."""
     if not rate_limits and credits is None:
         return None
-    return Limits(tuple(rate_limits), credits is not None)
+    return Limits(tuple(rate_limits), credits)
 
 
 def _ms(value: timedelta) -> int:

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 
 from .decision import Credential
 from .errors import InvalidArgument, PermissionDenied
+from .limits import Credits, RateLimit, ensure_limits_within, validate_credits, validate_rate_limits
 from .permissions import ROOT, Catalog
 from .resources import MAX_SCOPE_ENTRIES, Scope, canonical_pattern
 
@@ -43,6 +44,8 @@ class KeySpec:
     description: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
     disabled: bool = False
+    rate_limits: tuple[RateLimit, ...] = ()
+    credits: Credits | None = None
 
     @property
     def scope(self) -> Scope:
@@ -63,6 +66,8 @@ class KeySpec:
             resources=validate_resources(self.resources, catalog),
             description=_validate_text(self.description, "description", MAX_DESCRIPTION_LEN, allow_empty=True),
             metadata=validate_metadata(self.metadata),
+            rate_limits=validate_rate_limits(self.rate_limits),
+            credits=validate_credits(self.credits),
         )
 
 
@@ -76,8 +81,10 @@ def rights_of(credential: Credential) -> KeySpec:
     held = credential.grants - {ROOT}
     wildcards = {p for p in held if p.endswith(":*")}
     permissions = sorted(p for p in held if p in wildcards or f"{p.partition(':')[0]}:*" not in wildcards)
+    limits = credential.limits
     return KeySpec(name="", workspace_id=credential.workspace_id, permissions=tuple(permissions),
-                   resources=credential.scope.roots, expire_time=credential.ends)
+                   resources=credential.scope.roots, expire_time=credential.ends,
+                   rate_limits=limits.rate_limits if limits else (), credits=limits.credits if limits else None)
 
 
 def validate_name(name: str) -> str:
@@ -178,6 +185,8 @@ def ensure_within(caller: Credential, spec: KeySpec, baseline: Credential | None
     if not caller.root and spec.workspace_id != caller.workspace_id:
         raise PermissionDenied("a key can only manage keys of its own workspace")
     sources = [caller] if baseline is None else [caller, baseline]
+    ensure_limits_within(spec.rate_limits, spec.credits,
+                         [(s.limits.rate_limits, s.limits.credits) if s.limits else ((), None) for s in sources])
     pieces = [Scope((root,)) for root in spec.scope.roots] or [Scope()]
     for permission in spec.permissions:
         holders = [s for s in sources if permission in s.grants]

@@ -32,7 +32,7 @@ from ..domain.keys import fingerprint
 from ..domain.permissions import Catalog
 from ..domain.policy import KeySpec
 from ..domain.records import AuditEvent, AuditQuery, BindingRecord, KeyRecord
-from . import migrations
+from . import limits, migrations
 
 log = structlog.get_logger(__name__)
 
@@ -70,6 +70,7 @@ _ABANDON = (*_UNREACHABLE, asyncio.CancelledError)
 # now(): a secret retired with grace 0 inside this very transaction has already stopped.
 _KEY_COLUMNS = """id, workspace_id, name, description, permissions, resources, display, metadata,
     disabled, expire_time, create_time, update_time, last_used_time, usage_count, created_by, version,
+    """ + limits.KEY_COLUMNS + """,
     (SELECT max(r.expire_time) FROM key_secrets r WHERE r.key_id = api_keys.id AND r.expire_time > clock_timestamp())
         AS previous_secret_expire_time"""
 
@@ -96,6 +97,7 @@ def _unreachable_is_unavailable() -> Iterator[None]:
 
 
 def _key(row: asyncpg.Record) -> KeyRecord:
+    rate_limits, credits = limits.decode_limits(row)
     return KeyRecord(
         id=row["id"],
         spec=KeySpec(
@@ -107,6 +109,8 @@ def _key(row: asyncpg.Record) -> KeyRecord:
             description=row["description"],
             metadata=json.loads(row["metadata"]),
             disabled=row["disabled"],
+            rate_limits=rate_limits,
+            credits=credits,
         ),
         display=row["display"],
         create_time=row["create_time"],
@@ -140,6 +144,11 @@ class Tx:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
         self.changes: list[changes.Change] = []
+
+    @property
+    def connection(self) -> asyncpg.Connection:
+        """For store/limits.py, whose statements run on a lookup's connection."""
+        return self._conn
 
     async def _notify(self, change: changes.Change) -> None:
         await self._conn.execute("SELECT pg_notify($1, $2)", changes.CHANNEL, changes.encode(change, time.time()))
@@ -196,9 +205,16 @@ class Tx:
         )
         await self._conn.execute("INSERT INTO key_secrets (digest, key_id) VALUES ($1, $2)", digest, key_id)
         await self._notify(changes.KeyChanged(key_id, (fingerprint(digest),)))
-        return _key(row)
+        if not spec.rate_limits and spec.credits is None:
+            return _key(row)
+        await limits.set_limits(self._conn, key_id, spec.rate_limits, spec.credits)
+        return await self.get_key(key_id)  # type: ignore[return-value]
 
-    async def update_key(self, key_id: UUID, spec: KeySpec) -> KeyRecord:
+    async def update_key(self, key_id: UUID, spec: KeySpec, changed: Sequence[str] = ()) -> KeyRecord:
+        """`changed`: the fields the update changes; new rate limits or credits restart their counters."""
+        if "rate_limits" in changed or "credits" in changed:
+            await limits.set_limits(self._conn, key_id, spec.rate_limits, spec.credits,
+                                    rate_limits_changed="rate_limits" in changed, credits_changed="credits" in changed)
         row = await self._conn.fetchrow(
             f"""UPDATE api_keys SET name = $2, description = $3, permissions = $4, resources = $5,
                     metadata = $6::jsonb, disabled = $7, expire_time = $8,

@@ -1,0 +1,206 @@
+"""The limits meter: rate limits and credits enforced across every worker and replica, decided in memory.
+
+Each process leases blocks of a key's budget from PostgreSQL (store/limits.py: a window's budget per
+rate limit, credits) and spends them in memory: the common case takes no await and no lookup, and
+only a lease refill touches the database, bounded by the lookup timeout. Consumption is committed
+when leased, so the shared counters never pass a limit, and a restart loses no consumed credit.
+On shutdown `close` gives back what is left of the leases.
+
+The meter runs last, on a request every other rule allowed, and it checks every limit before it
+consumes from any (Unkey #1995): a request refused by one limit spends nothing from the others.
+
+When the database cannot be reached for a refill: credits fail closed (UNAVAILABLE); rate limits
+fail closed too unless the operator chose `KEYGATE_RATE_LIMIT_OUTAGE=open`, which admits without
+counting until it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+import structlog
+
+from ..domain.decision import Code, Decision
+from ..domain.errors import Unavailable
+from ..domain.limits import LimitState, Limits, Usage, window_start_ms
+from ..store import limits as sql
+from ..store.postgres import Store
+
+log = structlog.get_logger(__name__)
+_MS = timedelta(milliseconds=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class Outage(enum.Enum):
+    """What a rate-limited key gets while the database is unreachable (credits always fail closed)."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+
+
+@dataclass(slots=True)
+class _RateLease:
+    window_start: int = -1  # ms; -1: none yet
+    left: int = 0  # leased to this process and not yet spent
+    used: int = 0  # the store's count at the last grant
+    exhausted: bool = False  # the store had nothing left in this window
+
+
+@dataclass(slots=True)
+class _CreditLease:
+    left: int = 0
+    epoch: int = 0
+    remaining: int = 0  # the store's balance at the last grant
+    refill_time: datetime | None = None
+    leased: bool = False  # at least one grant made (else the balance is unknown)
+
+
+@dataclass(slots=True)
+class _KeyLeases:
+    limits: Limits  # the limits these leases are for: a reloaded key with other limits starts afresh
+    rates: list[_RateLease]
+    credits: _CreditLease | None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class LimitsMeter:
+    def __init__(self, store: Store, outage: Outage = Outage.CLOSED) -> None:
+        self._store = store
+        self._outage = outage
+        self._keys: dict[UUID, _KeyLeases] = {}
+
+    def admit_now(self, allowed: Decision, cost: int, now: datetime) -> Decision | None:
+        """The metered decision from the leases in hand, without awaiting; None when a lease must be
+        refilled first (then `admit`). `allowed` is an OK decision for a key with limits."""
+        credential = allowed.credential
+        leases = self._keys.get(credential.key_id)  # type: ignore[union-attr]
+        if leases is None or leases.limits is not credential.limits:  # type: ignore[union-attr]
+            return None
+        return self._decide(leases, allowed, cost, _ms(now))
+
+    async def admit(self, allowed: Decision, cost: int, now: datetime) -> Decision:
+        """The metered decision, refilling leases from the store as needed (bounded by the lookup timeout).
+        Unavailable when the store cannot be reached, unless the key has rate limits only and the
+        operator chose to admit during an outage."""
+        credential = allowed.credential
+        limits: Limits = credential.limits  # type: ignore[union-attr,assignment]
+        leases = self._keys.get(credential.key_id)  # type: ignore[union-attr]
+        if leases is None or leases.limits is not limits:
+            if leases is not None:
+                with contextlib.suppress(Unavailable):
+                    await self._give_back(credential.key_id, leases)  # type: ignore[union-attr]
+            leases = _KeyLeases(limits, [_RateLease() for _ in limits.rate_limits],
+                                None if limits.credits is None else _CreditLease())
+            self._keys[credential.key_id] = leases  # type: ignore[union-attr]
+        now_ms = _ms(now)
+        async with leases.lock:  # one refill per key at a time; the others then find the new lease
+            decided = self._decide(leases, allowed, cost, now_ms)
+            if decided is not None:
+                return decided
+            try:
+                await self._refill(credential.key_id, leases, cost, now, now_ms)  # type: ignore[union-attr]
+            except Unavailable:
+                if self._outage is Outage.OPEN and leases.credits is None:
+                    return allowed
+                raise
+            decided = self._decide(leases, allowed, cost, now_ms)
+        # after a refill every short lease is either enough or known exhausted, so `decided` is set
+        return decided if decided is not None else Decision(Code.RATE_LIMITED, "rate limited", credential)
+
+    def _decide(self, leases: _KeyLeases, allowed: Decision, cost: int, now_ms: int) -> Decision | None:
+        """All limits checked, then all consumed: a refusal spends nothing."""
+        limits = leases.limits
+        refill = False
+        for limit, lease in zip(limits.rate_limits, leases.rates, strict=True):
+            if lease.window_start != window_start_ms(now_ms, limit.window_ms) or lease.left < 1:
+                if lease.exhausted and lease.window_start >= window_start_ms(now_ms, limit.window_ms):
+                    return self._refused(leases, allowed, Code.RATE_LIMITED,
+                                         f"rate limit {limit.name!r} ({limit.limit} per {limit.window}) reached")
+                refill = True
+        credit = leases.credits
+        if credit is not None and credit.left < cost:
+            if credit.leased and credit.remaining == 0 and not _refill_due(credit, now_ms):
+                return self._refused(leases, allowed, Code.USAGE_EXCEEDED, "the key has no credits left")
+            refill = True
+        if refill:
+            return None
+        for lease in leases.rates:
+            lease.left -= 1
+        if credit is not None:
+            credit.left -= cost
+        return replace(allowed, usage=_usage(leases))
+
+    @staticmethod
+    def _refused(leases: _KeyLeases, allowed: Decision, code: Code, reason: str) -> Decision:
+        return Decision(code, reason, allowed.credential, _usage(leases))
+
+    async def _refill(self, key_id: UUID, leases: _KeyLeases, cost: int, now: datetime, now_ms: int) -> None:
+        """New leases for every limit short of one request (or of `cost`, for credits), in one connection."""
+        async with self._store.lookup() as tx:
+            conn = tx.connection
+            for limit, lease in zip(leases.limits.rate_limits, leases.rates, strict=True):
+                start = window_start_ms(now_ms, limit.window_ms)
+                if lease.window_start == start and (lease.left >= 1 or lease.exhausted):
+                    continue
+                grant = await sql.grant_rate(conn, key_id, limit, start, 1)
+                if lease.window_start != grant.window_start_ms:
+                    lease.left = 0
+                lease.window_start, lease.used = grant.window_start_ms, grant.used
+                lease.left += grant.granted
+                lease.exhausted = grant.granted == 0
+            credit = leases.credits
+            if credit is not None and credit.left < cost:
+                found = await sql.grant_credits(conn, key_id, cost - credit.left, now)
+                if found is None:  # the credits were removed; the key reloads without them
+                    found = sql.CreditGrant(0, 0, credit.epoch, None)
+                if found.epoch != credit.epoch:
+                    credit.left = 0  # leftovers of the balance before a refill or an owner's set
+                credit.left += found.granted
+                credit.epoch, credit.remaining, credit.refill_time = found.epoch, found.remaining, found.refill_time
+                credit.leased = True
+
+    async def _give_back(self, key_id: UUID, leases: _KeyLeases) -> None:
+        """Return what is left of a key's leases (rate leases only while their window lasts)."""
+        now_ms = _ms(datetime.now(UTC))
+        async with self._store.lookup() as tx:
+            conn = tx.connection
+            for limit, lease in zip(leases.limits.rate_limits, leases.rates, strict=True):
+                if lease.left > 0 and lease.window_start == window_start_ms(now_ms, limit.window_ms):
+                    await sql.return_rate(conn, key_id, limit.name, lease.window_start, lease.left)
+                lease.left = 0
+            credit = leases.credits
+            if credit is not None and credit.left > 0:
+                await sql.return_credits(conn, key_id, credit.epoch, credit.left)
+                credit.left = 0
+
+    async def close(self) -> None:
+        """Give back every lease's unused part (on shutdown): a failure loses only leased budget."""
+        for key_id, leases in list(self._keys.items()):
+            with contextlib.suppress(Unavailable):
+                await self._give_back(key_id, leases)
+        self._keys.clear()
+
+
+def _ms(now: datetime) -> int:
+    return (now - _EPOCH) // _MS
+
+
+def _refill_due(credit: _CreditLease, now_ms: int) -> bool:
+    return credit.refill_time is not None and _ms(credit.refill_time) <= now_ms
+
+
+def _usage(leases: _KeyLeases) -> Usage:
+    """The tightest rate limit (fewest left, estimated) and the credits left (estimated)."""
+    tightest: LimitState | None = None
+    for limit, lease in zip(leases.limits.rate_limits, leases.rates, strict=True):
+        remaining = max(0, limit.limit - lease.used) + lease.left
+        reset = _EPOCH + (lease.window_start + limit.window_ms) * _MS
+        if tightest is None or (remaining, tightest.reset_time) < (tightest.remaining, reset):
+            tightest = LimitState(limit.name, limit.limit, limit.window, remaining, reset)
+    credit = leases.credits
+    return Usage(tightest, None if credit is None else credit.remaining + credit.left)
