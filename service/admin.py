@@ -19,7 +19,8 @@ from uuid import UUID
 
 from .clock import Clock, utcnow
 from .domain import paging
-from .domain.decision import Code, Credential, decide
+from .domain.decision import CODES, Code, Credential
+from .domain.evaluators import CheckItem, Pipeline, Question
 from .domain.errors import Aborted, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from .domain.keys import KeyFormat, digest
 from .domain.permissions import ROOT, Catalog
@@ -40,6 +41,7 @@ class Caller:
 
     credential: Credential
     request_id: str = ""
+    client_address: str = ""  # the caller's IP address (gRPC peer), "" when not an IP connection
 
 
 class KeyAdmin:
@@ -52,15 +54,20 @@ class KeyAdmin:
         self._format = key_format
         self._clock = clock
         self._tokens = page_tokens or paging.PageTokens(os.urandom(32))
+        self._pipeline = Pipeline()
 
     # --- authorization helpers ------------------------------------------------------
 
     def _authorize(self, caller: Caller, action: str, resource: str = "", workspace_id: str = "") -> None:
         """The same decision Check makes, without the binding rule (bindings govern use, not management)."""
-        decision = decide(caller.credential, target(self._catalog, resource, action), workspace_id, self._clock())
+        credential = caller.credential
+        item = CheckItem(resource, action, workspace_id, caller.client_address)
+        question = Question(item, target(self._catalog, resource, action), workspace_id or credential.workspace_id,
+                            self._clock())
+        decision = self._pipeline.decide(credential, question)
         if decision.allowed:
             return
-        if decision.code.http_status == 401:
+        if CODES[decision.code].rpc == "UNAUTHENTICATED":
             raise Unauthenticated(decision.reason)
         if decision.code is Code.WORKSPACE_MISMATCH:
             raise PermissionDenied("a key can only manage its own workspace")

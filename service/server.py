@@ -38,6 +38,7 @@ from .domain import paging
 from .metrics import Exporter, Metrics, count_unknown_methods
 from .store import embedded
 from .store.postgres import Store
+from .domain.evaluators import Pipeline
 from .limits.engine import LimitsMeter, Outage
 from .usage import UsageRecorder
 from .v1 import authz_pb2, flowise_pb2, keys_pb2
@@ -132,7 +133,7 @@ class App:
         listener = ChangeListener(store, cache)
         usage = UsageRecorder(store)
         meter = LimitsMeter(store, Outage(settings.rate_limit_outage))
-        authorizer = Authorizer(cache, catalog, key_format, usage, meter)
+        authorizer = Authorizer(cache, catalog, key_format, usage, pipeline=Pipeline(meters=(meter,)))
         async with store.read() as tx:
             page_tokens = paging.PageTokens(await tx.server_secret(PAGE_TOKEN_SECRET))
         admin = KeyAdmin(store, catalog, key_format, page_tokens=page_tokens)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from ..domain.decision import Code, Decision
+from ..domain.decision import CODES, Code, Decision
 from ..domain.errors import InvalidArgument
 from ..domain.limits import Credits, RateLimit, Usage
 from ..domain.records import AuditEvent, BindingRecord, KeyRecord
@@ -159,7 +159,10 @@ def audit_event(event: AuditEvent) -> keys_pb2.AuditEvent:
     )
 
 
-_DECISION_CODES = {code: (authz_pb2.DecisionCode.Value(code.value), code.http_status) for code in Code}
+_UNSET = {"DECISION_CODE_UNSPECIFIED"}
+if set(authz_pb2.DecisionCode.keys()) - _UNSET != {code.value for code in Code}:  # fail at import, never guess
+    raise RuntimeError("keygate.v1.DecisionCode and domain.decision.Code must list the same codes")
+_DECISION_CODES = {code: (authz_pb2.DecisionCode.Value(code.value), CODES[code].http_status) for code in Code}
 
 
 def check_response(decision: Decision) -> authz_pb2.CheckResponse:

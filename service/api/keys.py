@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote
 
 import grpc
 
@@ -25,11 +26,25 @@ def bearer_token(context: grpc.aio.ServicerContext) -> str:
     return ""
 
 
+def peer_address(context: grpc.aio.ServicerContext) -> str:
+    """The caller's IP address from the gRPC peer (`ipv4:10.0.0.1:5000`, `ipv6:[::1]:5000`, the brackets
+    sometimes percent-encoded); "" for any other transport (a Unix socket). Behind a proxy this is the
+    proxy's address: a key with allowed_cidrs manages keys only from where keygate sees it connect."""
+    scheme, _, rest = unquote(context.peer() or "").partition(":")
+    if scheme == "ipv4":
+        return rest.rpartition(":")[0]
+    if scheme == "ipv6":
+        return rest.rpartition(":")[0].strip("[]")
+    return ""
+
+
 async def authenticated(authorizer: Authorizer, context: grpc.aio.ServicerContext) -> Caller:
-    """The calling key, from `authorization: Bearer`: Unauthenticated when missing or not working.
-    Every door onto KeyAdmin (KeyService, FlowiseApiKeyService) starts here."""
-    credential = await authorizer.authenticate(bearer_token(context))
-    return Caller(credential, current_request_id())
+    """The calling key, from `authorization: Bearer`: Unauthenticated when missing or not working,
+    PermissionDenied from outside its allowed_cidrs. Every door onto KeyAdmin (KeyService,
+    FlowiseApiKeyService) starts here."""
+    address = peer_address(context)
+    credential = await authorizer.authenticate(bearer_token(context), address)
+    return Caller(credential, current_request_id(), address)
 
 
 class KeyServicer(keys_pb2_grpc.KeyServiceServicer):

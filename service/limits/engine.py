@@ -19,14 +19,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import ClassVar
 from uuid import UUID
 
 import structlog
 
-from ..domain.decision import Code, Decision
+from ..domain.decision import Code, Credential, Decision
 from ..domain.errors import Unavailable
+from ..domain.evaluators.base import Question
 from ..domain.limits import LimitState, Limits, Usage, window_start_ms
 from ..store import limits as sql
 from ..store.postgres import Store
@@ -69,63 +71,86 @@ class _KeyLeases:
 
 
 class LimitsMeter:
+    """The Meter (domain.evaluators.base) for rate limits and credits, last of the rules."""
+
+    facts: ClassVar[frozenset[str]] = frozenset()  # reads Question.cost, never remembered
+    key_data: ClassVar[frozenset[str]] = frozenset({"limits", "key_id"})
+
     def __init__(self, store: Store, outage: Outage = Outage.CLOSED) -> None:
         self._store = store
         self._outage = outage
         self._keys: dict[UUID, _KeyLeases] = {}
 
-    def admit_now(self, allowed: Decision, cost: int, now: datetime) -> Decision | None:
-        """The metered decision from the leases in hand, without awaiting; None when a lease must be
-        refilled first (then `admit`). `allowed` is an OK decision for a key with limits."""
-        credential = allowed.credential
-        leases = self._keys.get(credential.key_id)  # type: ignore[union-attr]
-        if leases is None or leases.limits is not credential.limits:  # type: ignore[union-attr]
-            return None
-        return self._decide(leases, allowed, cost, _ms(now))
+    def applies(self, credential: Credential) -> bool:
+        return credential.limits is not None
 
-    async def admit(self, allowed: Decision, cost: int, now: datetime) -> Decision:
-        """The metered decision, refilling leases from the store as needed (bounded by the lookup timeout).
-        Unavailable when the store cannot be reached, unless the key has rate limits only and the
-        operator chose to admit during an outage."""
-        credential = allowed.credential
-        limits: Limits = credential.limits  # type: ignore[union-attr,assignment]
-        leases = self._keys.get(credential.key_id)  # type: ignore[union-attr]
-        if leases is None or leases.limits is not limits:
-            if leases is not None:
-                with contextlib.suppress(Unavailable):
-                    await self._give_back(credential.key_id, leases)  # type: ignore[union-attr]
-            leases = _KeyLeases(limits, [_RateLease() for _ in limits.rate_limits],
-                                None if limits.credits is None else _CreditLease())
-            self._keys[credential.key_id] = leases  # type: ignore[union-attr]
-        now_ms = _ms(now)
+    async def charge(self, credential: Credential, question: Question) -> Decision | None:
+        """OK (carrying the usage to report) having consumed from every limit, or the refusal having
+        consumed nothing. From the leases in hand without any wait; otherwise the leases short of this
+        request are refilled first, bounded by the lookup timeout. Unavailable when the store cannot be
+        reached, unless the key has rate limits only and the operator chose to admit during an outage."""
+        cost, now_ms = question.cost, _ms(question.now)
+        leases = self._keys.get(credential.key_id)
+        if leases is not None and leases.limits is credential.limits:
+            decided = self._decide(leases, credential, cost, now_ms)
+            if decided is not None:
+                return decided
+        else:
+            leases = await self._start(credential)
         async with leases.lock:  # one refill per key at a time; the others then find the new lease
-            decided = self._decide(leases, allowed, cost, now_ms)
+            decided = self._decide(leases, credential, cost, now_ms)
             if decided is not None:
                 return decided
             try:
-                await self._refill(credential.key_id, leases, cost, now, now_ms)  # type: ignore[union-attr]
+                await self._refill(credential.key_id, leases, cost, question.now, now_ms)
             except Unavailable:
                 if self._outage is Outage.OPEN and leases.credits is None:
-                    return allowed
+                    return None
                 raise
-            decided = self._decide(leases, allowed, cost, now_ms)
+            decided = self._decide(leases, credential, cost, now_ms)
         # after a refill every short lease is either enough or known exhausted, so `decided` is set
-        return decided if decided is not None else Decision(Code.RATE_LIMITED, "rate limited", credential)
+        return decided or Decision(Code.RATE_LIMITED, "rate limited", credential)
 
-    def _decide(self, leases: _KeyLeases, allowed: Decision, cost: int, now_ms: int) -> Decision | None:
+    async def refund(self, credential: Credential, question: Question) -> None:
+        """Give back to the leases what `charge` took (a later meter refused the same request)."""
+        leases = self._keys.get(credential.key_id)
+        if leases is None:
+            return
+        for lease in leases.rates:
+            lease.left += 1
+        if leases.credits is not None:
+            leases.credits.left += question.cost
+
+    async def _start(self, credential: Credential) -> _KeyLeases:
+        """Fresh (empty) leases for a key seen for the first time, or reloaded with other limits: what was
+        left of the old ones goes back first."""
+        old = self._keys.get(credential.key_id)
+        if old is not None:
+            with contextlib.suppress(Unavailable):
+                await self._give_back(credential.key_id, old)
+        limits: Limits = credential.limits  # type: ignore[assignment]
+        leases = self._keys.get(credential.key_id)
+        if leases is None or leases.limits is not limits:  # (another request may have started them meanwhile)
+            leases = _KeyLeases(limits, [_RateLease() for _ in limits.rate_limits],
+                                None if limits.credits is None else _CreditLease())
+            self._keys[credential.key_id] = leases
+        return leases
+
+    def _decide(self, leases: _KeyLeases, credential: Credential, cost: int, now_ms: int) -> Decision | None:
         """All limits checked, then all consumed: a refusal spends nothing."""
         limits = leases.limits
         refill = False
         for limit, lease in zip(limits.rate_limits, leases.rates, strict=True):
             if lease.window_start != window_start_ms(now_ms, limit.window_ms) or lease.left < 1:
                 if lease.exhausted and lease.window_start >= window_start_ms(now_ms, limit.window_ms):
-                    return self._refused(leases, allowed, Code.RATE_LIMITED,
-                                         f"rate limit {limit.name!r} ({limit.limit} per {limit.window}) reached")
+                    return Decision(Code.RATE_LIMITED,
+                                    f"rate limit {limit.name!r} ({limit.limit} per {limit.window}) reached",
+                                    credential, _usage(leases))
                 refill = True
         credit = leases.credits
         if credit is not None and credit.left < cost:
             if credit.leased and credit.remaining == 0 and not _refill_due(credit, now_ms):
-                return self._refused(leases, allowed, Code.USAGE_EXCEEDED, "the key has no credits left")
+                return Decision(Code.USAGE_EXCEEDED, "the key has no credits left", credential, _usage(leases))
             refill = True
         if refill:
             return None
@@ -133,11 +158,7 @@ class LimitsMeter:
             lease.left -= 1
         if credit is not None:
             credit.left -= cost
-        return replace(allowed, usage=_usage(leases))
-
-    @staticmethod
-    def _refused(leases: _KeyLeases, allowed: Decision, code: Code, reason: str) -> Decision:
-        return Decision(code, reason, allowed.credential, _usage(leases))
+        return Decision(Code.OK, "allowed", credential, _usage(leases))
 
     async def _refill(self, key_id: UUID, leases: _KeyLeases, cost: int, now: datetime, now_ms: int) -> None:
         """New leases for every limit short of one request (or of `cost`, for credits), in one connection."""

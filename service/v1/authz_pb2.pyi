@@ -26,6 +26,7 @@ class DecisionCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WORKSPACE_MISMATCH: _ClassVar[DecisionCode]
     RATE_LIMITED: _ClassVar[DecisionCode]
     USAGE_EXCEEDED: _ClassVar[DecisionCode]
+    IP_NOT_ALLOWED: _ClassVar[DecisionCode]
 DECISION_CODE_UNSPECIFIED: DecisionCode
 OK: DecisionCode
 KEY_MISSING: DecisionCode
@@ -39,20 +40,23 @@ RESOURCE_OUT_OF_SCOPE: DecisionCode
 WORKSPACE_MISMATCH: DecisionCode
 RATE_LIMITED: DecisionCode
 USAGE_EXCEEDED: DecisionCode
+IP_NOT_ALLOWED: DecisionCode
 
 class CheckRequest(_message.Message):
-    __slots__ = ("api_key", "resource", "action", "workspace_id", "cost")
+    __slots__ = ("api_key", "resource", "action", "workspace_id", "client_address", "cost")
     API_KEY_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     COST_FIELD_NUMBER: _ClassVar[int]
     api_key: str
     resource: str
     action: str
     workspace_id: str
+    client_address: str
     cost: int
-    def __init__(self, api_key: _Optional[str] = ..., resource: _Optional[str] = ..., action: _Optional[str] = ..., workspace_id: _Optional[str] = ..., cost: _Optional[int] = ...) -> None: ...
+    def __init__(self, api_key: _Optional[str] = ..., resource: _Optional[str] = ..., action: _Optional[str] = ..., workspace_id: _Optional[str] = ..., client_address: _Optional[str] = ..., cost: _Optional[int] = ...) -> None: ...
 
 class LimitState(_message.Message):
     __slots__ = ("name", "limit", "remaining", "reset_time", "window")
@@ -103,12 +107,14 @@ class BatchCheckItem(_message.Message):
     def __init__(self, resource: _Optional[str] = ..., action: _Optional[str] = ..., workspace_id: _Optional[str] = ..., cost: _Optional[int] = ...) -> None: ...
 
 class BatchCheckRequest(_message.Message):
-    __slots__ = ("api_key", "items")
+    __slots__ = ("api_key", "items", "client_address")
     API_KEY_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     api_key: str
     items: _containers.RepeatedCompositeFieldContainer[BatchCheckItem]
-    def __init__(self, api_key: _Optional[str] = ..., items: _Optional[_Iterable[_Union[BatchCheckItem, _Mapping]]] = ...) -> None: ...
+    client_address: str
+    def __init__(self, api_key: _Optional[str] = ..., items: _Optional[_Iterable[_Union[BatchCheckItem, _Mapping]]] = ..., client_address: _Optional[str] = ...) -> None: ...
 
 class BatchCheckResponse(_message.Message):
     __slots__ = ("results",)

@@ -1,0 +1,78 @@
+"""What every rule reads and returns: the request (`CheckItem`), its canonical form (`Question`), and
+the two kinds of rule: a pure `Evaluator`, and a stateful `Meter` (rate limits, credits) that runs last.
+
+Each rule declares the request inputs (`facts`: CheckItem fields) and the key data (`key_data`:
+Credential fields) it reads. The pipeline checks the declarations against these two shapes, and the
+remembered-decision key is the whole CheckItem, whose fields must be exactly the declared facts: a
+rule with a new input therefore changes the key, or the pipeline refuses to start.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import ClassVar, NamedTuple, Protocol
+
+from ..decision import Binding, Credential, Decision
+from ..resources import Target
+
+
+class CheckItem(NamedTuple):
+    """One question as it arrived: any spelling (`Authorizer.target` makes it canonical).
+
+    A NamedTuple rather than a dataclass: it is the remembered-decision key (with the key digest), and
+    a tuple's hash and equality are C code, a dataclass's Python. Every field is a `str`, so two items
+    are equal only when every input is."""
+
+    resource: str
+    action: str
+    workspace_id: str = ""
+    client_address: str = ""  # the caller's IP address as the door saw it; "" when unknown
+
+
+FACTS: frozenset[str] = frozenset(CheckItem._fields)
+
+
+class Question:
+    """One request made canonical for the rules: the item as it arrived, its Target, the workspace it
+    acts in (the item's, else the key's own), the time, and (once loaded, for `binding`) the bindings
+    of (workspace, resource). A plain slotted class: built once per decision, `bindings` filled in later."""
+
+    __slots__ = ("bindings", "cost", "item", "now", "target", "workspace_id")
+
+    def __init__(self, item: CheckItem, target: Target, workspace_id: str, now: datetime, cost: int = 1) -> None:
+        self.item = item
+        self.target = target
+        self.workspace_id = workspace_id
+        self.now = now
+        self.bindings: tuple[Binding, ...] = ()
+        # What an allowed request spends from a key's credits: an input only meters read, and metered
+        # decisions are never remembered, so it is no part of the remembered-decision key.
+        self.cost = cost
+
+
+class Evaluator(Protocol):
+    """One pure rule: None when it lets the request pass, else the refusal."""
+
+    facts: ClassVar[frozenset[str]]  # CheckItem fields read, directly or through the Target
+    key_data: ClassVar[frozenset[str]]  # Credential fields read
+
+    def evaluate(self, credential: Credential, question: Question) -> Decision | None: ...
+
+
+class Meter(Protocol):
+    """A stateful rule (a rate limit, a credit balance). Meters run only after every pure rule allowed
+    the request (a refused request consumes nothing) and their answers are never remembered.
+
+    `applies` must be cheap: for a key it does not apply to, the meter costs nothing else. `charge`
+    consumes and answers None (or an allowed Decision carrying what it reports, `usage`), or refuses
+    having consumed nothing; `refund` gives back what `charge` took, when a later meter refuses the
+    same request."""
+
+    facts: ClassVar[frozenset[str]]
+    key_data: ClassVar[frozenset[str]]
+
+    def applies(self, credential: Credential) -> bool: ...
+
+    async def charge(self, credential: Credential, question: Question) -> Decision | None: ...
+
+    async def refund(self, credential: Credential, question: Question) -> None: ...
