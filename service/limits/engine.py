@@ -91,13 +91,13 @@ class LimitsMeter:
         reached, unless the key has rate limits only and the operator chose to admit during an outage."""
         cost, now_ms = question.cost, _ms(question.now)
         leases = self._keys.get(credential.key_id)
-        if leases is not None and leases.limits is credential.limits:
+        if leases is None or leases.limits is not credential.limits:
+            leases = await self._start(credential)
+        elif not leases.lock.locked():  # while a refill is under way, requests queue behind it
             decided = self._decide(leases, credential, cost, now_ms)
             if decided is not None:
                 return decided
-        else:
-            leases = await self._start(credential)
-        async with leases.lock:  # one refill per key at a time; the others then find the new lease
+        async with leases.lock:  # one refill per key at a time, and nothing spends from a lease being refilled
             decided = self._decide(leases, credential, cost, now_ms)
             if decided is not None:
                 return decided
@@ -108,8 +108,9 @@ class LimitsMeter:
                     return None
                 raise
             decided = self._decide(leases, credential, cost, now_ms)
-        # after a refill every short lease is either enough or known exhausted, so `decided` is set
-        return decided or Decision(Code.RATE_LIMITED, "rate limited", credential)
+        # nothing spent under the lock, so every lease refilled is either enough or known exhausted
+        assert decided is not None
+        return decided
 
     async def refund(self, credential: Credential, question: Question) -> None:
         """Give back to the leases what `charge` took (a later meter refused the same request)."""
