@@ -105,6 +105,7 @@ class Usage:
 
     rate_limit: LimitState | None
     credits_remaining: int | None
+    credits_refill_time: datetime | None = None  # when the credits are next set back (None: never)
 
 
 def limits_of(rate_limits: Sequence[RateLimit], credits: Credits | None) -> Limits | None:

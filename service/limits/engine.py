@@ -225,4 +225,6 @@ def _usage(leases: _KeyLeases) -> Usage:
         if tightest is None or (remaining, tightest.reset_time) < (tightest.remaining, reset):
             tightest = LimitState(limit.name, limit.limit, limit.window, remaining, reset)
     credit = leases.credits
-    return Usage(tightest, None if credit is None else credit.remaining + credit.left)
+    if credit is None:
+        return Usage(tightest, None)
+    return Usage(tightest, credit.remaining + credit.left, credit.refill_time)

@@ -7,7 +7,8 @@ from datetime import timedelta
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from google.protobuf import duration_pb2, json_format
 
 from keygate.v1 import authz_pb2, keys_pb2
 
@@ -138,3 +139,24 @@ async def test_update_sets_limits_and_credits_by_mask(client):
     answers = [await client.check(made.api_key) for _ in range(3)]  # the change reaches the cache at once
     assert [a.code for a in answers] == [authz_pb2.OK, authz_pb2.OK, authz_pb2.RATE_LIMITED]
     assert answers[1].credits_remaining == 1
+
+
+async def test_ext_authz_metadata_carries_the_key_id_and_its_limits(client):
+    """What deploy/envoy/ratelimit-config.yaml's descriptors read: the key id, and per Envoy unit the
+    tightest limit of exactly that window as a RateLimit.Override."""
+    made = await client.create(rate_limits=[limit(100, 60, "minute"), limit(60, 60, "minute2"),
+                                            limit(5000, 86400, "day"), limit(7, 90, "odd")])
+    request = external_auth_pb2.CheckRequest()
+    http = request.attributes.request.http
+    http.method, http.path = "GET", "/api/v1/chatflows"
+    http.headers["authorization"] = f"Bearer {made.api_key}"
+    answer = await external_auth_pb2_grpc.AuthorizationStub(client.channel).Check(request)
+    metadata = json_format.MessageToDict(answer.dynamic_metadata)
+    assert metadata["key_id"] == made.key.id
+    assert metadata["rate_limit_minute"] == {"requests_per_unit": 60, "unit": "MINUTE"}
+    assert metadata["rate_limit_day"] == {"requests_per_unit": 5000, "unit": "DAY"}
+    assert "rate_limit_second" not in metadata and "rate_limit_hour" not in metadata
+    assert {r["name"]: r["window_seconds"] for r in metadata["rate_limits"]} == {
+        "minute": 60, "minute2": 60, "day": 86400, "odd": 90}
+    added = {h.header.key: h.header.value for h in answer.ok_response.response_headers_to_add}
+    assert added["ratelimit-policy"] == '"odd";q=7;w=90'  # the fewest left: 6
