@@ -19,7 +19,7 @@ from dataclasses import fields
 
 from datetime import datetime
 
-from ..decision import Code, Credential, Decision
+from ..decision import Credential, Decision
 from ..resources import Target
 from .base import FACTS, CheckItem, Evaluator, Meter, Question
 from .binding import BINDING, BindingRule
@@ -63,7 +63,7 @@ class Pipeline:
         unknown = frozenset().union(*(r.key_data for r in declared)) - KEY_DATA
         if unknown:
             raise ValueError(f"rules read key data a Credential does not hold: {sorted(unknown)}")
-        self._rules = tuple(rules)
+        self._checks = tuple(rule.evaluate for rule in rules)  # bound once: no attribute lookup per request
         self._binding = binding
         self._meters = tuple(meters)
 
@@ -75,11 +75,11 @@ class Pipeline:
 
     def decide(self, credential: Credential, question: Question) -> Decision:
         """Every pure rule but the binding; an OK here still needs `bind` when `binding_slot` says so."""
-        for rule in self._rules:
-            refused = rule.evaluate(credential, question)
+        for check in self._checks:
+            refused = check(credential, question)
             if refused is not None:
                 return refused
-        return Decision(Code.OK, "allowed", credential)
+        return credential.allowed_decision
 
     def binding_slot(self, decision: Decision, question: Question) -> tuple[str, str] | None:
         """The (workspace, resource) whose bindings the decision still depends on: only for what the other
@@ -88,8 +88,8 @@ class Pipeline:
 
     def bind(self, decision: Decision, question: Question) -> Decision:
         """The binding rule on `question.bindings`, applied to what `decide` allowed."""
-        if not decision.allowed or decision.credential is None:
-            return decision
+        if not question.bindings or not decision.allowed or decision.credential is None:
+            return decision  # no binding, none governs
         return self._binding.evaluate(decision.credential, question) or decision
 
     def metered(self, credential: Credential) -> bool:
