@@ -3,7 +3,9 @@ no-escalation rule, Check/BatchCheck metering, refusals that consume nothing, th
 
 from __future__ import annotations
 
-from datetime import timedelta
+import asyncio
+import time
+from datetime import UTC, timedelta
 
 import grpc
 import pytest
@@ -160,3 +162,14 @@ async def test_ext_authz_metadata_carries_the_key_id_and_its_limits(client):
         "minute": 60, "minute2": 60, "day": 86400, "odd": 90}
     added = {h.header.key: h.header.value for h in answer.ok_response.response_headers_to_add}
     assert added["ratelimit-policy"] == '"odd";q=7;w=90'  # the fewest left: 6
+
+
+async def test_credits_are_set_back_at_each_refill(client):
+    made = await client.create(credits=keys_pb2.Credits(remaining=1, refill_amount=2, refill_interval=window(1)))
+    assert made.key.credits.HasField("refill_time")
+    assert (await client.check(made.api_key)).allowed
+    assert (await client.check(made.api_key)).code == authz_pb2.USAGE_EXCEEDED
+    await asyncio.sleep(made.key.credits.refill_time.ToDatetime(tzinfo=UTC).timestamp() - time.time() + 0.05)
+    answers = [await client.check(made.api_key) for _ in range(3)]
+    assert [a.code for a in answers] == [authz_pb2.OK, authz_pb2.OK, authz_pb2.USAGE_EXCEEDED]
+    assert answers[1].credits_remaining == 0
