@@ -35,11 +35,11 @@ from .cache.keys import KeyCache
 from .cache.listener import ChangeListener
 from .config import Settings
 from .domain import paging
+from .domain.evaluators import Pipeline
+from .limits.engine import LimitsMeter, Outage
 from .metrics import Exporter, Metrics, count_unknown_methods
 from .store import embedded
 from .store.postgres import Store
-from .domain.evaluators import Pipeline
-from .limits.engine import LimitsMeter, Outage
 from .usage import UsageRecorder
 from .v1 import authz_pb2, flowise_pb2, keys_pb2
 from .workers import Supervisor

@@ -27,9 +27,9 @@ from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from .. import metrics
-from ..clock import utcnow
 from ..authz import Authorizer, CheckItem
 from ..cache.lru import LRU
+from ..clock import utcnow
 from ..domain.decision import CODES, Answer, Code, Credential, Decision
 from ..domain.errors import InvalidArgument, Unavailable, redact
 from ..domain.limits import Limits, Usage

@@ -175,7 +175,7 @@ def validate_credits(credits: Credits | None, field: str = "credits") -> Credits
     if not 0 <= credits.refill_amount <= MAX_CREDITS:
         raise InvalidArgument(f"{field}.refill_amount", f"must be between 0 and {MAX_CREDITS}")
     interval = credits.refill_interval
-    if interval and not MIN_REFILL_INTERVAL <= interval <= MAX_REFILL_INTERVAL or interval % MIN_REFILL_INTERVAL:
+    if (interval and not MIN_REFILL_INTERVAL <= interval <= MAX_REFILL_INTERVAL) or interval % MIN_REFILL_INTERVAL:
         raise InvalidArgument(f"{field}.refill_interval", "must be zero (no refill) or whole seconds, "
                                                           "between 1 second and 366 days")
     if bool(interval) != bool(credits.refill_amount):

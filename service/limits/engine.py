@@ -29,7 +29,7 @@ import structlog
 from ..domain.decision import Code, Credential, Decision
 from ..domain.errors import Unavailable
 from ..domain.evaluators.base import Question
-from ..domain.limits import LimitState, Limits, Usage, window_start_ms
+from ..domain.limits import Limits, LimitState, Usage, window_start_ms
 from ..store import limits as sql
 from ..store.postgres import Store
 

@@ -104,7 +104,8 @@ async def set_limits(conn: asyncpg.Connection, key_id: UUID, rate_limits: tuple[
         return
     await conn.execute(
         """INSERT INTO key_credits AS c (key_id, remaining, refill_amount, refill_interval_ms, refill_time)
-           VALUES ($1, $2, $3, $4::bigint, CASE WHEN $4::bigint > 0 THEN clock_timestamp() + $4::bigint * interval '1 millisecond' END)
+           VALUES ($1, $2, $3, $4::bigint,
+                   CASE WHEN $4::bigint > 0 THEN clock_timestamp() + $4::bigint * interval '1 millisecond' END)
            ON CONFLICT (key_id) DO UPDATE SET remaining = EXCLUDED.remaining, refill_amount = EXCLUDED.refill_amount,
                refill_interval_ms = EXCLUDED.refill_interval_ms, refill_time = EXCLUDED.refill_time,
                epoch = c.epoch + 1""",

@@ -65,7 +65,8 @@ def test_descriptors_metadata_and_the_ratelimit_config_agree() -> None:
     assert sent == expected
     configured = {(d["key"], d["value"]): [n["key"] for n in d["descriptors"]] for d in service["descriptors"]}
     assert configured == {(f"keygate_key_per_{u.lower()}", u): ["key_id"] for u in ENVOY_UNITS.values()}
-    assert all("rate_limit" not in n for d in service["descriptors"] for n in d["descriptors"])  # the override is the limit
+    # no limit configured: the override keygate's metadata supplies is the limit
+    assert all("rate_limit" not in n for d in service["descriptors"] for n in d["descriptors"])
 
 
 def test_the_shipped_file_keeps_them_off() -> None:
