@@ -36,6 +36,7 @@ from ..store.postgres import Store
 log = structlog.get_logger(__name__)
 _MS = timedelta(milliseconds=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_KEYS = 100_000  # keys whose leases a process holds at once
 
 
 class Outage(enum.Enum):
@@ -79,7 +80,8 @@ class LimitsMeter:
     def __init__(self, store: Store, outage: Outage = Outage.CLOSED) -> None:
         self._store = store
         self._outage = outage
-        self._keys: dict[UUID, _KeyLeases] = {}
+        self._keys: dict[UUID, _KeyLeases] = {}  # in the order first seen (or changed): the oldest go first
+        self._returning: set[asyncio.Task[None]] = set()
 
     def applies(self, credential: Credential) -> bool:
         return credential.limits is not None
@@ -92,7 +94,7 @@ class LimitsMeter:
         cost, now_ms = question.cost, _ms(question.now)
         leases = self._keys.get(credential.key_id)
         if leases is None or leases.limits is not credential.limits:
-            leases = await self._start(credential)
+            leases = self._start(credential)
         elif not leases.lock.locked():  # while a refill is under way, requests queue behind it
             decided = self._decide(leases, credential, cost, now_ms)
             if decided is not None:
@@ -122,20 +124,32 @@ class LimitsMeter:
         if leases.credits is not None:
             leases.credits.left += question.cost
 
-    async def _start(self, credential: Credential) -> _KeyLeases:
-        """Fresh (empty) leases for a key seen for the first time, or reloaded with other limits: what was
-        left of the old ones goes back first."""
-        old = self._keys.get(credential.key_id)
-        if old is not None:
-            with contextlib.suppress(Unavailable):
-                await self._give_back(credential.key_id, old)
+    def _start(self, credential: Credential) -> _KeyLeases:
+        """The leases of a key seen for the first time (empty), or reloaded from the store: the same ones
+        if its terms are unchanged, else fresh ones, the old ones' unused part given back in the
+        background. Past MAX_KEYS, the longest-held key's leases go back too. Synchronous, so two
+        requests cannot both replace (and both give back) one key's leases."""
+        key_id = credential.key_id
         limits: Limits = credential.limits  # type: ignore[assignment]
-        leases = self._keys.get(credential.key_id)
-        if leases is None or leases.limits is not limits:  # (another request may have started them meanwhile)
-            leases = _KeyLeases(limits, [_RateLease() for _ in limits.rate_limits],
-                                None if limits.credits is None else _CreditLease())
-            self._keys[credential.key_id] = leases
+        old = self._keys.pop(key_id, None)
+        if old is not None and _terms(old.limits) == _terms(limits):
+            old.limits = limits
+            self._keys[key_id] = old
+            return old
+        leases = _KeyLeases(limits, [_RateLease() for _ in limits.rate_limits],
+                            None if limits.credits is None else _CreditLease())
+        self._keys[key_id] = leases
+        if old is not None:
+            self._retire(key_id, old)
+        if len(self._keys) > MAX_KEYS:
+            oldest = next(iter(self._keys))
+            self._retire(oldest, self._keys.pop(oldest))
         return leases
+
+    def _retire(self, key_id: UUID, leases: _KeyLeases) -> None:
+        task = asyncio.create_task(self._give_back(key_id, leases), name="limits-give-back")
+        self._returning.add(task)
+        task.add_done_callback(self._returning.discard)
 
     def _decide(self, leases: _KeyLeases, credential: Credential, cost: int, now_ms: int) -> Decision | None:
         """All limits checked, then all consumed: a refusal spends nothing."""
@@ -187,25 +201,42 @@ class LimitsMeter:
                 credit.leased = True
 
     async def _give_back(self, key_id: UUID, leases: _KeyLeases) -> None:
-        """Return what is left of a key's leases (rate leases only while their window lasts)."""
+        """Return what is left of a key's leases (rate leases only while their window lasts). Each lease is
+        emptied before the first await, so nothing spends what is being given back; if the store cannot
+        be reached, the leftovers are lost (never given back twice: under-use, not over-use)."""
         now_ms = _ms(datetime.now(UTC))
-        async with self._store.lookup() as tx:
-            conn = tx.connection
-            for limit, lease in zip(leases.limits.rate_limits, leases.rates, strict=True):
-                if lease.left > 0 and lease.window_start == window_start_ms(now_ms, limit.window_ms):
-                    await sql.return_rate(conn, key_id, limit.name, lease.window_start, lease.left)
-                lease.left = 0
-            credit = leases.credits
-            if credit is not None and credit.left > 0:
-                await sql.return_credits(conn, key_id, credit.epoch, credit.left)
-                credit.left = 0
+        rates = []
+        for limit, lease in zip(leases.limits.rate_limits, leases.rates, strict=True):
+            if lease.left > 0 and lease.window_start == window_start_ms(now_ms, limit.window_ms):
+                rates.append((limit.name, lease.window_start, lease.left))
+            lease.left = 0
+        credit = leases.credits
+        credits = None
+        if credit is not None and credit.left > 0:
+            credits, credit.left = (credit.epoch, credit.left), 0
+        if not rates and credits is None:
+            return
+        with contextlib.suppress(Unavailable):
+            async with self._store.lookup() as tx:
+                for name, start, unused in rates:
+                    await sql.return_rate(tx.connection, key_id, name, start, unused)
+                if credits is not None:
+                    await sql.return_credits(tx.connection, key_id, *credits)
 
     async def close(self) -> None:
         """Give back every lease's unused part (on shutdown): a failure loses only leased budget."""
-        for key_id, leases in list(self._keys.items()):
-            with contextlib.suppress(Unavailable):
-                await self._give_back(key_id, leases)
-        self._keys.clear()
+        keys, self._keys = self._keys, {}
+        for key_id, leases in keys.items():
+            await self._give_back(key_id, leases)
+        if self._returning:
+            await asyncio.wait(self._returning)
+
+
+def _terms(limits: Limits) -> tuple[object, ...]:
+    """What a key's leases depend on: its rate limits and whether (and how) its credits refill; not the
+    balance, which changes as credits are spent."""
+    credits = limits.credits
+    return limits.rate_limits, None if credits is None else (credits.refill_amount, credits.refill_interval)
 
 
 def _ms(now: datetime) -> int:

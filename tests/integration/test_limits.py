@@ -173,3 +173,19 @@ async def test_credits_are_set_back_at_each_refill(client):
     answers = [await client.check(made.api_key) for _ in range(3)]
     assert [a.code for a in answers] == [authz_pb2.OK, authz_pb2.OK, authz_pb2.USAGE_EXCEEDED]
     assert answers[1].credits_remaining == 0
+
+
+async def test_leases_go_back_once_when_a_key_changes_and_at_shutdown(client, app):
+    """A key reloaded with other limits starts new leases and gives back the old ones' unused part; at
+    shutdown the rest goes back: the store then holds exactly what was not spent."""
+    made = await client.create(credits=keys_pb2.Credits(remaining=6400))
+    for _ in range(3):
+        assert (await client.check(made.api_key)).allowed
+    update = keys_pb2.UpdateKeyRequest(key=keys_pb2.ApiKey(id=made.key.id, rate_limits=[limit(1000)]))
+    update.update_mask.paths.append("rate_limits")
+    await client.keys.UpdateKey(update, metadata=auth(client.root))
+    answers = await asyncio.gather(*(client.check(made.api_key) for _ in range(4)))
+    assert all(a.allowed for a in answers)
+    await app.meter.close()
+    got = await client.keys.GetKey(keys_pb2.GetKeyRequest(id=made.key.id), metadata=auth(client.root))
+    assert got.credits.remaining == 6400 - 7
