@@ -77,6 +77,7 @@ def api_key(record: KeyRecord) -> keys_pb2.ApiKey:
         etag=record.etag,
         root=record.root,
         previous_secret_expire_time=timestamp(record.previous_secret_expire_time),
+        allowed_cidrs=spec.allowed_cidrs,
     )
 
 

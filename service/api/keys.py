@@ -65,6 +65,7 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
             expire_time=convert.from_timestamp(request, "expire_time"),
             description=request.description,
             metadata=dict(request.metadata),
+            allowed_cidrs=tuple(request.allowed_cidrs),
         )
         record, api_key = await self._admin.create_key(caller, spec)
         return keys_pb2.CreateKeyResponse(key=convert.api_key(record), api_key=api_key)
@@ -90,6 +91,7 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
             "expire_time": convert.from_timestamp(key, "expire_time"),
             "disabled": key.disabled,
             "metadata": dict(key.metadata),
+            "allowed_cidrs": tuple(key.allowed_cidrs),
         }
         record = await self._admin.update_key(caller, parse_id(key.id, "key.id"), fields,
                                               list(request.update_mask.paths), key.etag)

@@ -69,7 +69,7 @@ _ABANDON = (*_UNREACHABLE, asyncio.CancelledError)
 # ones at its own end, so the latest end is the most recently retired secret's). clock_timestamp(), not
 # now(): a secret retired with grace 0 inside this very transaction has already stopped.
 _KEY_COLUMNS = """id, workspace_id, name, description, permissions, resources, display, metadata,
-    disabled, expire_time, create_time, update_time, last_used_time, usage_count, created_by, version,
+    allowed_cidrs, disabled, expire_time, create_time, update_time, last_used_time, usage_count, created_by, version,
     (SELECT max(r.expire_time) FROM key_secrets r WHERE r.key_id = api_keys.id AND r.expire_time > clock_timestamp())
         AS previous_secret_expire_time"""
 
@@ -107,6 +107,7 @@ def _key(row: asyncpg.Record) -> KeyRecord:
             description=row["description"],
             metadata=json.loads(row["metadata"]),
             disabled=row["disabled"],
+            allowed_cidrs=tuple(str(n) for n in row["allowed_cidrs"]),
         ),
         display=row["display"],
         create_time=row["create_time"],
@@ -187,12 +188,12 @@ class Tx:
                          created_by: UUID | None) -> KeyRecord:
         row = await self._conn.fetchrow(
             f"""INSERT INTO api_keys (id, workspace_id, name, description, permissions, resources, display,
-                                      metadata, disabled, expire_time, created_by)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11)
+                                      metadata, disabled, expire_time, created_by, allowed_cidrs)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, $12)
                 RETURNING {_KEY_COLUMNS}""",
             key_id, spec.workspace_id, spec.name, spec.description, list(spec.permissions),
             list(spec.resources), display, json.dumps(dict(spec.metadata)), spec.disabled, spec.expire_time,
-            created_by,
+            created_by, list(spec.networks),
         )
         await self._conn.execute("INSERT INTO key_secrets (digest, key_id) VALUES ($1, $2)", digest, key_id)
         await self._notify(changes.KeyChanged(key_id, (fingerprint(digest),)))
@@ -201,11 +202,11 @@ class Tx:
     async def update_key(self, key_id: UUID, spec: KeySpec) -> KeyRecord:
         row = await self._conn.fetchrow(
             f"""UPDATE api_keys SET name = $2, description = $3, permissions = $4, resources = $5,
-                    metadata = $6::jsonb, disabled = $7, expire_time = $8,
+                    metadata = $6::jsonb, disabled = $7, expire_time = $8, allowed_cidrs = $9,
                     update_time = now(), version = version + 1
                 WHERE id = $1 RETURNING {_KEY_COLUMNS}""",
             key_id, spec.name, spec.description, list(spec.permissions), list(spec.resources),
-            json.dumps(dict(spec.metadata)), spec.disabled, spec.expire_time,
+            json.dumps(dict(spec.metadata)), spec.disabled, spec.expire_time, list(spec.networks),
         )
         await self._notify(changes.KeyChanged(key_id))
         return _key(row)
