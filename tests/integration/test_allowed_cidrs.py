@@ -8,10 +8,14 @@ to 10.0.0.0/8 may not.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 
 import grpc
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.protobuf import field_mask_pb2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from keygate.v1 import authz_pb2, keys_pb2
 
@@ -106,3 +110,64 @@ async def test_a_limited_caller_cannot_widen_and_is_held_to_its_own_networks(cli
     error = await rpc_error(client.keys.GetKey(keys_pb2.GetKeyRequest(id=inside.key.id), metadata=auth(remote)))
     assert error.code() is grpc.StatusCode.PERMISSION_DENIED
     assert "network" in (error.details() or "")
+
+
+# --- the Envoy door: the source address Envoy reports -----------------------------------------------
+
+LISTED = ["10.0.0.0/8", "2001:db8::/32"]
+NETWORKS = [ipaddress.ip_network(c) for c in LISTED]
+
+
+async def envoy_status(client: Client, api_key: str, address: str) -> int:
+    request = external_auth_pb2.CheckRequest()
+    http = request.attributes.request.http
+    http.method, http.path = "GET", "/api/v1/chatflows/f1"
+    http.headers["authorization"] = f"Bearer {api_key}"
+    request.attributes.source.address.socket_address.address = address
+    answer = await external_auth_pb2_grpc.AuthorizationStub(client.channel).Check(request)
+    return 200 if answer.HasField("ok_response") else answer.denied_response.status.code
+
+
+def admitted(address: str) -> bool:
+    """The oracle: the address, IPv4-mapped IPv6 read as IPv4, inside a listed network."""
+    parsed = ipaddress.ip_address(address)
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        parsed = parsed.ipv4_mapped
+    return any(parsed in network for network in NETWORKS)
+
+
+def spellings(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[str]:
+    if isinstance(address, ipaddress.IPv4Address):
+        mapped = ipaddress.IPv6Address(f"::ffff:{address}")
+        return [str(address), f"::ffff:{address}", f"::FFFF:{address}", mapped.exploded, mapped.compressed]
+    return [str(address), address.exploded, address.exploded.upper(), address.compressed.upper()]
+
+
+async def test_envoy_source_addresses_ipv4_and_ipv6(client: Client) -> None:
+    key = (await client.create(allowed_cidrs=LISTED)).api_key
+    statuses = {a: await envoy_status(client, key, a) for a in (
+        "10.9.8.7", "::ffff:10.9.8.7", "2001:db8:ffff::1", "11.0.0.1", "2001:db9::1", "::1", "")}
+    assert statuses == {"10.9.8.7": 200, "::ffff:10.9.8.7": 200, "2001:db8:ffff::1": 200, "11.0.0.1": 403,
+                        "2001:db9::1": 403, "::1": 403, "": 403}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(address=st.one_of(st.ip_addresses(network="10.0.0.0/8"), st.ip_addresses(v=4),
+                         st.ip_addresses(network="2001:db8::/32"), st.ip_addresses(v=6),
+                         st.ip_addresses(network="::ffff:0:0/96")))
+async def test_no_spelling_of_an_address_changes_its_verdict(client: Client, address) -> None:
+    key = await listed_key(client)
+    want = 200 if admitted(str(address)) else 403
+    assert {s: await envoy_status(client, key, s) for s in spellings(address)} == \
+        dict.fromkeys(spellings(address), want)
+
+
+_KEYS: dict[int, str] = {}
+
+
+async def listed_key(client: Client) -> str:
+    """One listed key per client (hypothesis runs the test many times on one fixture)."""
+    if id(client) not in _KEYS:
+        _KEYS.clear()
+        _KEYS[id(client)] = (await client.create(allowed_cidrs=LISTED)).api_key
+    return _KEYS[id(client)]
