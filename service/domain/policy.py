@@ -9,12 +9,13 @@ may not be used from.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import re
 import unicodedata
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 
 from .decision import Credential, Network
@@ -30,9 +31,7 @@ MAX_METADATA_KEY_LEN = 64
 MAX_METADATA_VALUE_LEN = 512
 MAX_GRACE_PERIOD = timedelta(days=30)
 MAX_ALLOWED_CIDRS = 100
-# The KeySpec fields UpdateKey may name in its mask (also ApiKey's field names, and the CLI's option dests).
-UPDATABLE_FIELDS = ("name", "description", "permissions", "resources", "expire_time", "disabled", "metadata",
-                    "allowed_cidrs")
+
 _WORKSPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
 _METADATA_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*\Z")
 
@@ -76,6 +75,43 @@ class KeySpec:
             metadata=validate_metadata(self.metadata),
             allowed_cidrs=validate_cidrs(self.allowed_cidrs),
         )
+
+
+class Kind(enum.Enum):
+    """How a key field travels: the shapes its value takes in the proto, the database and the model."""
+
+    TEXT = "text"
+    BOOL = "bool"
+    TIME = "time"  # datetime | None; a Timestamp on the wire, unset for None
+    LIST = "list"  # tuple[str, ...]; a repeated string, an SQL array (text[], cidr[]) read back as str
+    MAP = "map"  # dict[str, str]; a map<string, string>, jsonb
+
+
+@dataclass(frozen=True, slots=True)
+class KeyField:
+    """One caller-controlled field of a key. Its `name` is the KeySpec attribute, the ApiKey and
+    CreateKeyRequest proto field, the api_keys column and the update_mask path: one name everywhere,
+    so converting between shapes is a loop over KEY_FIELDS (api.convert, store.postgres, the CLI)."""
+
+    name: str
+    kind: Kind
+    updatable: bool = True  # may UpdateKey's mask name it (the workspace never moves)
+
+
+KEY_FIELDS: tuple[KeyField, ...] = (
+    KeyField("name", Kind.TEXT),
+    KeyField("workspace_id", Kind.TEXT, updatable=False),
+    KeyField("description", Kind.TEXT),
+    KeyField("permissions", Kind.LIST),
+    KeyField("resources", Kind.LIST),
+    KeyField("expire_time", Kind.TIME),
+    KeyField("disabled", Kind.BOOL),
+    KeyField("metadata", Kind.MAP),
+    KeyField("allowed_cidrs", Kind.LIST),
+)
+if sorted(f.name for f in KEY_FIELDS) != sorted(f.name for f in fields(KeySpec)):  # fail at import: one list
+    raise RuntimeError("KEY_FIELDS must declare every KeySpec field")
+UPDATABLE_FIELDS = tuple(f.name for f in KEY_FIELDS if f.updatable)
 
 
 def rights_of(credential: Credential) -> KeySpec:
