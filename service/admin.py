@@ -24,13 +24,11 @@ from .domain.evaluators import CheckItem, Pipeline, Question
 from .domain.errors import Aborted, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from .domain.keys import KeyFormat, digest
 from .domain.permissions import ROOT, Catalog
-from .domain.policy import KeySpec, ensure_not_retired, ensure_within, validate_grace_period, validate_workspace_id
+from .domain.policy import UPDATABLE_FIELDS, KeySpec, ensure_not_retired, ensure_within, validate_grace_period, validate_workspace_id
 from .domain.records import AuditEvent, AuditQuery, BindingRecord, KeyRecord
 from .domain.resources import canonical_resource, target
 from .store.postgres import Store, Tx
 
-UPDATABLE_FIELDS = ("name", "description", "permissions", "resources", "expire_time", "disabled", "metadata",
-                    "rate_limits", "credits")
 DEFAULT_BINDING_ACTIONS = ("predictions:create",)
 _AUDIT_ACTION_RE = re.compile(r"^[A-Za-z]{1,64}\Z")  # audit rows name the call: CreateKey, RotateKey, ...
 

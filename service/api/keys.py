@@ -57,17 +57,7 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
 
     async def CreateKey(self, request: keys_pb2.CreateKeyRequest, context: Any) -> keys_pb2.CreateKeyResponse:
         caller = await self._caller(context)
-        spec = KeySpec(
-            name=request.name,
-            workspace_id=request.workspace_id,
-            permissions=tuple(request.permissions),
-            resources=tuple(request.resources),
-            expire_time=convert.from_timestamp(request, "expire_time"),
-            description=request.description,
-            metadata=dict(request.metadata),
-            rate_limits=convert.from_rate_limits(request),
-            credits=convert.from_credits(request),
-        )
+        spec = KeySpec(**convert.spec_fields(request))  # type: ignore[arg-type]
         record, api_key = await self._admin.create_key(caller, spec)
         return keys_pb2.CreateKeyResponse(key=convert.api_key(record), api_key=api_key)
 
@@ -84,17 +74,7 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
     async def UpdateKey(self, request: keys_pb2.UpdateKeyRequest, context: Any) -> keys_pb2.ApiKey:
         caller = await self._caller(context)
         key = request.key
-        fields = {
-            "name": key.name,
-            "description": key.description,
-            "permissions": tuple(key.permissions),
-            "resources": tuple(key.resources),
-            "expire_time": convert.from_timestamp(key, "expire_time"),
-            "disabled": key.disabled,
-            "metadata": dict(key.metadata),
-            "rate_limits": convert.from_rate_limits(key),
-            "credits": convert.from_credits(key),
-        }
+        fields = convert.spec_fields(key)
         record = await self._admin.update_key(caller, parse_id(key.id, "key.id"), fields,
                                               list(request.update_mask.paths), key.etag)
         return convert.api_key(record)

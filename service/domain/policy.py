@@ -3,19 +3,22 @@
 A caller can never create or widen a key beyond itself: the key's permissions must be
 implied by the caller's, its scope must lie within the caller's, its workspace must be
 the caller's (root: any), and it may not outlive the caller's credential (for a secret
-replaced by a rotation, that ends with its grace period).
+replaced by a rotation, that ends with its grace period), nor be used from networks the caller
+may not be used from.
 """
 
 from __future__ import annotations
 
+import enum
+import ipaddress
 import re
 import unicodedata
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 
-from .decision import Credential
+from .decision import Credential, Network
 from .errors import InvalidArgument, PermissionDenied
 from .limits import Credits, RateLimit, ensure_limits_within, validate_credits, validate_rate_limits
 from .permissions import ROOT, Catalog
@@ -28,6 +31,8 @@ MAX_METADATA_ENTRIES = 32
 MAX_METADATA_KEY_LEN = 64
 MAX_METADATA_VALUE_LEN = 512
 MAX_GRACE_PERIOD = timedelta(days=30)
+MAX_ALLOWED_CIDRS = 100
+
 _WORKSPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
 _METADATA_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*\Z")
 
@@ -44,12 +49,17 @@ class KeySpec:
     description: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
     disabled: bool = False
+    allowed_cidrs: tuple[str, ...] = ()  # canonical network spellings; () admits any address
     rate_limits: tuple[RateLimit, ...] = ()
     credits: Credits | None = None
 
     @property
     def scope(self) -> Scope:
         return Scope.compile(self.resources)
+
+    @property
+    def networks(self) -> tuple[Network, ...]:
+        return tuple(ipaddress.ip_network(c) for c in self.allowed_cidrs)
 
     def validated(self, catalog: Catalog, now: datetime, *, check_expiry: bool = True) -> KeySpec:
         """This spec with every field checked; raises InvalidArgument naming the first bad field.
@@ -66,9 +76,51 @@ class KeySpec:
             resources=validate_resources(self.resources, catalog),
             description=_validate_text(self.description, "description", MAX_DESCRIPTION_LEN, allow_empty=True),
             metadata=validate_metadata(self.metadata),
+            allowed_cidrs=validate_cidrs(self.allowed_cidrs),
             rate_limits=validate_rate_limits(self.rate_limits),
             credits=validate_credits(self.credits),
         )
+
+
+class Kind(enum.Enum):
+    """How a key field travels: the shapes its value takes in the proto, the database and the model."""
+
+    TEXT = "text"
+    BOOL = "bool"
+    TIME = "time"  # datetime | None; a Timestamp on the wire, unset for None
+    LIST = "list"  # tuple[str, ...]; a repeated string, an SQL array (text[], cidr[]) read back as str
+    MAP = "map"  # dict[str, str]; a map<string, string>, jsonb
+    RATE_LIMITS = "rate_limits"  # tuple[RateLimit, ...]; a repeated RateLimit, jsonb
+    CREDITS = "credits"  # Credits | None; a Credits message, unset for None; a key_credits row, not a column
+
+
+@dataclass(frozen=True, slots=True)
+class KeyField:
+    """One caller-controlled field of a key. Its `name` is the KeySpec attribute, the ApiKey and
+    CreateKeyRequest proto field, the api_keys column and the update_mask path: one name everywhere,
+    so converting between shapes is a loop over KEY_FIELDS (api.convert, store.postgres, the CLI)."""
+
+    name: str
+    kind: Kind
+    updatable: bool = True  # may UpdateKey's mask name it (the workspace never moves)
+
+
+KEY_FIELDS: tuple[KeyField, ...] = (
+    KeyField("name", Kind.TEXT),
+    KeyField("workspace_id", Kind.TEXT, updatable=False),
+    KeyField("description", Kind.TEXT),
+    KeyField("permissions", Kind.LIST),
+    KeyField("resources", Kind.LIST),
+    KeyField("expire_time", Kind.TIME),
+    KeyField("disabled", Kind.BOOL),
+    KeyField("metadata", Kind.MAP),
+    KeyField("allowed_cidrs", Kind.LIST),
+    KeyField("rate_limits", Kind.RATE_LIMITS),
+    KeyField("credits", Kind.CREDITS),
+)
+if sorted(f.name for f in KEY_FIELDS) != sorted(f.name for f in fields(KeySpec)):  # fail at import: one list
+    raise RuntimeError("KEY_FIELDS must declare every KeySpec field")
+UPDATABLE_FIELDS = tuple(f.name for f in KEY_FIELDS if f.updatable)
 
 
 def rights_of(credential: Credential) -> KeySpec:
@@ -84,6 +136,7 @@ def rights_of(credential: Credential) -> KeySpec:
     limits = credential.limits
     return KeySpec(name="", workspace_id=credential.workspace_id, permissions=tuple(permissions),
                    resources=credential.scope.roots, expire_time=credential.ends,
+                   allowed_cidrs=tuple(str(n) for n in credential.networks),
                    rate_limits=limits.rate_limits if limits else (), credits=limits.credits if limits else None)
 
 
@@ -140,6 +193,27 @@ def validate_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
     return dict(metadata)
 
 
+def validate_cidrs(cidrs: Sequence[str]) -> tuple[str, ...]:
+    """The networks in their canonical spelling (IPv4-mapped IPv6 networks as IPv4), without repeats.
+    Host bits must be clear: "10.0.0.1/8" is refused rather than silently read as 10.0.0.0/8."""
+    if len(cidrs) > MAX_ALLOWED_CIDRS:
+        raise InvalidArgument("allowed_cidrs", f"at most {MAX_ALLOWED_CIDRS} entries")
+    return tuple(dict.fromkeys(str(_network(c, f"allowed_cidrs[{i}]")) for i, c in enumerate(cidrs)))
+
+
+def _network(text: str, field_name: str) -> Network:
+    try:
+        network = ipaddress.ip_network(text.strip())
+    except ValueError:
+        raise InvalidArgument(field_name, "must be a network such as 203.0.113.0/24 or 2001:db8::/32, "
+                                          "with no bits set after the prefix") from None
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
+        mapped = network.network_address.ipv4_mapped
+        if mapped is not None:  # ::ffff:10.0.0.0/104 is 10.0.0.0/8: the allow-list compares IPv4 clients as IPv4
+            return ipaddress.IPv4Network(f"{mapped}/{network.prefixlen - 96}")
+    return network
+
+
 def validate_grace_period(grace: timedelta) -> timedelta:
     if grace < timedelta(0) or grace > MAX_GRACE_PERIOD:
         raise InvalidArgument("grace_period", "must be between 0 and 30 days")
@@ -184,6 +258,7 @@ def ensure_within(caller: Credential, spec: KeySpec, baseline: Credential | None
     """
     if not caller.root and spec.workspace_id != caller.workspace_id:
         raise PermissionDenied("a key can only manage keys of its own workspace")
+    _ensure_networks_within(caller, spec, baseline)
     sources = [caller] if baseline is None else [caller, baseline]
     ensure_limits_within(spec.rate_limits, spec.credits,
                          [(s.limits.rate_limits, s.limits.credits) if s.limits else ((), None) for s in sources])
@@ -201,3 +276,20 @@ def ensure_within(caller: Credential, spec: KeySpec, baseline: Credential | None
             if _later(spec.expire_time, _latest(covering)):
                 raise PermissionDenied("expire_time must be set and no later than the calling key's own expiry "
                                        "(or its secret's, for a secret replaced by a rotation)")
+
+
+def _ensure_networks_within(caller: Credential, spec: KeySpec, baseline: Credential | None) -> None:
+    """A caller limited to some networks gives no key a wider reach: each of the key's networks must lie
+    inside one of the caller's (or, for an update, of what the key already had), and a key with no list
+    (any address) only from an unlimited caller or a key that was already unlimited."""
+    sources = [c for c in (caller, baseline) if c is not None]
+    if any(not s.networks for s in sources):
+        return
+    networks = spec.networks
+    if not networks:
+        raise PermissionDenied("allowed_cidrs must be set, each within the calling key's own allowed_cidrs")
+    for i, network in enumerate(networks):
+        if not any(network.version == own.version and network.subnet_of(own)  # type: ignore[arg-type]
+                   for s in sources for own in s.networks):
+            raise PermissionDenied(f"cannot allow allowed_cidrs[{i}] {network}: it is not within the calling "
+                                   "key's own allowed_cidrs")

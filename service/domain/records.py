@@ -49,6 +49,7 @@ class KeyRecord:
             disabled=spec.disabled,
             secret_expire_time=secret_expire_time,
             limits=limits_of(spec.rate_limits, spec.credits),
+            networks=spec.networks,
         )
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -87,18 +86,15 @@ async def return_credits(conn: asyncpg.Connection, key_id: UUID, epoch: int, unu
                        key_id, epoch, unused)
 
 
-async def set_limits(conn: asyncpg.Connection, key_id: UUID, rate_limits: tuple[RateLimit, ...],
-                     credits: Credits | None, *, rate_limits_changed: bool = True,
-                     credits_changed: bool = True) -> None:
-    """Store a key's limits as its owner set them (in the key's create/update transaction): new rate
-    limits start fresh windows; new credits start a new epoch (outstanding leases are not given back
-    into the new balance) with the first refill one interval from now."""
-    if rate_limits_changed:
-        await conn.execute("UPDATE api_keys SET rate_limits = $2::jsonb WHERE id = $1", key_id,
-                           encode_rate_limits(rate_limits))
-        await conn.execute("DELETE FROM rate_windows WHERE key_id = $1", key_id)
-    if not credits_changed:
-        return
+async def reset_windows(conn: asyncpg.Connection, key_id: UUID) -> None:
+    """New rate limits start fresh windows (in the key's update transaction)."""
+    await conn.execute("DELETE FROM rate_windows WHERE key_id = $1", key_id)
+
+
+async def set_credits(conn: asyncpg.Connection, key_id: UUID, credits: Credits | None) -> None:
+    """A key's credits as its owner set them (in the key's create/update transaction): a new epoch
+    (outstanding leases are not given back into the new balance), the first refill one interval from
+    now; None removes them."""
     if credits is None:
         await conn.execute("DELETE FROM key_credits WHERE key_id = $1", key_id)
         return
@@ -113,23 +109,25 @@ async def set_limits(conn: asyncpg.Connection, key_id: UUID, rate_limits: tuple[
     )
 
 
-# Columns for a key's SELECT list (from api_keys): its rate limits and its credits row, if any.
-KEY_COLUMNS = """rate_limits, (SELECT jsonb_build_object('remaining', k.remaining, 'refill_amount', k.refill_amount,
+# The credits of a key, for a key's SELECT list (from api_keys); NULL for a key without.
+CREDITS_COLUMN = """(SELECT jsonb_build_object('remaining', k.remaining, 'refill_amount', k.refill_amount,
         'refill_interval_ms', k.refill_interval_ms, 'refill_time', extract(epoch FROM k.refill_time) * 1000)
      FROM key_credits k WHERE k.key_id = api_keys.id) AS credits"""
 
 
 def encode_rate_limits(rate_limits: tuple[RateLimit, ...]) -> str:
+    """The api_keys.rate_limits column (jsonb)."""
     return json.dumps([{"name": r.name, "limit": r.limit, "window_ms": r.window // _MS} for r in rate_limits])
 
 
-def decode_limits(row: Any) -> tuple[tuple[RateLimit, ...], Credits | None]:
-    """The rate limits and credits of a row selected with KEY_COLUMNS."""
-    rate_limits = tuple(RateLimit(r["name"], r["limit"], r["window_ms"] * _MS) for r in json.loads(row["rate_limits"]))
-    raw = row["credits"]
-    if raw is None:
-        return rate_limits, None
-    c = json.loads(raw)
-    refill_time = None if c["refill_time"] is None else datetime.fromtimestamp(c["refill_time"] / 1000, tz=UTC)
-    return rate_limits, Credits(c["remaining"], c["refill_amount"], c["refill_interval_ms"] * _MS, refill_time)
+def decode_rate_limits(column: str) -> tuple[RateLimit, ...]:
+    return tuple(RateLimit(r["name"], r["limit"], r["window_ms"] * _MS) for r in json.loads(column))
 
+
+def decode_credits(column: str | None) -> Credits | None:
+    """The CREDITS_COLUMN of a row."""
+    if column is None:
+        return None
+    c = json.loads(column)
+    refill_time = None if c["refill_time"] is None else datetime.fromtimestamp(c["refill_time"] / 1000, tz=UTC)
+    return Credits(c["remaining"], c["refill_amount"], c["refill_interval_ms"] * _MS, refill_time)
