@@ -4,7 +4,9 @@
    runs when its lease of a window's budget runs out), on a throw-away PostgreSQL;
 2. Redis/Valkey counter: INCRBY + EXPIRE in one pipeline round trip (what envoyproxy/ratelimit does per
    request), on a throw-away `redis-server` (Debian's package; skipped if it is not installed);
-3. in memory: `LimitsMeter.charge` deciding from a lease in hand (the common case), per request.
+3. in memory: `LimitsMeter.charge` deciding from a lease in hand (the common case), per request;
+4. a whole Check through a real `keygate serve` (one worker), one call at a time over one channel, for a
+   key without limits, a rate-limited key and a key with credits (limits never reached), interleaved.
 
 Each round trip is timed alone, one at a time (p50/p99 over many), so the figures compare engines, not
 load. With leases of 1/16 of the limit, a limited key pays the PostgreSQL round trip on about one
@@ -27,7 +29,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+import grpc
+from google.protobuf import duration_pb2
 
+from keygate.admin import KeyAdmin
+from keygate.config import Settings
 from keygate.domain.decision import Credential
 from keygate.domain.evaluators import CheckItem, Question
 from keygate.domain.limits import RateLimit, limits_of, window_start_ms
@@ -35,8 +41,9 @@ from keygate.domain.resources import Scope, Target
 from keygate.limits.engine import LimitsMeter
 from keygate.store import limits as sql
 from keygate.store.postgres import Store
+from keygate.v1 import authz_pb2, authz_pb2_grpc, keys_pb2, keys_pb2_grpc
 
-from . import postgres
+from . import postgres, servers
 from .stats import median
 
 LIMIT = RateLimit("bench", 10**9, timedelta(hours=1))  # never reached: every grant is a full lease
@@ -132,6 +139,49 @@ async def in_memory(url: str, n: int) -> tuple[float, float]:
         await store.close()
 
 
+def _create(stub: keys_pb2_grpc.KeyServiceStub, root: str, **fields: object) -> str:
+    request = keys_pb2.CreateKeyRequest(name="bench", workspace_id="bench", permissions=["chatflows:view"],
+                                        **fields)  # type: ignore[arg-type]
+    return str(stub.CreateKey(request, metadata=(("authorization", f"Bearer {root}"),)).api_key)
+
+
+def checks_through_a_server(url: str, n: int, logdir: Path) -> dict[str, tuple[float, float]]:
+    """p50/p99 µs of a Check, one at a time, by kind of key, the kinds interleaved call by call."""
+    root = asyncio.run(_root_key(url))
+    probe = authz_pb2.CheckRequest(api_key=root, action="chatflows:view")
+    with servers.running(servers.start_keygate(url, 1, True, logdir, "limits"), probe) as server, \
+            grpc.insecure_channel(server.target) as channel:
+        keys = keys_pb2_grpc.KeyServiceStub(channel)
+        window = duration_pb2.Duration(seconds=3600)
+        kinds = {
+            "Check, key without limits": _create(keys, root),
+            "Check, rate-limited key": _create(keys, root, rate_limits=[
+                keys_pb2.RateLimit(name="bench", limit=10**9, window=window)]),
+            "Check, key with credits": _create(keys, root, credits=keys_pb2.Credits(remaining=10**12)),
+        }
+        check = authz_pb2_grpc.AuthzServiceStub(channel).Check
+        samples: dict[str, list[float]] = {name: [] for name in kinds}
+        for i in range(n + n // 10):
+            for name, key in kinds.items():
+                request = authz_pb2.CheckRequest(api_key=key, action="chatflows:view")
+                started = time.perf_counter()
+                answer = check(request, timeout=10)
+                took = (time.perf_counter() - started) * 1e6
+                assert answer.allowed, answer
+                if i >= n // 10:
+                    samples[name].append(took)
+    return {name: _percentiles(s) for name, s in samples.items()}
+
+
+async def _root_key(url: str) -> str:
+    store = await Store.connect(url)
+    try:
+        settings = Settings()
+        return (await KeyAdmin(store, settings.catalog(), settings.key_format()).create_root_key())[1]
+    finally:
+        await store.close()
+
+
 async def measure(url: str, n: int) -> dict[str, tuple[float, float] | None]:
     return {
         "PostgreSQL lease (grant_rate)": await postgres_lease(url, n),
@@ -149,7 +199,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="keygate-bench-limits-") as root:
         with postgres.embedded(Path(root)) as pg:
             url = pg.create_database("bench_limits")
-            results = [asyncio.run(measure(url, n)) for _ in range(rounds)]
+            results: list[dict[str, tuple[float, float] | None]] = []
+            for _ in range(rounds):
+                results.append({**asyncio.run(measure(url, n)), **checks_through_a_server(url, n, Path(root))})
     print(f"limits engines: one call at a time, {n} calls per round, median of {rounds} round(s); µs")
     print(f"{'engine':<34} {'p50':>9} {'p99':>9}")
     for name in results[0]:
