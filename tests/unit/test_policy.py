@@ -355,3 +355,28 @@ def test_a_default_spec_keeps_the_callers_networks():
     caller = limited("10.0.0.0/8", "2001:db8::/32")
     assert rights_of(caller).allowed_cidrs == ("10.0.0.0/8", "2001:db8::/32")
     ensure_within(caller, rights_of(caller))
+
+
+# --- one key model -------------------------------------------------------------------
+
+
+def test_every_key_field_is_named_alike_in_the_proto_the_mask_and_the_model():
+    from keygate.domain.policy import KEY_FIELDS, UPDATABLE_FIELDS
+    from keygate.v1 import keys_pb2
+
+    api_key = set(keys_pb2.ApiKey.DESCRIPTOR.fields_by_name)
+    create = set(keys_pb2.CreateKeyRequest.DESCRIPTOR.fields_by_name)
+    names = {f.name for f in KEY_FIELDS}
+    assert names <= api_key
+    assert names - create == {"disabled"}  # a key is created enabled
+    assert set(UPDATABLE_FIELDS) == names - {"workspace_id"}
+
+
+def test_spec_fields_round_trip_through_the_proto():
+    from keygate.api import convert
+    from keygate.domain.records import KeyRecord
+
+    original = spec(description="d", resources=("chatflows/a",), expire_time=SOON, metadata={"k": "v"},
+                    disabled=True, allowed_cidrs=("10.0.0.0/8",))
+    record = KeyRecord(id=uuid.uuid4(), spec=original, display="kg_...", create_time=NOW, update_time=NOW)
+    assert KeySpec(**convert.spec_fields(convert.api_key(record))) == original
