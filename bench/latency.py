@@ -92,11 +92,11 @@ def measure(target: str, requests: Sequence[authz_pb2.CheckRequest], *, rate: fl
                    percentile(latencies, 99) * 1000, percentile(lags, 99) * 1000)
 
 
-def _client(job: _Job, barrier: Barrier) -> tuple[array, array, int]:  # type: ignore[type-arg]
+def _client(job: _Job, barrier: Barrier) -> tuple[array, array, int]:
     return uvloop.run(_drive(job, barrier))
 
 
-async def _drive(job: _Job, barrier: Barrier) -> tuple[array, array, int]:  # type: ignore[type-arg]
+async def _drive(job: _Job, barrier: Barrier) -> tuple[array, array, int]:
     options = [("grpc.use_local_subchannel_pool", 1)]  # one real connection per channel
     channels = [grpc.aio.insecure_channel(job.target, options=options) for _ in range(job.connections)]
     for channel in channels:
