@@ -219,6 +219,7 @@ def run(settings: Settings) -> None:
     exporter = Exporter(settings.metrics) if settings.metrics else None  # likewise: a taken port fails now
     url = database_url(settings)
     uvloop.run(_prepare(settings, url))
+
     def ready(port: int) -> None:
         announce(settings, port, exporter)
 
