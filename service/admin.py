@@ -20,11 +20,18 @@ from uuid import UUID
 from .clock import Clock, utcnow
 from .domain import paging
 from .domain.decision import CODES, Code, Credential
-from .domain.evaluators import CheckItem, Pipeline, Question
 from .domain.errors import Aborted, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from .domain.evaluators import CheckItem, Pipeline, Question
 from .domain.keys import KeyFormat, digest
 from .domain.permissions import ROOT, Catalog
-from .domain.policy import UPDATABLE_FIELDS, KeySpec, ensure_not_retired, ensure_within, validate_grace_period, validate_workspace_id
+from .domain.policy import (
+    UPDATABLE_FIELDS,
+    KeySpec,
+    ensure_not_retired,
+    ensure_within,
+    validate_grace_period,
+    validate_workspace_id,
+)
 from .domain.records import AuditEvent, AuditQuery, BindingRecord, KeyRecord
 from .domain.resources import canonical_resource, target
 from .store.postgres import Store, Tx

@@ -3,9 +3,9 @@
 `target` turns the request into its canonical Target (the resource model, one spelling per
 resource); `identify` turns a presented key into a Credential (shape and checksum first, so a
 malformed key costs no lookup; then the cache, then the store); the rules are the evaluators of
-`domain.evaluators`, run in order by a Pipeline, which also makes the remembered-decision key. Check, BatchCheck, the KeyService's caller
-authentication and the Envoy servicer differ only in how they take the key from the request
-and render the answer.
+`domain.evaluators`, run in order by a Pipeline, which also makes the remembered-decision key.
+Check, BatchCheck, the KeyService's caller authentication and the Envoy servicer differ only in how
+they take the key from the request and render the answer.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from .cache.keys import MISS, KeyCache
 from .clock import Clock, utcnow
 from .domain.decision import Code, Credential, Decision
+from .domain.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from .domain.evaluators import CheckItem, Pipeline, Question, key_verdict
 from .domain.evaluators.ip import client_ip
-from .domain.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from .domain.keys import MAX_KEY_LEN, KeyFormat, Shape, digest
 from .domain.permissions import Catalog
 from .domain.policy import validate_workspace_id

@@ -124,8 +124,8 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         try:
             presented = self._take_key(http.headers, query, match is not None and match.route.query_key)
         except DisguisedKey:
-            return _denied(_BAD_REQUEST, "INVALID_ARGUMENT", f"percent-encode no part of the {self._routes.query_parameter!r} "
-                                                    "parameter's name")
+            return _denied(_BAD_REQUEST, "INVALID_ARGUMENT",
+                           f"percent-encode no part of the {self._routes.query_parameter!r} parameter's name")
         if match is None:
             if self._routes.public_without_rule(http.method, path):  # web UI pages, CORS preflights
                 return self._pass(PUBLIC_ROUTE, presented)
@@ -158,8 +158,9 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         if self._upstream is not None:
             upstream = self._upstream.for_workspace(credential.workspace_id) or ""
             if not upstream:
-                return _denied(_NO_CREDENTIAL, "UPSTREAM_CREDENTIAL_MISSING", "keygate has no upstream credential for this "
-                               "key's workspace", key_id=credential.key_id_text, workspace_id=credential.workspace_id)
+                return _denied(_NO_CREDENTIAL, "UPSTREAM_CREDENTIAL_MISSING",
+                               "keygate has no upstream credential for this key's workspace",
+                               key_id=credential.key_id_text, workspace_id=credential.workspace_id)
         return self._allowed(credential, presented, upstream, decision.usage)
 
     def _allowed(self, credential: Credential, presented: _Presented, upstream: str,

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import functools
 import re
-from urllib.parse import unquote
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 from .errors import InvalidArgument
 from .permissions import Catalog

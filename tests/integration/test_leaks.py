@@ -54,7 +54,7 @@ def binding_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     real = Tx.bindings_for_many
 
-    async def counted(self: Tx, slots):  # type: ignore[no-untyped-def]
+    async def counted(self: Tx, slots):
         calls.append(len(slots))
         return await real(self, slots)
 

@@ -40,4 +40,5 @@ def test_each_code_answers_as_documented(code: Code) -> None:
 
 
 def test_new_codes_keep_their_fixed_numbers() -> None:
-    assert [authz_pb2.DecisionCode.Value(n) for n in ("RATE_LIMITED", "USAGE_EXCEEDED", "IP_NOT_ALLOWED")] == [11, 12, 13]
+    names = ("RATE_LIMITED", "USAGE_EXCEEDED", "IP_NOT_ALLOWED")
+    assert [authz_pb2.DecisionCode.Value(n) for n in names] == [11, 12, 13]

@@ -279,7 +279,8 @@ def test_a_retired_secret_cannot_rotate_or_reenable():
 
 
 @settings(max_examples=300, deadline=None)
-@given(grace=st.integers(1, 10**7), key_life=st.none() | st.integers(1, 10**7), wanted=st.none() | st.integers(1, 10**8))
+@given(grace=st.integers(1, 10**7), key_life=st.none() | st.integers(1, 10**7),
+       wanted=st.none() | st.integers(1, 10**8))
 def test_a_retired_secret_grants_nothing_that_outlives_it(grace, key_life, wanted):
     """Whatever the key's own expiry and whatever is asked for: allowed exactly when the new key ends
     no later than both the calling key and the retired secret."""
@@ -355,3 +356,28 @@ def test_a_default_spec_keeps_the_callers_networks():
     caller = limited("10.0.0.0/8", "2001:db8::/32")
     assert rights_of(caller).allowed_cidrs == ("10.0.0.0/8", "2001:db8::/32")
     ensure_within(caller, rights_of(caller))
+
+
+# --- one key model -------------------------------------------------------------------
+
+
+def test_every_key_field_is_named_alike_in_the_proto_the_mask_and_the_model():
+    from keygate.domain.policy import KEY_FIELDS, UPDATABLE_FIELDS
+    from keygate.v1 import keys_pb2
+
+    api_key = set(keys_pb2.ApiKey.DESCRIPTOR.fields_by_name)
+    create = set(keys_pb2.CreateKeyRequest.DESCRIPTOR.fields_by_name)
+    names = {f.name for f in KEY_FIELDS}
+    assert names <= api_key
+    assert names - create == {"disabled"}  # a key is created enabled
+    assert set(UPDATABLE_FIELDS) == names - {"workspace_id"}
+
+
+def test_spec_fields_round_trip_through_the_proto():
+    from keygate.api import convert
+    from keygate.domain.records import KeyRecord
+
+    original = spec(description="d", resources=("chatflows/a",), expire_time=SOON, metadata={"k": "v"},
+                    disabled=True, allowed_cidrs=("10.0.0.0/8",))
+    record = KeyRecord(id=uuid.uuid4(), spec=original, display="kg_...", create_time=NOW, update_time=NOW)
+    assert KeySpec(**convert.spec_fields(convert.api_key(record))) == original

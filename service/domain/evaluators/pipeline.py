@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import fields
-
 from datetime import datetime
 
 from ..decision import Credential, Decision
