@@ -241,26 +241,6 @@ def test_rate_limits_and_credits_from_the_command_line(served: Served, root_key:
     assert bad.returncode == 2 and "name=limit/window" in bad.stderr
 
 
-def test_bootstrap_prints_only_a_working_root_key(served: Served, data_dir: Path) -> None:
-    booted = served.run("bootstrap", "--data-dir", str(data_dir))
-    assert booted.returncode == 0, booted.stderr
-    assert KEY_RE.fullmatch(booted.stdout.strip())
-    listed = served.run("keys", "list", key=booted.stdout.strip())
-    assert listed.returncode == 0, listed.stderr
-
-
-def test_restart_keeps_keys_and_prints_no_new_root_key(served: Served, root_key: str, data_dir: Path) -> None:
-    logs = stop(served)
-    assert root_key not in logs
-    assert all(json.loads(line)["event"] for line in logs.splitlines() if line.startswith("{"))
-    again = start("--data-dir", str(data_dir))
-    try:
-        assert not KEY_RE.search(again.banner)
-        assert again.run("keys", "list", key=root_key).returncode == 0
-    finally:
-        stop(again)
-
-
 def test_allowed_cidrs_are_set_shown_cleared_and_checked(served: Served, root_key: str) -> None:
     created = served.run("keys", "create", "--name", "office", "--workspace", "ws1", "--permission", "chatflows:view",
                          "--allowed-cidr", "10.0.0.0/8", "--allowed-cidr", "2001:DB8::/32", "--json", key=root_key)
@@ -282,3 +262,24 @@ def test_allowed_cidrs_are_set_shown_cleared_and_checked(served: Served, root_ke
     cleared = served.run("keys", "update", key_id, "--clear-allowed-cidrs", key=root_key)
     assert cleared.returncode == 0, cleared.stderr
     assert re.search(r"allowed cidrs: +\(any address\)\n", cleared.stdout)
+
+
+def test_bootstrap_prints_only_a_working_root_key(served: Served, data_dir: Path) -> None:
+    booted = served.run("bootstrap", "--data-dir", str(data_dir))
+    assert booted.returncode == 0, booted.stderr
+    assert KEY_RE.fullmatch(booted.stdout.strip())
+    listed = served.run("keys", "list", key=booted.stdout.strip())
+    assert listed.returncode == 0, listed.stderr
+
+
+def test_restart_keeps_keys_and_prints_no_new_root_key(served: Served, root_key: str, data_dir: Path) -> None:
+    logs = stop(served)
+    assert root_key not in logs
+    assert all(json.loads(line)["event"] for line in logs.splitlines() if line.startswith("{"))
+    again = start("--data-dir", str(data_dir))
+    try:
+        assert not KEY_RE.search(again.banner)
+        assert again.run("keys", "list", key=root_key).returncode == 0
+    finally:
+        stop(again)
+
