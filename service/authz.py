@@ -93,7 +93,10 @@ class Authorizer:
         if not api_key or len(api_key) > MAX_KEY_LEN:
             return None
         now = self._clock()
-        decision = self._cache.recall(self._pipeline.recall_key(digest(api_key), item), now)
+        pipeline, key_digest = self._pipeline, digest(api_key)
+        decision = self._cache.recall(pipeline.base_key(key_digest, item), now)
+        if decision is not None and pipeline.keyed(decision.credential):  # remembered per address too
+            decision = self._cache.recall(pipeline.full_key(key_digest, item), now)
         if decision is not None and decision.allowed:
             self._usage.record(decision.credential.key_id, now)  # type: ignore[union-attr]
         return decision
@@ -124,7 +127,9 @@ class Authorizer:
         if decision.allowed and pipeline.metered(identified):
             decision = await pipeline.charge(decision, question)  # stateful: never remembered
         else:
-            self._cache.remember(pipeline.recall_key(key_digest, item), decision, key_digest, bindings_slot)
+            if pipeline.keyed(identified):  # the base entry then only says: ask by the full key
+                self._cache.remember(pipeline.full_key(key_digest, item), decision, key_digest, bindings_slot)
+            self._cache.remember(pipeline.base_key(key_digest, item), decision, key_digest, bindings_slot)
         if decision.allowed:
             self._usage.record(decision.credential.key_id, now)  # type: ignore[union-attr]
         return decision

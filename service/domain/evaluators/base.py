@@ -3,8 +3,10 @@ the two kinds of rule: a pure `Evaluator`, and a stateful `Meter` (rate limits, 
 
 Each rule declares the request inputs (`facts`: CheckItem fields) and the key data (`key_data`:
 Credential fields) it reads. The pipeline checks the declarations against these two shapes, and the
-remembered-decision key is the whole CheckItem, whose fields must be exactly the declared facts: a
-rule with a new input therefore changes the key, or the pipeline refuses to start.
+remembered-decision key is made of the CheckItem, whose fields must be exactly the declared facts: a
+rule with a new input therefore changes the key, or the pipeline refuses to start. A rule whose inputs
+matter only to keys holding some datum (`keyed_when`: the IP allow-list and `networks`) keys the memo
+by them only for such keys, so a key without a list is not remembered once per client address.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class CheckItem(NamedTuple):
     resource: str
     action: str
     workspace_id: str = ""
+    # Inputs read only by `keyed_when` rules come last (the pipeline checks): the memo key of a key
+    # without the datum is the item without them, a C-level slice.
     client_address: str = ""  # the caller's IP address as the door saw it; "" when unknown
 
 
@@ -55,6 +59,7 @@ class Evaluator(Protocol):
 
     facts: ClassVar[frozenset[str]]  # CheckItem fields read, directly or through the Target
     key_data: ClassVar[frozenset[str]]  # Credential fields read
+    keyed_when: ClassVar[str]  # "" or a Credential field: without it, the rule passes whatever its facts
 
     def evaluate(self, credential: Credential, question: Question) -> Decision | None: ...
 

@@ -14,6 +14,7 @@ from .base import Question
 class BindingRule:
     facts = frozenset({"resource", "action", "workspace_id"})
     key_data = frozenset({"key_id"})
+    keyed_when = ""
 
     @staticmethod
     def slot(question: Question) -> tuple[str, str] | None:

@@ -9,6 +9,7 @@ from .base import Question
 class Disabled:
     facts = frozenset[str]()
     key_data = frozenset({"disabled"})
+    keyed_when = ""
 
     def evaluate(self, credential: Credential, question: Question) -> Decision | None:
         return Decision(Code.KEY_DISABLED, "the key is disabled", credential) if credential.disabled else None

@@ -9,6 +9,7 @@ from .base import Question
 class Expiry:
     facts = frozenset[str]()
     key_data = frozenset({"expire_time", "secret_expire_time"})
+    keyed_when = ""
 
     def evaluate(self, credential: Credential, question: Question) -> Decision | None:
         now = question.now

@@ -32,6 +32,7 @@ def client_ip(text: str, field: str = "client_address") -> Address:
 class AllowedNetworks:
     facts = frozenset({"client_address"})
     key_data = frozenset({"networks"})
+    keyed_when = "networks"  # the address matters only to a key with a list: others share one memo entry
 
     def evaluate(self, credential: Credential, question: Question) -> Decision | None:
         networks = credential.networks

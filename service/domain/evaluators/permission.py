@@ -9,6 +9,7 @@ from .base import Question
 class Permission:
     facts = frozenset({"action"})
     key_data = frozenset({"grants"})
+    keyed_when = ""
 
     def evaluate(self, credential: Credential, question: Question) -> Decision | None:
         action = question.target.action

@@ -5,18 +5,25 @@ loaded only for what every earlier rule allowed), then the meters (stateful; onl
 request, never remembered). The first rule that refuses is the answer, so a key learns about a
 later rule only once it passes the earlier ones.
 
-The remembered-decision key is (key digest, CheckItem). The pipeline refuses to start unless the
-CheckItem's fields are exactly the facts its rules declare: a field no rule reads would split the
-memo for nothing, and a rule reading an input the key lacks would be bypassed by recall (two requests
-differing only in it would share one remembered answer). Likewise every declared key datum must be a
-Credential field, the data the cache invalidates on a key change.
+The remembered-decision key is made here only. The pipeline refuses to start unless the CheckItem's
+fields are exactly the facts its rules declare: a field no rule reads would split the memo for nothing,
+and a rule reading an input the key lacks would be bypassed by recall (two requests differing only in
+it would share one remembered answer). Likewise every declared key datum must be a Credential field,
+the data the cache invalidates on a key change.
+
+Facts read only by `keyed_when` rules (the client address, read by the IP allow-list for a key with
+networks) are the CheckItem's last fields. The memo is asked first by the `base_key` (key digest, the
+item without them); if what it holds was decided for a key with such a datum, the answer depends on
+them, and the memo is asked again by the `full_key` (key digest, the whole item). A key without the
+datum is thus remembered once per question, not once per client address; one with it, per address.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from datetime import datetime
+from operator import attrgetter
 
 from ..decision import Credential, Decision
 from ..resources import Target
@@ -36,7 +43,7 @@ KEY_DATA = frozenset(f.name for f in fields(Credential))
 KEY_RULES: tuple[Evaluator, ...] = (EXPIRY, DISABLED, ALLOWED_NETWORKS)
 RULES: tuple[Evaluator, ...] = (*KEY_RULES, WORKSPACE, SCOPE, PERMISSION)
 
-RecallKey = tuple[bytes, CheckItem]
+RecallKey = tuple[bytes, tuple[str, ...]]
 _NO_TARGET = Target("", "", ())
 
 
@@ -65,12 +72,32 @@ class Pipeline:
         self._checks = tuple(rule.evaluate for rule in rules)  # bound once: no attribute lookup per request
         self._binding = binding
         self._meters = tuple(meters)
+        keyed = [r for r in (*rules, binding) if r.keyed_when]
+        gates = tuple(dict.fromkeys(r.keyed_when for r in keyed))
+        if not set(gates) <= KEY_DATA:
+            raise ValueError(f"keyed_when must name Credential fields: {sorted(set(gates) - KEY_DATA)}")
+        # On the hot path: one C-level attribute read for the usual single gate.
+        self._gated: Callable[[Credential], object] = (
+            attrgetter(gates[0]) if len(gates) == 1 else lambda c: any(getattr(c, g) for g in gates))
+        always = frozenset().union(*(r.facts for r in declared if r not in keyed))
+        gated = frozenset().union(*(r.facts for r in keyed)) - always
+        self._base_len = len(CheckItem._fields) - len(gated)
+        if set(CheckItem._fields[self._base_len:]) != gated:
+            raise ValueError(f"CheckItem must end with the facts only keyed_when rules read: {sorted(gated)}")
+
+    def base_key(self, key_digest: bytes, item: CheckItem) -> RecallKey:
+        """Where a decision is remembered for every key: the key digest and every input an unconditional
+        rule reads, as it arrived (a canonical Target maps from many spellings, never to two)."""
+        return key_digest, item[:self._base_len]
 
     @staticmethod
-    def recall_key(key_digest: bytes, item: CheckItem) -> RecallKey:
-        """Where a decision for this question is remembered: the key and every input the rules read, as
-        it arrived (a canonical Target maps from many spellings, never to two)."""
+    def full_key(key_digest: bytes, item: CheckItem) -> RecallKey:
+        """Where a decision is remembered for a key holding a `keyed_when` datum: every input."""
         return key_digest, item
+
+    def keyed(self, credential: Credential | None) -> bool:
+        """Does a decision for this credential depend on the inputs only `keyed_when` rules read?"""
+        return credential is not None and bool(self._gated(credential))
 
     def decide(self, credential: Credential, question: Question) -> Decision:
         """Every pure rule but the binding; an OK here still needs `bind` when `binding_slot` says so."""

@@ -9,6 +9,7 @@ from .base import Question
 class ScopeRule:
     facts = frozenset({"resource", "action"})  # the Target is made of both
     key_data = frozenset({"scope"})
+    keyed_when = ""
 
     def evaluate(self, credential: Credential, question: Question) -> Decision | None:
         wanted = question.target

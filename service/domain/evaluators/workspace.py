@@ -9,6 +9,7 @@ from .base import Question
 class Workspace:
     facts = frozenset({"workspace_id"})
     key_data = frozenset({"workspace_id"})
+    keyed_when = ""
 
     def evaluate(self, credential: Credential, question: Question) -> Decision | None:
         if credential.workspace_id and question.workspace_id != credential.workspace_id:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from keygate.domain.decision import Code, Credential, Decision
 from keygate.domain.evaluators import RULES, CheckItem, Pipeline, Question, key_verdict
 from keygate.domain.evaluators.base import FACTS
-from keygate.domain.evaluators.binding import BINDING
+from keygate.domain.evaluators.binding import BINDING, BindingRule
 
 from .helpers import FUTURE, ME, NOW, PAST, ask, bind, cred
 
@@ -154,24 +154,71 @@ def test_a_rule_with_an_undeclared_input_or_key_datum_cannot_start():
 _text = st.text(max_size=12)
 _items = st.builds(CheckItem, _text, _text, _text, _text)
 _digests = st.binary(min_size=0, max_size=4)
+GATED = {"client_address"}  # read only by the IP allow-list, for keys with networks
+
+
+def keys_of(digest, item, credential):
+    """Every memo key a request may be answered from, for a decision made for `credential`."""
+    keys = [PIPELINE.base_key(digest, item)]
+    if PIPELINE.keyed(credential):
+        keys.append(PIPELINE.full_key(digest, item))
+    return keys
 
 
 @given(_digests, _items, _digests, _items)
-def test_two_different_requests_never_share_a_recall_key(d1, i1, d2, i2):
+def test_two_different_requests_never_share_a_full_key(d1, i1, d2, i2):
     same_request = d1 == d2 and all(getattr(i1, f) == getattr(i2, f) for f in FACTS)
-    k1, k2 = PIPELINE.recall_key(d1, i1), PIPELINE.recall_key(d2, i2)
+    k1, k2 = PIPELINE.full_key(d1, i1), PIPELINE.full_key(d2, i2)
     assert (k1 == k2) is same_request
     if same_request:
         assert hash(k1) == hash(k2)
 
 
+@given(_digests, _items, _digests, _items)
+def test_the_base_key_differs_exactly_when_an_unconditional_input_does(d1, i1, d2, i2):
+    same = d1 == d2 and all(getattr(i1, f) == getattr(i2, f) for f in FACTS - GATED)
+    assert (PIPELINE.base_key(d1, i1) == PIPELINE.base_key(d2, i2)) is same
+
+
 @given(_digests, _items, st.sampled_from(sorted(FACTS)), _text)
-def test_every_declared_input_changes_the_key(digest, item, fact, other):
+def test_every_declared_input_changes_the_key_of_a_key_it_can_matter_to(digest, item, fact, other):
     changed = item._replace(**{fact: other})
-    assert (PIPELINE.recall_key(digest, item) == PIPELINE.recall_key(digest, changed)) is (getattr(item, fact) == other)
+    unchanged = getattr(item, fact) == other
+    listed = cred(cidrs=("10.0.0.0/8",))
+    assert (keys_of(digest, item, listed)[-1] == keys_of(digest, changed, listed)[-1]) is unchanged
+    if fact not in GATED:
+        assert (keys_of(digest, item, cred())[-1] == keys_of(digest, changed, cred())[-1]) is unchanged
+
+
+def test_only_keys_with_networks_are_keyed_by_the_address():
+    assert not PIPELINE.keyed(None) and not PIPELINE.keyed(cred())
+    assert PIPELINE.keyed(cred(cidrs=("10.0.0.0/8",)))
+    a, b = CheckItem("r", "a", "w", "10.0.0.1"), CheckItem("r", "a", "w", "11.0.0.1")
+    assert PIPELINE.base_key(b"k", a) == PIPELINE.base_key(b"k", b)
+    assert PIPELINE.full_key(b"k", a) != PIPELINE.full_key(b"k", b)
+
+
+class _GatedButFirst:
+    facts = frozenset({"resource"})
+    key_data = frozenset({"networks"})
+    keyed_when = "networks"
+
+    def evaluate(self, credential: Credential, question: Question) -> Decision | None:
+        return None
+
+
+def test_an_input_read_only_when_keyed_must_come_last_in_the_item():
+    Pipeline((*RULES, _GatedButFirst()))  # resource is also read unconditionally: fine
+    with pytest.raises(ValueError, match="end with"):  # resource read only when keyed: it is not last
+        Pipeline((_GatedButFirst(), *(r for r in RULES if "resource" not in r.facts)), binding=_BindingByAction())
+
+
+class _BindingByAction(BindingRule):
+    facts = frozenset({"action", "workspace_id"})
 
 
 @given(_text, _text)
 def test_no_joining_ambiguity(a, b):
-    """("a:b", "c") and ("a", "b:c") are different questions: fields are never joined into one string."""
-    assert PIPELINE.recall_key(b"k", CheckItem(a + ":" + b, "x")) != PIPELINE.recall_key(b"k", CheckItem(a, b + ":x"))
+    """("a:b", "x") and ("a", "b:x") are different questions: fields are never joined into one string."""
+    assert PIPELINE.full_key(b"k", CheckItem(a + ":" + b, "x")) != PIPELINE.full_key(b"k", CheckItem(a, b + ":x"))
+    assert PIPELINE.base_key(b"k", CheckItem(a + ":" + b, "x")) != PIPELINE.base_key(b"k", CheckItem(a, b + ":x"))
