@@ -110,8 +110,8 @@ class LimitsMeter:
                     return None
                 raise
             decided = self._decide(leases, credential, cost, now_ms)
-        # nothing spent under the lock, so every lease refilled is either enough or known exhausted
-        assert decided is not None
+        if decided is None:  # cannot happen (nothing spends from a lease under refill): fail closed all the same
+            raise Unavailable("the key's limits could not be decided; retry shortly")
         return decided
 
     async def refund(self, credential: Credential, question: Question) -> None:
