@@ -65,7 +65,7 @@ class _CreditLease:
 
 @dataclass(slots=True)
 class _KeyLeases:
-    limits: Limits  # the limits these leases are for: a reloaded key with other limits starts afresh
+    limits: Limits  # as last loaded; a key reloaded with other terms gets new leases (`_start`)
     rates: list[_RateLease]
     credits: _CreditLease | None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
