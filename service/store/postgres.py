@@ -1,4 +1,6 @@
-"""All of keygate's SQL. `Store` hands out `Tx` objects: a connection, in a transaction when writing.
+"""All of keygate's SQL, implementing the interfaces of store/interface.py. `Store` hands out a
+`Reader` (read-only queries on a connection) for reads, and a `Tx` (reads and writes, in a transaction)
+only inside `transaction()`.
 
 Connection failures surface as `Unavailable`, so callers fail closed with a status
 that says "retry", never an INTERNAL error carrying driver text.
@@ -130,22 +132,12 @@ def _binding(row: asyncpg.Record) -> BindingRecord:
     )
 
 
-class Tx:
-    """Queries on one connection. Writes happen only inside `Store.transaction()`.
-
-    Every write that can change a Check answer also NOTIFYs its change in the same
-    transaction, so replicas hear of it exactly when it commits, and never of a rollback.
-    """
+class Reader:
+    """Read-only queries on one connection: what `Store.read()` and `Store.lookup()` hand out.
+    It has no write method, so a write through a read is a type error (and an AttributeError)."""
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
-        self.changes: list[changes.Change] = []
-
-    async def _notify(self, change: changes.Change) -> None:
-        await self._conn.execute("SELECT pg_notify($1, $2)", changes.CHANNEL, changes.encode(change, time.time()))
-        self.changes.append(change)
-
-    # --- keys -------------------------------------------------------------------------
 
     async def key_by_digest(self, digest: bytes) -> tuple[KeyRecord, datetime | None] | None:
         """The key a secret belongs to, with the secret's own expiry (set after rotation)."""
@@ -157,10 +149,11 @@ class Tx:
         )
         return None if row is None else (_key(row), row["secret_expire_time"])
 
-    async def get_key(self, key_id: UUID, *, lock: bool = False) -> KeyRecord | None:
-        row = await self._conn.fetchrow(
-            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1" + (" FOR UPDATE" if lock else ""), key_id
-        )
+    async def get_key(self, key_id: UUID) -> KeyRecord | None:
+        return await self._get_key(key_id, "")
+
+    async def _get_key(self, key_id: UUID, suffix: str) -> KeyRecord | None:
+        row = await self._conn.fetchrow(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1{suffix}", key_id)
         return None if row is None else _key(row)
 
     async def list_keys(
@@ -182,6 +175,114 @@ class Tx:
             ids,
         )
         return [_key(r) for r in rows]
+
+    async def secret_owners(self, digests: Sequence[bytes]) -> dict[bytes, UUID]:
+        """The key each of these digests belongs to, for those stored."""
+        rows = await self._conn.fetch("SELECT digest, key_id FROM key_secrets WHERE digest = ANY($1::bytea[])",
+                                      list(digests))
+        return {bytes(r["digest"]): r["key_id"] for r in rows}
+
+    async def existing_keys(self, key_ids: Sequence[UUID]) -> set[UUID]:
+        rows = await self._conn.fetch("SELECT id FROM api_keys WHERE id = ANY($1::uuid[])", list(key_ids))
+        return {r["id"] for r in rows}
+
+    async def count_digests(self) -> int:
+        return int(await self._conn.fetchval("SELECT count(*) FROM key_secrets"))
+
+    async def digests(self, batch: int = 10_000) -> AsyncIterator[list[bytes]]:
+        """Every stored secret digest, in batches (for the cache's filter of known keys)."""
+        async with self._conn.transaction(readonly=True):
+            cursor = await self._conn.cursor("SELECT digest FROM key_secrets")
+            while rows := await cursor.fetch(batch):
+                yield [r["digest"] for r in rows]
+
+    async def server_secret(self, name: str) -> bytes:
+        """A secret the server keeps for itself (migrations create them), the same for every replica."""
+        value = await self._conn.fetchval("SELECT value FROM server_secrets WHERE name = $1", name)
+        if value is None:
+            raise RuntimeError(f"server secret {name!r} is missing: run the migrations")
+        return bytes(value)
+
+    async def has_root_key(self) -> bool:
+        return bool(await self._conn.fetchval("SELECT EXISTS (SELECT 1 FROM api_keys WHERE workspace_id = '')"))
+
+    async def bindings_for_many(
+        self, slots: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[Binding, ...]]:
+        """The bindings of each (workspace, resource) slot, in one query; a slot without any maps to ()."""
+        rows = await self._conn.fetch(
+            """SELECT b.workspace_id, b.resource, b.key_id, b.actions FROM resource_bindings b
+               JOIN unnest($1::text[], $2::text[]) AS q (workspace_id, resource) USING (workspace_id, resource)""",
+            [w for w, _ in slots], [r for _, r in slots],
+        )
+        found: dict[tuple[str, str], list[Binding]] = {slot: [] for slot in slots}
+        for r in rows:
+            found[(r["workspace_id"], r["resource"])].append(
+                Binding(r["resource"], r["key_id"], tuple(r["actions"]), r["workspace_id"]))
+        return {slot: tuple(bindings) for slot, bindings in found.items()}
+
+    async def list_bindings(self, *, workspace_id: str | None, resource: str | None = None,
+                            key_id: UUID | None = None) -> list[BindingRecord]:
+        rows = await self._conn.fetch(
+            """SELECT * FROM resource_bindings
+               WHERE ($1::text IS NULL OR workspace_id = $1)
+                 AND ($2::text IS NULL OR resource = $2)
+                 AND ($3::uuid IS NULL OR key_id = $3)
+               ORDER BY workspace_id, resource, create_time, key_id""",
+            workspace_id, resource, key_id,
+        )
+        return [_binding(r) for r in rows]
+
+    async def bindings_of_keys(self, key_ids: Sequence[UUID]) -> set[tuple[str, str, UUID]]:
+        """(workspace, resource, key) of every binding of these keys."""
+        rows = await self._conn.fetch(
+            "SELECT workspace_id, resource, key_id FROM resource_bindings WHERE key_id = ANY($1::uuid[])",
+            list(key_ids))
+        return {(r["workspace_id"], r["resource"], r["key_id"]) for r in rows}
+
+    async def list_audit(self, query: AuditQuery, before_id: int | None, limit: int) -> list[AuditEvent]:
+        """Newest first."""
+        rows = await self._conn.fetch(
+            """SELECT * FROM audit_events
+               WHERE ($1::text IS NULL OR workspace_id = $1)
+                 AND ($2::uuid IS NULL OR target_key_id = $2)
+                 AND ($3::uuid IS NULL OR actor_key_id = $3)
+                 AND ($4 = '' OR action = $4)
+                 AND ($5::timestamptz IS NULL OR event_time >= $5)
+                 AND ($6::timestamptz IS NULL OR event_time < $6)
+                 AND ($7::bigint IS NULL OR id < $7)
+               ORDER BY id DESC LIMIT $8""",
+            query.workspace_id, query.key_id, query.actor_key_id, query.action, query.start_time,
+            query.end_time, before_id, limit,
+        )
+        return [
+            AuditEvent(
+                id=r["id"], event_time=r["event_time"], actor_key_id=r["actor_key_id"],
+                workspace_id=r["workspace_id"], action=r["action"], outcome=r["outcome"],
+                target_key_id=r["target_key_id"], resource=r["resource"],
+                changed_fields=tuple(r["changed_fields"]), reason=r["reason"], request_id=r["request_id"],
+            )
+            for r in rows
+        ]
+
+
+class Tx(Reader):
+    """Reads and writes on one connection, in a transaction: exists only inside `Store.transaction()`.
+
+    Every write that can change a Check answer also NOTIFYs its change in the same
+    transaction, so replicas hear of it exactly when it commits, and never of a rollback.
+    """
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        super().__init__(conn)
+        self.changes: list[changes.Change] = []
+
+    async def _notify(self, change: changes.Change) -> None:
+        await self._conn.execute("SELECT pg_notify($1, $2)", changes.CHANNEL, changes.encode(change, time.time()))
+        self.changes.append(change)
+
+    async def lock_key(self, key_id: UUID) -> KeyRecord | None:
+        return await self._get_key(key_id, " FOR UPDATE")
 
     async def insert_key(self, key_id: UUID, spec: KeySpec, digest: bytes, display: str,
                          created_by: UUID | None) -> KeyRecord:
@@ -234,36 +335,6 @@ class Tx:
         """Serialise imports until this transaction ends: two at once would both find a key absent."""
         await self._conn.execute("SELECT pg_advisory_xact_lock(hashtext('keygate-import'))")
 
-    async def secret_owners(self, digests: Sequence[bytes]) -> dict[bytes, UUID]:
-        """The key each of these digests belongs to, for those stored."""
-        rows = await self._conn.fetch("SELECT digest, key_id FROM key_secrets WHERE digest = ANY($1::bytea[])",
-                                      list(digests))
-        return {bytes(r["digest"]): r["key_id"] for r in rows}
-
-    async def existing_keys(self, key_ids: Sequence[UUID]) -> set[UUID]:
-        rows = await self._conn.fetch("SELECT id FROM api_keys WHERE id = ANY($1::uuid[])", list(key_ids))
-        return {r["id"] for r in rows}
-
-    async def count_digests(self) -> int:
-        return int(await self._conn.fetchval("SELECT count(*) FROM key_secrets"))
-
-    async def digests(self, batch: int = 10_000) -> AsyncIterator[list[bytes]]:
-        """Every stored secret digest, in batches (for the cache's filter of known keys)."""
-        async with self._conn.transaction(readonly=True):
-            cursor = await self._conn.cursor("SELECT digest FROM key_secrets")
-            while rows := await cursor.fetch(batch):
-                yield [r["digest"] for r in rows]
-
-    async def server_secret(self, name: str) -> bytes:
-        """A secret the server keeps for itself (migrations create them), the same for every replica."""
-        value = await self._conn.fetchval("SELECT value FROM server_secrets WHERE name = $1", name)
-        if value is None:
-            raise RuntimeError(f"server secret {name!r} is missing: run the migrations")
-        return bytes(value)
-
-    async def has_root_key(self) -> bool:
-        return bool(await self._conn.fetchval("SELECT EXISTS (SELECT 1 FROM api_keys WHERE workspace_id = '')"))
-
     async def add_usage(self, usage: Mapping[UUID, tuple[int, datetime]]) -> None:
         """Add counts and move last_used_time forward; keys deleted meanwhile are skipped."""
         await self._conn.executemany(
@@ -272,42 +343,6 @@ class Tx:
                WHERE id = $1""",
             [(key_id, count, last) for key_id, (count, last) in usage.items()],
         )
-
-    # --- bindings ---------------------------------------------------------------------
-
-    async def bindings_for_many(
-        self, slots: Sequence[tuple[str, str]]
-    ) -> dict[tuple[str, str], tuple[Binding, ...]]:
-        """The bindings of each (workspace, resource) slot, in one query; a slot without any maps to ()."""
-        rows = await self._conn.fetch(
-            """SELECT b.workspace_id, b.resource, b.key_id, b.actions FROM resource_bindings b
-               JOIN unnest($1::text[], $2::text[]) AS q (workspace_id, resource) USING (workspace_id, resource)""",
-            [w for w, _ in slots], [r for _, r in slots],
-        )
-        found: dict[tuple[str, str], list[Binding]] = {slot: [] for slot in slots}
-        for r in rows:
-            found[(r["workspace_id"], r["resource"])].append(
-                Binding(r["resource"], r["key_id"], tuple(r["actions"]), r["workspace_id"]))
-        return {slot: tuple(bindings) for slot, bindings in found.items()}
-
-    async def list_bindings(self, *, workspace_id: str | None, resource: str | None = None,
-                            key_id: UUID | None = None) -> list[BindingRecord]:
-        rows = await self._conn.fetch(
-            """SELECT * FROM resource_bindings
-               WHERE ($1::text IS NULL OR workspace_id = $1)
-                 AND ($2::text IS NULL OR resource = $2)
-                 AND ($3::uuid IS NULL OR key_id = $3)
-               ORDER BY workspace_id, resource, create_time, key_id""",
-            workspace_id, resource, key_id,
-        )
-        return [_binding(r) for r in rows]
-
-    async def bindings_of_keys(self, key_ids: Sequence[UUID]) -> set[tuple[str, str, UUID]]:
-        """(workspace, resource, key) of every binding of these keys."""
-        rows = await self._conn.fetch(
-            "SELECT workspace_id, resource, key_id FROM resource_bindings WHERE key_id = ANY($1::uuid[])",
-            list(key_ids))
-        return {(r["workspace_id"], r["resource"], r["key_id"]) for r in rows}
 
     async def upsert_binding(self, workspace_id: str, resource: str, key_id: UUID, actions: tuple[str, ...],
                              created_by: UUID | None) -> BindingRecord:
@@ -329,8 +364,6 @@ class Tx:
         await self._notify(changes.BindingChanged(workspace_id, resource))
         return status != "DELETE 0"
 
-    # --- audit ------------------------------------------------------------------------
-
     async def audit(self, event: AuditEvent) -> None:
         await self._conn.execute(
             """INSERT INTO audit_events (actor_key_id, workspace_id, action, outcome, target_key_id, resource,
@@ -340,30 +373,19 @@ class Tx:
             event.resource, list(event.changed_fields), event.reason, event.request_id,
         )
 
-    async def list_audit(self, query: AuditQuery, before_id: int | None, limit: int) -> list[AuditEvent]:
-        """Newest first."""
-        rows = await self._conn.fetch(
-            """SELECT * FROM audit_events
-               WHERE ($1::text IS NULL OR workspace_id = $1)
-                 AND ($2::uuid IS NULL OR target_key_id = $2)
-                 AND ($3::uuid IS NULL OR actor_key_id = $3)
-                 AND ($4 = '' OR action = $4)
-                 AND ($5::timestamptz IS NULL OR event_time >= $5)
-                 AND ($6::timestamptz IS NULL OR event_time < $6)
-                 AND ($7::bigint IS NULL OR id < $7)
-               ORDER BY id DESC LIMIT $8""",
-            query.workspace_id, query.key_id, query.actor_key_id, query.action, query.start_time,
-            query.end_time, before_id, limit,
-        )
-        return [
-            AuditEvent(
-                id=r["id"], event_time=r["event_time"], actor_key_id=r["actor_key_id"],
-                workspace_id=r["workspace_id"], action=r["action"], outcome=r["outcome"],
-                target_key_id=r["target_key_id"], resource=r["resource"],
-                changed_fields=tuple(r["changed_fields"]), reason=r["reason"], request_id=r["request_id"],
-            )
-            for r in rows
-        ]
+
+class Listening:
+    """The change listener's dedicated connection, LISTENing."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def ping(self) -> None:
+        """`SELECT 1`: PostgreSQL delivers every pending notification before it answers."""
+        await self._conn.execute("SELECT 1")
+
+    def close(self) -> None:
+        self._conn.terminate()
 
 
 class Store:
@@ -410,7 +432,7 @@ class Store:
         """False from the first failure to reach the database until a probe answers again."""
         return self._probe is None
 
-    async def listen(self, on_change: Callable[[str], None], on_lost: Callable[[], None]) -> asyncpg.Connection:
+    async def listen(self, on_change: Callable[[str], None], on_lost: Callable[[], None]) -> Listening:
         """A dedicated connection LISTENing for changes; `on_lost` fires if it closes.
 
         Outside the pool on purpose: a pooled connection could be reset or shared.
@@ -420,7 +442,7 @@ class Store:
                                          command_timeout=self.settings.statement_timeout)
             await conn.add_listener(changes.CHANNEL, lambda _c, _pid, _ch, payload: on_change(payload))
             conn.add_termination_listener(lambda _c: on_lost())
-            return conn
+            return Listening(conn)
 
     async def migrate(self, catalog: Catalog) -> list[str]:
         """Apply pending migrations (see keygate.store.migrations); return the names applied.
@@ -460,15 +482,15 @@ class Store:
             self._pool.terminate()
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[Tx]:
+    async def read(self) -> AsyncIterator[Reader]:
         async with self._connection(None) as conn:
-            yield Tx(conn)
+            yield Reader(conn)
 
     @asynccontextmanager
-    async def lookup(self) -> AsyncIterator[Tx]:
+    async def lookup(self) -> AsyncIterator[Reader]:
         """A read on the Check path: acquiring and every query together within `lookup_timeout`."""
         async with self._connection(self.settings.lookup_timeout) as conn:
-            yield Tx(conn)
+            yield Reader(conn)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
