@@ -45,8 +45,8 @@ class MemoryReader:
         self._tables = tables
 
     async def key_by_digest(self, digest: bytes) -> tuple[KeyRecord, datetime | None] | None:
-        await self._store.passed_gate()
         self._store.lookups += 1
+        await self._store.passed_gate()
         found = self._tables.secrets.get(digest)
         if found is None or found[0] not in self._tables.keys:
             return None
@@ -205,7 +205,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self.tables = Tables()
         self.reachable = True
-        self.lookups = 0  # key_by_digest calls
+        self.lookups = 0  # key_by_digest calls (counted as they begin)
         self.binding_reads: list[int] = []  # slots per bindings_for_many call
         self.gate: asyncio.Event | None = None  # when set to an unset Event, lookups wait for it
         self.listeners: list[MemoryListening] = []
