@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 from ..domain.decision import Decision
-from .entries import Entries, Slot
+from .entries import Entries, Entry, Slot
 from .freshness import Freshness
 from .lru import LRU
 
@@ -61,5 +61,5 @@ class Decisions:
         expiries = [t for t in (credential.expire_time, credential.secret_expire_time) if t is not None]
         self.remembered.put(slot, Remembered(decision, self._freshness.epoch, fresh_until, min(expiries, default=None)))
 
-    def _fresh_until(self, entry: tuple[object, float] | None) -> float:
-        return self._freshness.fresh_until(None if entry is None else entry[1])
+    def _fresh_until(self, entry: Entry[object] | None) -> float:
+        return self._freshness.fresh_until(None if entry is None else entry.fetched_at)

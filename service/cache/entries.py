@@ -10,7 +10,7 @@ from uuid import UUID
 from ..domain.decision import Binding, Credential
 from .lru import LRU
 
-V = TypeVar("V")
+V = TypeVar("V", covariant=True)
 
 Slot = tuple[str, str]  # (workspace, resource)
 

@@ -100,13 +100,15 @@ async def test_an_unknown_key_is_cached_as_unknown_until_a_key_with_that_secret_
 
 async def test_a_change_to_a_key_drops_it_at_once(cache: KeyCache, store: MemoryStore) -> None:
     key_id, secret = await add_key(store)
-    assert (await cache.credential(secret)).disabled is False  # type: ignore[union-attr]
+    before = await cache.credential(secret)
+    assert before is not None and not before.disabled
     async with store.transaction() as tx:
         record = await tx.get_key(key_id)
         assert record is not None
         await tx.update_key(key_id, KeySpec(name="k", workspace_id="w", permissions=(), disabled=True))
     assert cache.peek(secret) is MISS
-    assert (await cache.credential(secret)).disabled is True  # type: ignore[union-attr]
+    after = await cache.credential(secret)
+    assert after is not None and after.disabled
 
 
 async def test_every_secret_of_a_rotated_key_is_dropped(cache: KeyCache, store: MemoryStore) -> None:

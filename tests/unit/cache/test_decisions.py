@@ -69,6 +69,7 @@ async def test_a_decision_is_not_recalled_past_the_listeners_deadline(cache: Key
 async def test_remembered_decisions_are_bounded(cache: KeyCache, store: MemoryStore, catalog: Catalog) -> None:
     _, secret = await add_key(store)
     for i in range(10):
-        cache.remember((secret, f"chatflows/{i}"), await decided(cache, catalog, secret, f"chatflows/{i}"), secret, None)
+        resource = f"chatflows/{i}"
+        cache.remember((secret, resource), await decided(cache, catalog, secret, resource), secret, None)
     assert cache.sizes()["decisions"] == cache.settings.max_decisions
     assert cache.evictions()["decisions"] == 10 - cache.settings.max_decisions

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from keygate.store.interface import (
-    AdminStore, ChangeFeed, KeyLookups, KeySource, Listening, Reads, UsageStore, UsageWrites, Writes,
+    AdminStore,
+    ChangeFeed,
+    KeyLookups,
+    KeySource,
+    Listening,
+    Reads,
+    UsageStore,
+    UsageWrites,
+    Writes,
 )
 from keygate.store.postgres import Listening as PostgresListening
 from keygate.store.postgres import Reader, Store, Tx
