@@ -38,12 +38,11 @@ class Decisions:
     def recall(self, slot: Hashable, now: datetime) -> Decision | None:
         """A decision made for exactly this question, if nothing it rests on has changed or aged."""
         remembered = self.remembered.get(slot)
-        freshness = self._freshness
-        if remembered is None or remembered.epoch != freshness.epoch:
+        if remembered is None or remembered.epoch != self._freshness.epoch:
             self._misses["decisions"] += 1
             return None
         at = self._clock()
-        if (at >= remembered.fresh_until or at >= freshness.trusted_until
+        if (at >= remembered.fresh_until or at >= self._freshness.trusted_until
                 or (remembered.expires is not None and now >= remembered.expires)):
             self._misses["decisions"] += 1
             return None
