@@ -123,8 +123,9 @@ class Findings:
 
     def add_latency(self, variant: str, measured: latency.Latency, round_: int) -> None:
         if measured.failures:
-            raise RuntimeError(f"{variant}: {measured.failures} of {measured.calls + measured.failures} calls "
-                               "failed or were denied")
+            failed = sum(measured.failures.values())
+            raise RuntimeError(f"{variant}: {failed} of {measured.calls + failed} calls failed or were denied "
+                               f"({latency.describe(measured.failures)})")
         self.p50[variant].append(measured.p50_ms)
         self.p99[variant].append(measured.p99_ms)
         self.worst_lag_ms = max(self.worst_lag_ms, measured.lag_p99_ms)

@@ -18,6 +18,7 @@ import asyncio
 import math
 import time
 from array import array
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier
@@ -39,7 +40,7 @@ CALL_TIMEOUT = 10.0
 class Latency:
     rate: float  # offered calls/s
     calls: int
-    failures: int  # RPC errors or answers that were not `allowed`
+    failures: dict[str, int]  # RPC errors (by status) and answers that were not `allowed` (by decision code)
     p50_ms: float
     p99_ms: float
     lag_p99_ms: float  # how late the client issued calls against its schedule: near 0 if it kept up
@@ -85,18 +86,25 @@ def measure(target: str, requests: Sequence[authz_pb2.CheckRequest], *, rate: fl
     parts, _ = procs.fan_out(_client, [(job,) for job in jobs], timeout=warm_up + duration + 120)
     latencies = [x for part in parts for x in part[0]]
     lags = [x for part in parts for x in part[1]]
-    failures = sum(part[2] for part in parts)
+    failures: Counter[str] = Counter()
+    for part in parts:
+        failures.update(part[2])
     if not latencies:
-        raise RuntimeError(f"no call succeeded ({failures} failures)")
-    return Latency(rate, len(latencies), failures, percentile(latencies, 50) * 1000,
+        raise RuntimeError(f"no call succeeded (failures: {describe(failures)})")
+    return Latency(rate, len(latencies), dict(failures), percentile(latencies, 50) * 1000,
                    percentile(latencies, 99) * 1000, percentile(lags, 99) * 1000)
 
 
-def _client(job: _Job, barrier: Barrier) -> tuple[array, array, int]:  # type: ignore[type-arg]
+def describe(failures: dict[str, int]) -> str:
+    """`3 UNAVAILABLE, 1 denied KEY_NOT_FOUND`: what a failed measurement must say to be worth re-running."""
+    return ", ".join(f"{count} {reason}" for reason, count in sorted(failures.items(), key=lambda kv: -kv[1]))
+
+
+def _client(job: _Job, barrier: Barrier) -> tuple[array, array, Counter[str]]:  # type: ignore[type-arg]
     return uvloop.run(_drive(job, barrier))
 
 
-async def _drive(job: _Job, barrier: Barrier) -> tuple[array, array, int]:  # type: ignore[type-arg]
+async def _drive(job: _Job, barrier: Barrier) -> tuple[array, array, Counter[str]]:  # type: ignore[type-arg]
     options = [("grpc.use_local_subchannel_pool", 1)]  # one real connection per channel
     channels = [grpc.aio.insecure_channel(job.target, options=options) for _ in range(job.connections)]
     for channel in channels:
@@ -105,25 +113,24 @@ async def _drive(job: _Job, barrier: Barrier) -> tuple[array, array, int]:  # ty
     await asyncio.get_running_loop().run_in_executor(None, barrier.wait, procs.READY_TIMEOUT)  # start together
 
     latencies, lags = array("d"), array("d")
-    failures = 0
+    failures: Counter[str] = Counter()
     start = 0.0
     total = math.ceil(job.rate * (job.warm_up + job.duration))
     measured_from = math.ceil(job.rate * job.warm_up)
 
     async def call(i: int) -> None:
-        nonlocal failures
         request = job.requests[i % len(job.requests)] if job.cycle else job.requests[i]
         started = time.perf_counter()
         if i >= measured_from:
             lags.append(started - (start + i / job.rate))
         try:
             reply = await stubs[i % len(stubs)](request, timeout=CALL_TIMEOUT)
-        except grpc.RpcError:
-            failures += 1
+        except grpc.aio.AioRpcError as error:
+            failures[error.code().name] += 1
             return
         elapsed = time.perf_counter() - started
         if not reply.allowed:
-            failures += 1
+            failures["denied " + authz_pb2.DecisionCode.Name(reply.code)] += 1
         elif i >= measured_from:
             latencies.append(elapsed)
 
