@@ -8,11 +8,12 @@ from typing import Generic, NamedTuple, TypeVar
 from uuid import UUID
 
 from ..domain.decision import Binding, Credential
+from ..store.interface import Slot
 from .lru import LRU
 
-V = TypeVar("V", covariant=True)
+__all__ = ["MISS", "Entries", "Entry", "Miss", "Slot"]
 
-Slot = tuple[str, str]  # (workspace, resource)
+V = TypeVar("V", covariant=True)
 
 
 class Miss:

@@ -24,8 +24,7 @@ from keygate.domain.errors import Unavailable
 from keygate.domain.keys import fingerprint
 from keygate.domain.policy import KeySpec
 from keygate.domain.records import AuditEvent, AuditQuery, BindingRecord, KeyRecord
-
-Slot = tuple[str, str]
+from keygate.store.interface import Slot
 
 
 @dataclass
