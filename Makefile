@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test proto install clean
+.PHONY: run test lint proto install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +21,15 @@ install: $(VENV)/.installed-dev
 run: $(VENV)/.installed-embedded
 	$(BIN)/keygate serve
 
-## The whole suite against a real PostgreSQL that the tests start themselves.
-test: $(VENV)/.installed-dev
+## The linters first (a finding fails in seconds), then the whole suite against a real PostgreSQL that the
+## tests start themselves.
+test: lint
 	$(BIN)/python -m pytest -q
+
+## ruff on the code, tests and benchmarks (not the generated service/v1); mypy on the service (pyproject.toml).
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check service tests bench
+	$(BIN)/mypy service
 
 ## The README's benchmark figures, as one table (see bench/; `$(BIN)/python -m bench --quick` for a smoke run).
 .PHONY: bench

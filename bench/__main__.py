@@ -149,7 +149,7 @@ def cached(ctx: Context, found: Findings, url: str, api_key: str) -> None:
             for server in both:
                 result = h2load.run(ctx.h2load, f"http://{server.target}{METHOD_PATH}", body, clients=plan.clients,
                                     streams=plan.streams, duration=plan.duration, warm_up=plan.warm_up)
-                result.verify(server.reply.ByteSize())  # type: ignore[union-attr]
+                result.verify(server.reply.ByteSize())
                 found.rps[server.name].append(result.rps)
                 report.progress(f"  round {round_ + 1}: {server.name}: {result.rps:,.0f} req/s ({plan.h2load_shape})")
         saturation = {s.name: median(found.rps[s.name]) for s in both}

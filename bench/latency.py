@@ -100,11 +100,11 @@ def describe(failures: dict[str, int]) -> str:
     return ", ".join(f"{count} {reason}" for reason, count in sorted(failures.items(), key=lambda kv: -kv[1]))
 
 
-def _client(job: _Job, barrier: Barrier) -> tuple[array, array, Counter[str]]:  # type: ignore[type-arg]
+def _client(job: _Job, barrier: Barrier) -> tuple[array, array, Counter[str]]:
     return uvloop.run(_drive(job, barrier))
 
 
-async def _drive(job: _Job, barrier: Barrier) -> tuple[array, array, Counter[str]]:  # type: ignore[type-arg]
+async def _drive(job: _Job, barrier: Barrier) -> tuple[array, array, Counter[str]]:
     options = [("grpc.use_local_subchannel_pool", 1)]  # one real connection per channel
     channels = [grpc.aio.insecure_channel(job.target, options=options) for _ in range(job.connections)]
     for channel in channels:

@@ -45,7 +45,7 @@ def fan_out(target: Callable[..., Any], jobs: Sequence[tuple[Any, ...]], timeout
 
 
 def _child(target: Callable[..., Any], job: tuple[Any, ...], barrier: Barrier,
-           results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+           results: multiprocessing.Queue) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us
     try:
         results.put((True, target(*job, barrier)))

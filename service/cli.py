@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from importlib import metadata
+from typing import Any
 
 import uvloop
 
@@ -55,7 +56,7 @@ def _add_options(parser: argparse.ArgumentParser, options: tuple[Option, ...]) -
                            help=f"{option.help} (env {option.env}; default {option.describe_default(defaults)})")
 
 
-def _run(main: Callable[[], Awaitable[int | None]]) -> int:
+def _run(main: Callable[[], Coroutine[Any, Any, int | None]]) -> int:
     return uvloop.run(main()) or 0
 
 
@@ -123,7 +124,7 @@ def _import_flowise(args: argparse.Namespace) -> int:
     return _run(lambda: _with_store(settings, work))
 
 
-def _add_import_parser(commands: argparse._SubParsersAction, storage: tuple[Option, ...]) -> None:  # type: ignore[type-arg]
+def _add_import_parser(commands: argparse._SubParsersAction, storage: tuple[Option, ...]) -> None:
     import_p = commands.add_parser("import", help="import API keys from another system into keygate")
     systems = import_p.add_subparsers(dest="system", required=True)
     flowise_p = systems.add_parser(

@@ -151,7 +151,7 @@ def assign(message: Message, name: str, value: object) -> None:
     if value is CLEARED:
         message.ClearField(name)
     elif field.message_type is not None and field.message_type.GetOptions().map_entry:
-        target.update(dict(value))  # type: ignore[call-overload]
+        target.update(dict(value))  # type: ignore[call-overload]  # a map field: `value` is a Mapping
     elif field.is_repeated:
         target.extend(value)
     elif field.message_type is not None:
@@ -468,7 +468,7 @@ def run(command: Command, prog: str, args: argparse.Namespace) -> int:
                 response = client.call(command.method, request, command.service)
     except grpc.RpcError as err:
         report_rpc_error(err, server, args.timeout)
-        return command.failed_with.get(err.code() if isinstance(err, grpc.Call) else None, command.failed)
+        return command.failed_with.get(err.code(), command.failed) if isinstance(err, grpc.Call) else command.failed
     if args.json:
         print_json(response)
     else:
@@ -656,7 +656,7 @@ SUBCOMMANDS: Mapping[str, tuple[str, Callable[[argparse.ArgumentParser], Command
 }
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `keys` and its subcommands; each sets func(args) -> exit code."""
     keys = subparsers.add_parser(
         "keys", help="manage API keys (admin client)",
@@ -693,7 +693,7 @@ CHECK_EXIT_CODES = "exit status: 0 allowed, 1 denied, 2 no answer (a usage error
                    "action or an unreachable server)"
 
 
-def add_check_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_check_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `check`: ask AuthzService whether a key may perform an action. The exit status is the answer,
     so a script can write `if keygate check ...`; an error is 2, never to be mistaken for a denial."""
     parser = subparsers.add_parser("check", help="ask whether a key may perform an action (AuthzService.Check)",
@@ -710,7 +710,7 @@ def add_check_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
     parser.set_defaults(func=functools.partial(run, command, parser.prog))
 
 
-def add_permissions_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_permissions_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `permissions`: the catalog a key's permissions are chosen from (AuthzService.ListPermissions)."""
     summary = "list the permissions keys can be granted, what each implies and acts on"
     parser = subparsers.add_parser("permissions", help=summary, description=f"{summary.capitalize()}. "
@@ -729,7 +729,7 @@ HEALTH_EXIT_CODES = "exit status: 0 SERVING, 1 another status or a service keyga
                     "(keygate unreachable, or slower than --timeout)"
 
 
-def add_health_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_health_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `health`: grpc.health.v1 Check with the client's own connection options, for container
     health checks and for probes over TLS (kubelet's grpc probe does not speak it). Needs no key."""
     summary = "ask whether keygate, or one of its services, is serving (grpc.health.v1)"

@@ -164,7 +164,7 @@ class Settings:
             ),
         }
         values["metrics"] = parse_address(str(values["metrics"]))
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**values)  # type: ignore[arg-type]  # each value parsed to its field's type above
 
     def tls_files(self) -> ServerFiles | None:
         return ServerFiles.of(self.tls_cert, self.tls_key, self.tls_client_ca)

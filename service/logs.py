@@ -27,7 +27,7 @@ import sys
 import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import orjson
 import structlog
@@ -193,7 +193,7 @@ class _ToStructlog(logging.Handler):
         if dropped:
             fields["dropped_before"] = dropped
         level, exc_info = record.levelno, record.exc_info or False
-        if exc_info and isinstance(exc_info[1], UnicodeDecodeError):
+        if record.exc_info and isinstance(record.exc_info[1], UnicodeDecodeError):
             level, exc_info, fields["error"] = logging.WARNING, False, "UnicodeDecodeError"
         structlog.get_logger(record.name).log(level, _message(record), exc_info=exc_info, **fields)
 
@@ -246,7 +246,7 @@ class AccessLog:
             self._suppressed(kind, dropped)
 
     def _suppressed(self, kind: Hashable, dropped: int) -> None:
-        method, code, decision = kind  # type: ignore[misc]
+        method, code, decision = cast(tuple[str, str, str], kind)  # the kinds this log admits (above)
         fields = {"decision": decision} if decision else {}
         self._log.info("rpc_suppressed", method=method, code=code, **fields, suppressed=dropped,
                        limit_per_second=REFUSAL_LINES_PER_SECOND)

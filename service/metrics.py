@@ -23,11 +23,11 @@ import errno
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 from prometheus_client import CollectorRegistry, start_http_server
@@ -60,6 +60,7 @@ DECISION_APIS = {
 decision: ContextVar[str] = ContextVar("decision", default="")
 
 Labels = tuple[str, ...]
+_Value = TypeVar("_Value")
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,30 +156,34 @@ class Snapshot:
         """The prometheus_client metric families, every family of FAMILIES even when it has no sample yet."""
         for name, family in FAMILIES.items():
             if family.kind == "counter":
-                metric: Metric = CounterMetricFamily(name, family.help, labels=family.labels)
+                counter = CounterMetricFamily(name, family.help, labels=family.labels)
                 for labels, value in _samples(self.counters, name):
-                    metric.add_metric(labels, value)  # type: ignore[attr-defined]
+                    counter.add_metric(labels, value)
+                yield counter
             elif family.kind == "gauge":
-                metric = GaugeMetricFamily(name, family.help, labels=family.labels)
+                gauge = GaugeMetricFamily(name, family.help, labels=family.labels)
                 for labels, value in _samples(self.gauges, name):
-                    metric.add_metric(labels, value)  # type: ignore[attr-defined]
+                    gauge.add_metric(labels, value)
+                yield gauge
             else:
-                metric = HistogramMetricFamily(name, family.help, labels=family.labels)
+                histogram = HistogramMetricFamily(name, family.help, labels=family.labels)
                 for labels, (bounds, counts, total) in _samples(self.histograms, name):
                     cumulative, buckets = 0, []
                     for bound, n in zip((*map(_le, bounds), "+Inf"), counts, strict=True):
                         cumulative += n
-                        buckets.append((bound, cumulative))
-                    metric.add_metric(labels, buckets, total)  # type: ignore[attr-defined]
-            yield metric
+                        buckets.append((bound, float(cumulative)))
+                    histogram.add_metric(labels, buckets, total)
+                yield histogram
 
 
 def _le(bound: float) -> str:
     return repr(float(bound))
 
 
-def _samples(values: dict[tuple[str, Labels], object], name: str) -> list[tuple[Labels, object]]:
-    return sorted((labels, value) for (family, labels), value in values.items() if family == name)  # type: ignore[misc]
+def _samples(values: Mapping[tuple[str, Labels], _Value], name: str) -> list[tuple[Labels, _Value]]:
+    """One family's samples in label order (labels are unique within a family: dictionary keys)."""
+    return sorted(((labels, value) for (family, labels), value in values.items() if family == name),
+                  key=lambda sample: sample[0])
 
 
 Recorder = Callable[[grpc.StatusCode, float], None]
@@ -276,7 +281,7 @@ class _UnknownMethods(grpc.GenericRpcHandler):
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
 
         # Streaming, and no request read: a client that streams, or sends nothing yet, is answered at once.
-        self._handler = grpc.stream_stream_rpc_method_handler(unimplemented)
+        self._handler: grpc.RpcMethodHandler = grpc.stream_stream_rpc_method_handler(unimplemented)
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         return self._handler
@@ -313,7 +318,7 @@ class Exporter:
         host, _, port = address.rpartition(":")
         self._collector = _Collector()
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(self._collector)  # type: ignore[arg-type]
+        registry.register(self._collector)
         try:
             self._server, _ = start_http_server(int(port), addr=host.strip("[]"), registry=registry)
         except OSError as exc:

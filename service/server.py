@@ -219,15 +219,18 @@ def run(settings: Settings) -> None:
     exporter = Exporter(settings.metrics) if settings.metrics else None  # likewise: a taken port fails now
     url = database_url(settings)
     uvloop.run(_prepare(settings, url))
-    if settings.workers == 1:
-        def export(app: App) -> None:
-            if exporter is not None and app.metrics is not None:
-                exporter.show(app.metrics.snapshot)
 
-        uvloop.run(serve_until_signalled(settings, url, on_start=export,
-                                         on_ready=lambda port: announce(settings, port, exporter)))
+    def ready(port: int) -> None:
+        announce(settings, port, exporter)
+
+    if settings.workers == 1:
+        def export(metrics: Metrics) -> None:
+            if exporter is not None:
+                exporter.show(metrics.snapshot)
+
+        uvloop.run(serve_until_signalled(settings, url, on_metrics=export, on_ready=ready))
     else:
-        Supervisor(settings, url, exporter).run()
+        Supervisor(settings, url, serve_until_signalled, on_ready=ready, exporter=exporter).run()
 
 
 async def _prepare(settings: Settings, url: str) -> None:
@@ -245,13 +248,14 @@ async def _prepare(settings: Settings, url: str) -> None:
 
 
 async def serve_until_signalled(settings: Settings, url: str, *, on_ready: Callable[[int], None],
-                                on_start: Callable[[App], None] | None = None, reuse_port: bool = False,
+                                on_metrics: Callable[[Metrics], None] | None = None, reuse_port: bool = False,
                                 supervisor_gone: int | None = None) -> None:
     """Serve until SIGINT or SIGTERM, or (a worker) until `supervisor_gone`, a file descriptor that turns
-    readable when the supervisor has died; then drain within the shutdown grace."""
+    readable when the supervisor has died; then drain within the shutdown grace. `on_metrics` is handed the
+    server's metrics (when they are on) to export: here, or to the supervisor. Shaped as `workers.Serve`."""
     app = await App.start(settings, url, reuse_port=reuse_port)
-    if on_start is not None:
-        on_start(app)
+    if on_metrics is not None and app.metrics is not None:
+        on_metrics(app.metrics)
     # Everything built at start-up (modules, protobuf descriptors, the catalog) lives as long as the
     # process: move it out of the collector's sight, so collections scan only what requests allocate.
     gc.freeze()

@@ -109,7 +109,7 @@ class ServerFiles:
     def identity(self) -> tuple[_Identity, ...]:
         """What changes when any file is replaced, rewritten or swapped in through a symlink (ctime: even
         a rewrite that restores the modification time)."""
-        identities = []
+        identities: list[tuple[int, ...]] = []
         for path in self._paths():
             try:
                 s = os.stat(path)
@@ -172,7 +172,8 @@ def server_credentials(files: ServerFiles) -> grpc.ServerCredentials:
     else:
         raise InvalidArgument(SERVER_CERT, f"{files.cert} and its key kept changing while read")
     identity, config = loaded
-    return grpc.dynamic_ssl_server_credentials(config, _Reloader(files, identity),
+    # grpc keeps the configuration in use when the fetcher returns None; types-grpcio's stub omits None.
+    return grpc.dynamic_ssl_server_credentials(config, _Reloader(files, identity),  # type: ignore[arg-type]
                                                require_client_authentication=files.client_ca is not None)
 
 
@@ -229,7 +230,7 @@ class ClientTLS:
 
         def path(flag: str, name: str) -> Path | None:
             value = flags.get(flag) or env.get(name)
-            return Path(value) if value else None  # type: ignore[arg-type]
+            return Path(str(value)) if value else None
 
         ca = path("ca", "KEYGATE_TLS_CA")
         cert = path("cert", "KEYGATE_TLS_CLIENT_CERT")

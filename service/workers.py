@@ -8,6 +8,10 @@ Workers end with their supervisor even when it is SIGKILLed (nothing else would 
 would keep the port): on Linux the kernel sends them SIGTERM when it dies (PR_SET_PDEATHSIG), and
 everywhere each worker watches the pipe multiprocessing keeps from its supervisor, whose end of file
 means the supervisor is gone.
+
+This module does not import `server`: the supervisor is handed the function each worker serves with
+(`server.serve_until_signalled`, picklable by name for the spawned workers) and the announcement to make
+once all workers are ready.
 """
 
 from __future__ import annotations
@@ -20,16 +24,17 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 import uvloop
 
 from . import logs
-from .metrics import Exporter, Fleet, answer_scrapes
+from .metrics import Exporter, Fleet, Metrics, answer_scrapes
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -42,19 +47,28 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _mp = multiprocessing.get_context("spawn")  # no forked grpc or asyncio state in the children
 
 
-def _worker(settings: Settings, url: str, ready: multiprocessing.Queue[int], metrics_pipe: Connection | None) -> None:
+class Serve(Protocol):
+    """Serve on `settings.listen` until signalled or until `supervisor_gone` turns readable, calling
+    `on_ready` with the port once serving and `on_metrics` with the metrics when they are on."""
+
+    def __call__(self, settings: Settings, url: str, *, on_ready: Callable[[int], None],
+                 on_metrics: Callable[[Metrics], None] | None = None, reuse_port: bool = False,
+                 supervisor_gone: int | None = None) -> Coroutine[Any, Any, None]: ...
+
+
+def _worker(serve: Serve, settings: Settings, url: str, ready: multiprocessing.Queue[int],
+            metrics_pipe: Connection | None) -> None:
     """A worker process's main: serve on the shared port until signalled; answer the supervisor's
     requests for metrics on `metrics_pipe`."""
-    from .server import App, serve_until_signalled
 
-    def export(app: App) -> None:
-        if metrics_pipe is not None and app.metrics is not None:
-            answer_scrapes(asyncio.get_running_loop(), metrics_pipe, app.metrics)
+    def export(metrics: Metrics) -> None:
+        if metrics_pipe is not None:
+            answer_scrapes(asyncio.get_running_loop(), metrics_pipe, metrics)
 
     supervisor = _end_with_supervisor()
     logs.configure(settings.log_level, access=settings.access_log)
-    uvloop.run(serve_until_signalled(settings, url, on_ready=ready.put, on_start=export, reuse_port=True,
-                                     supervisor_gone=supervisor.sentinel))
+    uvloop.run(serve(settings, url, on_ready=ready.put, on_metrics=export, reuse_port=True,
+                     supervisor_gone=supervisor.sentinel))
 
 
 def _end_with_supervisor() -> BaseProcess:
@@ -80,9 +94,15 @@ def _fixed_port(listen: str) -> str:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, url: str, exporter: Exporter | None = None) -> None:
+    """`serve` runs in each worker (a module-level function: it is pickled by name); `on_ready` is called
+    here with the port once every worker serves; `exporter`, when given, scrapes all workers at once."""
+
+    def __init__(self, settings: Settings, url: str, serve: Serve, *, on_ready: Callable[[int], None],
+                 exporter: Exporter | None = None) -> None:
         self._settings = replace(settings, listen=_fixed_port(settings.listen))
         self._url = url
+        self._serve = serve
+        self._on_ready = on_ready
         self._ready: multiprocessing.Queue[int] = _mp.Queue()
         self._workers: list[BaseProcess] = []
         self._stopping = False
@@ -91,7 +111,7 @@ class Supervisor:
 
     def _spawn(self, index: int) -> BaseProcess:
         ours, theirs = _mp.Pipe() if self._fleet is not None else (None, None)
-        process = _mp.Process(target=_worker, args=(self._settings, self._url, self._ready, theirs),
+        process = _mp.Process(target=_worker, args=(self._serve, self._settings, self._url, self._ready, theirs),
                               name=f"keygate-worker-{index}", daemon=True)
         process.start()
         if self._fleet is not None and ours is not None and theirs is not None:
@@ -100,8 +120,6 @@ class Supervisor:
         return process
 
     def run(self) -> None:
-        from .server import announce
-
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._request_stop)
         if self._exporter is not None and self._fleet is not None:
@@ -109,7 +127,7 @@ class Supervisor:
         self._workers = [self._spawn(i) for i in range(self._settings.workers)]
         try:
             ports = {self._ready.get(timeout=READY_TIMEOUT) for _ in self._workers}
-            announce(self._settings, ports.pop(), self._exporter)
+            self._on_ready(ports.pop())
             while not self._stopping:
                 time.sleep(0.2)
                 self._restart_dead()

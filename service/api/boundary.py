@@ -49,7 +49,8 @@ _call: contextvars.ContextVar[str | grpc.aio.ServicerContext | None] = contextva
 UNMATCHED_ALLOWED = "UNMATCHED_ALLOWED"  # the Envoy servicer's pass for a request no route rule covers
 PUBLIC_ROUTE = "PUBLIC"  # the Envoy servicer's pass for a route rule that needs no key
 UPSTREAM_SESSION = "UPSTREAM_SESSION"  # its pass for a keyless call of the upstream's own logged-in UI
-ALLOWING = frozenset({"", "OK", UNMATCHED_ALLOWED, PUBLIC_ROUTE, UPSTREAM_SESSION})  # "": the servicer decided nothing (not a Check)
+# "": the servicer decided nothing (not a Check)
+ALLOWING = frozenset({"", "OK", UNMATCHED_ALLOWED, PUBLIC_ROUTE, UPSTREAM_SESSION})
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
 _HANDLERS = {  # (client streaming, server streaming) -> how grpc wants the handler

@@ -114,7 +114,7 @@ def test_the_install_steps_give_a_keygate_with_runtime_dependencies_only(tmp_pat
                               env=clean_environment(DATABASE_URL=database_url, KEYGATE_LISTEN=address,
                                                     KEYGATE_WORKERS="1"))
     try:
-        assert "listening on" in served.stdout.readline()  # type: ignore[union-attr]
+        assert "listening on" in served.stdout.readline()
         with grpc.insecure_channel(address) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             for service in ("", "keygate.v1.AuthzService"):

@@ -114,7 +114,7 @@ def test_in_flight_calls_finish_before_the_kubelet_kills() -> None:
 
 @pytest.mark.parametrize("name", ["Deployment/keygate", "Job/keygate-migrate"])
 def test_pods_run_unprivileged_on_a_read_only_root(name: str) -> None:
-    workload = manifests()[tuple(name.split("/"))]  # type: ignore[index]
+    workload = manifests()[tuple(name.split("/"))]
     pod = workload["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] > 0

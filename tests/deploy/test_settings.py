@@ -55,7 +55,7 @@ def test_each_row_has_the_flag_and_the_default_of_the_code() -> None:
         assert flag in flags or env in WITHOUT_FLAG, f"{env}: no command has {flag}"
 
 
-def test_serve_takes_every_setting_and_a_flag_overrides_its_variable(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_serve_takes_every_setting_and_a_flag_overrides_its_variable(monkeypatch) -> None:
     for option in OPTIONS:
         assert getattr(build_parser().parse_args(["serve", option.flag, "x"]), option.env) == "x"
     monkeypatch.setenv("KEYGATE_CACHE_TTL", "3")

@@ -73,7 +73,7 @@ class _Echo(BaseHTTPRequestHandler):
             self.rfile.read(length)
         seen = {"method": self.command, "path": self.path,
                 "headers": [[k.lower(), v] for k, v in self.headers.items()]}
-        self.server.seen.append(seen)  # type: ignore[attr-defined]
+        self.server.seen.append(seen)
         body = json.dumps(seen).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
@@ -97,10 +97,10 @@ class Upstream:
 def upstream() -> Iterator[Upstream]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
     server.daemon_threads = True
-    server.seen = []  # type: ignore[attr-defined]
+    server.seen = []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield Upstream(server.server_address[1], server.seen)  # type: ignore[attr-defined]
+    yield Upstream(server.server_address[1], server.seen)
     server.shutdown()
     server.server_close()
 

@@ -29,13 +29,14 @@ from keygate import logs
 from keygate.gateway import mappings
 from keygate.v1 import keys_pb2
 
-from .conftest import (READY_TIMEOUT, ROOT, SHIPPED, UI_MARK, Envoy, Mesh, Response, Upstream,
-                       running_envoy)
-from .test_flowise_door import API, refused, secret_material
+from .conftest import READY_TIMEOUT, ROOT, SHIPPED, UI_MARK, Envoy, Mesh, Response, Upstream, running_envoy
 
 # Bearer callers are served exactly as without the UI key page: the whole door suite, run again here through
 # this module's Envoy (pytest collects imported tests, with this module's fixtures).
 from .test_flowise_door import (  # noqa: F401
+    API,
+    refused,
+    secret_material,
     test_a_body_that_is_not_json_is_400,
     test_a_key_without_the_permission_is_403,
     test_bad_input_is_400_naming_the_field,

@@ -117,7 +117,7 @@ def test_gateway_serves_in_front_of_an_upstream_and_ctrl_c_stops_both(
 def test_a_child_that_exits_stops_the_other_and_the_gateway_exits_1(data_dir: Path, upstream: Upstream) -> None:
     """keygate cannot listen (its port is taken): it exits with its own one line, and the gateway stops
     Envoy and exits 1 instead of serving a gateway that answers 503 to everything."""
-    env, port, admin, keygate = gateway_env(data_dir, upstream)
+    env, _, admin, keygate = gateway_env(data_dir, upstream)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", keygate))
         taken.listen()

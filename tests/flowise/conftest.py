@@ -17,6 +17,7 @@ exactly what Flowise was sent (method, path with query, headers). Flowise's own 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import os
@@ -107,10 +108,8 @@ def stop(process: subprocess.Popen[bytes], seconds: float) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(STOP_SECONDS)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 # --- Flowise ----------------------------------------------------------------------------------------
@@ -294,9 +293,9 @@ class _Relay(BaseHTTPRequestHandler):
     def _forward(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length else None
-        self.server.seen.append(Seen(self.command, self.path,  # type: ignore[attr-defined]
+        self.server.seen.append(Seen(self.command, self.path,
                                      [(k.lower(), v) for k, v in self.headers.items()]))
-        target = self.server.target  # type: ignore[attr-defined]
+        target = self.server.target
         upstream = http.client.HTTPConnection("127.0.0.1", target, timeout=HTTP_SECONDS)
         try:
             hop = {"connection", "keep-alive", "transfer-encoding", "content-length"}
@@ -335,11 +334,11 @@ class Relay:
 def relay(flowise: Flowise) -> Iterator[Relay]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Relay)
     server.daemon_threads = True
-    server.seen = []  # type: ignore[attr-defined]
-    server.target = flowise.port  # type: ignore[attr-defined]
+    server.seen = []
+    server.target = flowise.port
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield Relay(server.server_address[1], server.seen)  # type: ignore[attr-defined]
+    yield Relay(server.server_address[1], server.seen)
     server.shutdown()
     server.server_close()
 

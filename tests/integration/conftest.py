@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from keygate.config import Settings
 from keygate.server import App
 
-from .support import Client, connect
+from .support import Client, capture, connect
 
 
 @pytest.fixture
@@ -47,3 +47,10 @@ async def stop_within(app: App, seconds: float) -> None:
 async def client(app: App) -> AsyncIterator[Client]:
     async with connect(app) as client:
         yield client
+
+
+@pytest.fixture
+def captured() -> Iterator[io.BytesIO]:
+    """The server's log lines under the default access-log policy, `denials` (test_logs, test_tls)."""
+    with capture("denials") as stream:
+        yield stream

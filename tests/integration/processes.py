@@ -80,7 +80,7 @@ def start(*serve_args: str, env: Mapping[str, str] | None = None) -> Served:
                                    env=clean_environment(**{"KEYGATE_METRICS": "127.0.0.1:0", **(env or {})}))
     served = Served(process, address, "", Path(log_name))
     lines = []
-    for line in process.stdout:  # type: ignore[union-attr]
+    for line in process.stdout:
         lines.append(line)
         if "listening on" in line:
             served.banner = "".join(lines)

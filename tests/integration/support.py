@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import io
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -13,6 +15,7 @@ from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from keygate import logs
 from keygate.config import Settings
 from keygate.server import App
 from keygate.v1 import authz_pb2, authz_pb2_grpc, keys_pb2, keys_pb2_grpc
@@ -70,7 +73,7 @@ def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
 async def rpc_error(awaitable: object) -> grpc.aio.AioRpcError:
     """Await a call that must fail, and return its error."""
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await awaitable  # type: ignore[misc]
+        await awaitable
     return info.value
 
 
@@ -91,3 +94,20 @@ async def running(settings: Settings, url: str) -> AsyncIterator[tuple[App, Clie
             yield app, client
     finally:
         await app.stop(grace=0)
+
+
+@contextmanager
+def capture(policy: str) -> Iterator[io.BytesIO]:
+    """The server's structlog output in a BytesIO under access-log `policy` (restored after)."""
+    stream = io.BytesIO()
+    logs.configure(stream=stream, access=policy)
+    try:
+        yield stream
+    finally:
+        logs.configure()
+
+
+def lines(stream: io.BytesIO) -> list[dict[str, object]]:
+    """Every captured line, each of which must be one JSON object."""
+    logs.flush()  # the access log is written in batches
+    return [json.loads(line) for line in stream.getvalue().decode().splitlines() if line.strip()]

@@ -69,7 +69,7 @@ class Counted:
 
 @pytest.fixture
 async def counted(database_url: str) -> AsyncIterator[Counted]:
-    counted = Counted(None)  # type: ignore[arg-type]
+    counted = Counted(None)
 
     async def init(conn: asyncpg.Connection) -> None:
         conn.add_query_logger(counted.log)
@@ -131,7 +131,7 @@ async def test_verified_keys_stay_within_max_keys_and_the_latest_stay_cached(
 
     found = await in_waves([d for d, _ in keys], PARALLEL, cache.credential, within_bounds(cache))
 
-    assert [c.key_id for c in found] == [key_id for _, key_id in keys]  # type: ignore[attr-defined]
+    assert [c.key_id for c in found] == [key_id for _, key_id in keys]
     assert cache.sizes()["keys"] == BOUND
     before = await counted.settled()
     again = [await cache.credential(d) for d, _ in keys[-BOUND:]]  # the most recent are answered from memory

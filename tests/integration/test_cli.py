@@ -101,7 +101,7 @@ def create_key(served: Served, root_key: str, *options: str, workspace: str = "w
     created = served.run("keys", "create", "--name", "cli", "--workspace", workspace, "--json",
                          *(options or ("--permission", "chatflows:update")), key=root_key)
     assert created.returncode == 0, created.stderr
-    return json.loads(created.stdout)  # type: ignore[no-any-return]
+    return json.loads(created.stdout)
 
 
 def test_check_exits_with_its_answer_and_help_says_how(served: Served, root_key: str) -> None:
@@ -175,7 +175,7 @@ def test_rotate_rotates_the_key_as_read(served: Served, root_key: str) -> None:
         assert served.run("keys", "rotate", key_id, key=root_key).returncode == 0  # the other admin
         with pytest.raises(grpc.RpcError) as info:
             admin.call("RotateKey", request)
-    assert info.value.code() is grpc.StatusCode.ABORTED  # type: ignore[attr-defined]
+    assert info.value.code() is grpc.StatusCode.ABORTED
 
     stale = served.run("keys", "rotate", key_id, "--etag", request.etag, key=root_key)
     assert stale.returncode == 1 and "ABORTED" in stale.stderr

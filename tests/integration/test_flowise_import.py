@@ -77,7 +77,7 @@ class Flowise:
 async def answer(client: Client, key: Key, action: str, flow: Flow | None = None, workspace: str = "") -> int:
     response = await client.check(key.api_key, f"chatflows/{flow.id}" if flow else "", action, workspace)
     assert response.allowed == (response.code == Code.OK)
-    return response.code  # type: ignore[no-any-return]
+    return response.code
 
 
 async def assert_decided_as_flowise_did(client: Client, f: Flowise) -> None:

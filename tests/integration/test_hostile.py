@@ -87,7 +87,7 @@ class Served:
 
 
 @pytest.fixture
-async def served(postgres) -> AsyncIterator[Served]:  # type: ignore[no-untyped-def]
+async def served(postgres) -> AsyncIterator[Served]:
     stream = io.BytesIO()
     logs.configure(stream=stream)
     url = await postgres.fresh_database()

@@ -54,7 +54,7 @@ def binding_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     real = Reader.bindings_for_many
 
-    async def counted(self: Reader, slots):  # type: ignore[no-untyped-def]
+    async def counted(self: Reader, slots):
         calls.append(len(slots))
         return await real(self, slots)
 

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import grpc
@@ -28,7 +26,7 @@ from keygate import logs
 from keygate.config import Settings
 from keygate.v1 import authz_pb2, keys_pb2
 
-from .support import Client, auth, running
+from .support import Client, auth, capture, lines, running
 
 KEYS = "/keygate.v1.KeyService/"
 AUTHZ = "/keygate.v1.AuthzService/"
@@ -36,33 +34,10 @@ UNKNOWN_KEY = "fl_" + "A" * 49  # our prefix, bad checksum: refused before any l
 FOREIGN_KEY = "sk-live-0123456789abcdefWRONG"  # no prefix: looked up by digest
 
 
-@contextmanager
-def capture(policy: str) -> Iterator[io.BytesIO]:
-    stream = io.BytesIO()
-    logs.configure(stream=stream, access=policy)
-    try:
-        yield stream
-    finally:
-        logs.configure()
-
-
-@pytest.fixture
-def captured() -> Iterator[io.BytesIO]:
-    """The default policy, `denials`."""
-    with capture("denials") as stream:
-        yield stream
-
-
 @pytest.fixture
 def captured_all() -> Iterator[io.BytesIO]:
     with capture("all") as stream:
         yield stream
-
-
-def lines(stream: io.BytesIO) -> list[dict[str, object]]:
-    """Every captured line, each of which must be one JSON object."""
-    logs.flush()  # the access log is written in batches
-    return [json.loads(line) for line in stream.getvalue().decode().splitlines() if line.strip()]
 
 
 def rpc_lines(stream: io.BytesIO, request_id: str | None = None) -> list[dict[str, object]]:
@@ -291,7 +266,7 @@ async def test_a_flood_of_bad_keys_is_logged_within_the_bound_and_counted(
     logged = [line for line in rpc_lines(captured) if line["request_id"] in sent]
     counts = suppressed(captured)
     assert {(c["method"], c["code"], c["decision"]) for c in counts} == {(AUTHZ + "Check", "OK", "KEY_NOT_FOUND")}
-    assert len(logged) + sum(c["suppressed"] for c in counts) == flood  # type: ignore[misc]
+    assert len(logged) + sum(c["suppressed"] for c in counts) == flood
     assert logs.REFUSAL_LINES_PER_SECOND <= len(logged) <= logs.REFUSAL_LINES_PER_SECOND * (int(seconds) + 1)
 
 
@@ -320,7 +295,7 @@ async def test_suppressed_lines_are_counted_at_shutdown(database_url: str) -> No
             flood = 2 * logs.REFUSAL_LINES_PER_SECOND
             await asyncio.gather(*(client.check(FOREIGN_KEY) for _ in range(flood)))
         logged = [line for line in rpc_lines(stream) if line.get("decision") == "KEY_NOT_FOUND"]
-        assert len(logged) + sum(c["suppressed"] for c in suppressed(stream)) == flood  # type: ignore[misc]
+        assert len(logged) + sum(c["suppressed"] for c in suppressed(stream)) == flood
 
 
 async def test_the_access_log_can_be_switched_off(database_url: str) -> None:
@@ -334,7 +309,8 @@ async def test_the_access_log_can_be_switched_off(database_url: str) -> None:
 
 
 @pytest.mark.parametrize("policy", ["denials", "all"])
-async def test_an_ext_authz_decision_id_names_the_logged_line_and_only_a_logged_one(client: Client, policy: str) -> None:
+async def test_an_ext_authz_decision_id_names_the_logged_line_and_only_a_logged_one(client: Client,
+                                                                                   policy: str) -> None:
     """The decision id in Envoy's dynamic metadata joins Envoy's access log to keygate's: a refusal has one
     (and its line), an allowed answer only when keygate logs it (`all`); otherwise neither pays for one."""
     created = await client.create(permissions=["predictions:create"])

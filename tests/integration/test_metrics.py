@@ -237,7 +237,7 @@ def test_metrics_off_opens_no_port(database_url: str) -> None:
     off = start("--database-url", database_url, "--workers", "1", "--metrics", "off")
     try:
         grpc_on, grpc_off = (int(s.address.rpartition(":")[2]) for s in (on, off))
-        metrics_port = int(re.search(r":(\d+)/metrics", on.metrics_url).group(1))  # type: ignore[union-attr]
+        metrics_port = int(re.search(r":(\d+)/metrics", on.metrics_url).group(1))
         assert listening_ports(on.process.pid) == {grpc_on, metrics_port}
         assert listening_ports(off.process.pid) == {grpc_off}
         assert "metrics off" in off.banner

@@ -52,7 +52,7 @@ class Answer:
 
 async def outcome(call: Callable[[], object]) -> str:
     try:
-        response = await call()  # type: ignore[misc]
+        response = await call()
     except grpc.aio.AioRpcError as error:
         return error.code().name
     return authz_pb2.DecisionCode.Name(response.code) if hasattr(response, "code") else "OK"

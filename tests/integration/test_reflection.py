@@ -18,7 +18,7 @@ def messages(package: str) -> tuple[Any, Any]:
     """The request and response classes of `package`, from the descriptor pool (v1 is keygate's addition)."""
     pool = descriptor_pool.Default()
     return tuple(message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.{name}"))
-                 for name in ("ServerReflectionRequest", "ServerReflectionResponse"))  # type: ignore[return-value]
+                 for name in ("ServerReflectionRequest", "ServerReflectionResponse"))
 
 
 async def reflect(channel: grpc.aio.Channel, package: str, **request: str) -> Any:

@@ -4,8 +4,8 @@ A chatflow is bound to key A. Key B holds `predictions:create` everywhere. For a
 that the platform would resolve to the bound chatflow (PostgreSQL itself decides: Flowise keeps
 chatflow ids as `uuid`, so the oracle is `SELECT $1::uuid`), and any case of the collection and
 of Flowise's route, B must be refused by Check, BatchCheck and Envoy's ext_authz, while A is
-allowed and a key C scoped to the chatflow (in yet another spelling) passes its scope. Spellings PostgreSQL does not read as that id may
-name another record (or none), so they may answer anything.
+allowed and a key C scoped to the chatflow (in yet another spelling) passes its scope. Spellings PostgreSQL
+does not read as that id may name another record (or none), so they may answer anything.
 
 Hypothesis runs synchronously, so the server and the oracle's connection live on an event loop
 in a background thread, and the doors are called through synchronous gRPC stubs.
@@ -83,7 +83,8 @@ class Doors:
     def batch(self, who: str, resource: str) -> str:
         try:
             response = self.authz.BatchCheck(authz_pb2.BatchCheckRequest(
-                api_key=self.keys[who], items=[authz_pb2.BatchCheckItem(resource=resource, action="predictions:create")]),
+                api_key=self.keys[who],
+                items=[authz_pb2.BatchCheckItem(resource=resource, action="predictions:create")]),
                 timeout=10)
         except grpc.RpcError as err:
             return err.code().name

@@ -32,7 +32,7 @@ async def rotated_admin(client: Client) -> tuple[keys_pb2.CreateKeyResponse, str
 
 async def code_of(call: object) -> str:
     try:
-        await call  # type: ignore[misc]
+        await call
     except grpc.aio.AioRpcError as err:
         return err.code().name
     return "OK"

@@ -265,7 +265,8 @@ async def test_a_worker_stops_when_the_pipe_from_its_supervisor_closes(database_
 
 
 @pytest.mark.parametrize(("args", "env", "status", "says"), [
-    (("--shutdown-grace", "soon"), {}, 1, "keygate: KEYGATE_SHUTDOWN_GRACE (--shutdown-grace): must be a number, not 'soon'"),
+    (("--shutdown-grace", "soon"), {}, 1,
+     "keygate: KEYGATE_SHUTDOWN_GRACE (--shutdown-grace): must be a number, not 'soon'"),
     (("--shutdown-grace", "0"), {}, 1, "keygate: KEYGATE_SHUTDOWN_GRACE (--shutdown-grace): must be positive"),
     ((), {"KEYGATE_SHUTDOWN_GRACE": "-1"}, 1, "keygate: KEYGATE_SHUTDOWN_GRACE (--shutdown-grace): must be positive"),
     ((), {"KEYGATE_SHUTDOWN_GRACE": "inf"}, 1,

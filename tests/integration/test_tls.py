@@ -24,7 +24,7 @@ from keygate.server import App
 from keygate.v1 import authz_pb2, authz_pb2_grpc
 
 from ..certs import SecretVolume, secure_channel, server_cert
-from .test_logs import captured, lines  # noqa: F401  (a fixture)
+from .support import lines
 
 HANDSHAKE_TIMEOUT = 5.0
 

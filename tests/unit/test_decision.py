@@ -59,8 +59,8 @@ def run(credential, resource=RES, action=USE, workspace="ws1", bindings=()):
         (cred(), {"action": "chatflows:delete"}, Code.PERMISSION_DENIED),
         (cred(permissions=["chatflows:view"]), {}, Code.PERMISSION_DENIED),
         (cred(permissions=["chatflows:*"]), {"action": "chatflows:delete"}, Code.OK),
-        (cred(permissions=["*"], workspace=""), {"resource": "apikeys/x", "action": "apikeys:delete", "workspace": "any"},
-         Code.OK),
+        (cred(permissions=["*"], workspace=""),
+         {"resource": "apikeys/x", "action": "apikeys:delete", "workspace": "any"}, Code.OK),
         (cred(), {"bindings": [bind()]}, Code.RESOURCE_BOUND_TO_OTHER_KEY),
         (cred(), {"bindings": [bind(), bind(ME)]}, Code.OK),  # one of several bound keys
         (cred(), {"bindings": [bind(ME)]}, Code.OK),

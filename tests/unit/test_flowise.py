@@ -42,7 +42,7 @@ def examine_(rows: list[FlowiseKey], catalog: Catalog, key_format: KeyFormat) ->
 def row(api_key: str = "", *, permissions: object = ("chatflows:view",), workspace: str | None = WS,
         name: str = "prod", id_: str = "", secret: str = "") -> FlowiseKey:
     api_key = api_key or flowise_key()
-    text = None if permissions is None else json.dumps(list(permissions))  # type: ignore[call-overload]
+    text = None if permissions is None else json.dumps(list(permissions))
     return FlowiseKey(id_ or str(uuid.uuid4()), api_key, secret or flowise_secret(api_key), name, text, workspace)
 
 
@@ -78,7 +78,7 @@ def test_a_database_before_the_permissions_column_grants_what_flowise_migration_
 def refusal(*rows: FlowiseKey) -> list[str]:
     found = examine_(list(rows), CATALOG, FORMAT)
     assert all(isinstance(k, Refused) for k in found), found
-    return [k.reason for k in found]  # type: ignore[union-attr]
+    return [k.reason for k in found]
 
 
 def test_what_flowise_itself_refuses_is_refused_with_its_reason() -> None:
@@ -123,5 +123,5 @@ def test_flow_restrictions_become_bindings_only_where_flowise_enforced_them_for_
     bound, *left = flow_bindings(flows, keys, CATALOG)
     assert bound == FlowBinding(flow_id, good.id.upper(), WS, f"chatflows/{flow_id.lower()}", uuid.UUID(good.id))
     assert [type(x) for x in left] == [FlowLeft] * 3
-    assert ["not imported" in left[0].reason, "another workspace" in left[1].reason,  # type: ignore[union-attr]
-            "no key" in left[2].reason] == [True] * 3  # type: ignore[union-attr]
+    assert ["not imported" in left[0].reason, "another workspace" in left[1].reason,
+            "no key" in left[2].reason] == [True] * 3

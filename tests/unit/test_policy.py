@@ -279,7 +279,8 @@ def test_a_retired_secret_cannot_rotate_or_reenable():
 
 
 @settings(max_examples=300, deadline=None)
-@given(grace=st.integers(1, 10**7), key_life=st.none() | st.integers(1, 10**7), wanted=st.none() | st.integers(1, 10**8))
+@given(grace=st.integers(1, 10**7), key_life=st.none() | st.integers(1, 10**7),
+       wanted=st.none() | st.integers(1, 10**8))
 def test_a_retired_secret_grants_nothing_that_outlives_it(grace, key_life, wanted):
     """Whatever the key's own expiry and whatever is asked for: allowed exactly when the new key ends
     no later than both the calling key and the retired secret."""

@@ -50,7 +50,8 @@ def test_canonical_resource_rejects(resource):
 
 @pytest.mark.parametrize(("pattern", "canonical"), [
     ("chatflows/abc", "chatflows/abc"), ("chatflows/*", "chatflows/*"), ("chatflows", "chatflows/*"),
-    ("CHATFLOWS", "chatflows/*"), ("ChatFlows/*", "chatflows/*"), ("documentStores/x/loaders/y", "documentStores/x/loaders/y"),
+    ("CHATFLOWS", "chatflows/*"), ("ChatFlows/*", "chatflows/*"),
+    ("documentStores/x/loaders/y", "documentStores/x/loaders/y"),
     ("documentStores/x/*", "documentStores/x"), (f"chatflows/{ID.upper()}/*", f"chatflows/{ID}"),
 ])
 def test_canonical_pattern(pattern, canonical):
@@ -85,7 +86,8 @@ def test_target_is_canonical_and_knows_the_actions_collections():
 
 
 def test_operator_categories_declare_their_collections():
-    catalog = Catalog.build({"billing": ["view", "charge"], "invoices": {"verbs": ["send"], "collections": ["billing"]}})
+    catalog = Catalog.build({"billing": ["view", "charge"],
+                             "invoices": {"verbs": ["send"], "collections": ["billing"]}})
     assert target(catalog, "Billing/acct-1", "invoices:send").resource == "billing/acct-1"
     with pytest.raises(InvalidArgument):
         target(catalog, "invoices/x", "invoices:send")  # invoices act on billing, so they are no collection
