@@ -22,10 +22,12 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 import asyncpg
 import structlog
+from asyncpg.pool import PoolConnectionProxy
 
 from ..domain import changes
 from ..domain.decision import Binding
@@ -34,7 +36,7 @@ from ..domain.keys import fingerprint
 from ..domain.permissions import Catalog
 from ..domain.policy import KeySpec
 from ..domain.records import AuditEvent, AuditQuery, BindingRecord, KeyRecord
-from . import migrations
+from . import interface, migrations
 
 log = structlog.get_logger(__name__)
 
@@ -74,6 +76,17 @@ _KEY_COLUMNS = """id, workspace_id, name, description, permissions, resources, d
     disabled, expire_time, create_time, update_time, last_used_time, usage_count, created_by, version,
     (SELECT max(r.expire_time) FROM key_secrets r WHERE r.key_id = api_keys.id AND r.expire_time > clock_timestamp())
         AS previous_secret_expire_time"""
+
+
+# What the pool hands out: a connection, or (as the stubs type it) a proxy standing for one.
+_Conn = asyncpg.Connection | PoolConnectionProxy
+
+
+def _returned(row: asyncpg.Record | None) -> asyncpg.Record:
+    """The row a write's RETURNING gives: always one, for a row just inserted or locked by the caller."""
+    if row is None:
+        raise RuntimeError("a write returned no row: its key was not locked first")
+    return row
 
 
 def _error_kind(exc: BaseException) -> str:
@@ -136,7 +149,7 @@ class Reader:
     """Read-only queries on one connection: what `Store.read()` and `Store.lookup()` hand out.
     It has no write method, so a write through a read is a type error (and an AttributeError)."""
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: _Conn) -> None:
         self._conn = conn
 
     async def key_by_digest(self, digest: bytes) -> tuple[KeyRecord, datetime | None] | None:
@@ -273,7 +286,7 @@ class Tx(Reader):
     transaction, so replicas hear of it exactly when it commits, and never of a rollback.
     """
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: _Conn) -> None:
         super().__init__(conn)
         self.changes: list[changes.Change] = []
 
@@ -297,7 +310,7 @@ class Tx(Reader):
         )
         await self._conn.execute("INSERT INTO key_secrets (digest, key_id) VALUES ($1, $2)", digest, key_id)
         await self._notify(changes.KeyChanged(key_id, (fingerprint(digest),)))
-        return _key(row)
+        return _key(_returned(row))
 
     async def update_key(self, key_id: UUID, spec: KeySpec) -> KeyRecord:
         row = await self._conn.fetchrow(
@@ -309,7 +322,7 @@ class Tx(Reader):
             json.dumps(dict(spec.metadata)), spec.disabled, spec.expire_time,
         )
         await self._notify(changes.KeyChanged(key_id))
-        return _key(row)
+        return _key(_returned(row))
 
     async def delete_key(self, key_id: UUID) -> None:
         await self._conn.execute("DELETE FROM api_keys WHERE id = $1", key_id)
@@ -329,7 +342,7 @@ class Tx(Reader):
             key_id, display,
         )
         await self._notify(changes.KeyChanged(key_id, (fingerprint(digest),)))
-        return _key(row)
+        return _key(_returned(row))
 
     async def lock_imports(self) -> None:
         """Serialise imports until this transaction ends: two at once would both find a key absent."""
@@ -354,7 +367,7 @@ class Tx(Reader):
             workspace_id, resource, key_id, list(actions), created_by,
         )
         await self._notify(changes.BindingChanged(workspace_id, resource))
-        return _binding(row)
+        return _binding(_returned(row))
 
     async def delete_binding(self, workspace_id: str, resource: str, key_id: UUID) -> bool:
         status = await self._conn.execute(
@@ -511,7 +524,7 @@ class Store:
                     callback(change)
 
     @asynccontextmanager
-    async def _connection(self, budget: float | None) -> AsyncIterator[asyncpg.Connection]:
+    async def _connection(self, budget: float | None) -> AsyncIterator[_Conn]:
         """A pooled connection; at once `Unavailable` while the database is known unreachable, and
         the first failure to reach it makes it known (and starts the probe)."""
         if self._probe is not None:
@@ -525,7 +538,7 @@ class Store:
             raise _unavailable(exc) from None
 
     @asynccontextmanager
-    async def _pooled(self, budget: float | None) -> AsyncIterator[asyncpg.Connection]:
+    async def _pooled(self, budget: float | None) -> AsyncIterator[_Conn]:
         """A pooled connection, acquired and used within `budget` seconds if given (each statement is
         bounded anyway). One that met a timeout or a lost server is terminated rather than handed back
         for a reset.
@@ -572,3 +585,12 @@ class Store:
     def _tell_reachability(self) -> None:
         for callback in self._on_reachability:
             callback(self.reachable)
+
+
+if TYPE_CHECKING:  # `make lint` (mypy) checks that this store implements every interface it is used through
+
+    def _implements(store: Store, reader: Reader, tx: Tx, listening: Listening) -> None:
+        uses: tuple[interface.KeySource, interface.ChangeFeed, interface.AdminStore, interface.UsageStore,
+                    interface.Reads, interface.Writes, interface.Listening] = (
+            store, store, store, store, reader, tx, listening)
+        del uses
