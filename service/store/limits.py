@@ -16,10 +16,12 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from ..domain.limits import Credits, RateLimit
 
 _MS = timedelta(milliseconds=1)
+Conn = asyncpg.Connection | PoolConnectionProxy  # what the pool hands out (store.postgres)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,36 +64,38 @@ WHERE key_id = $1
 RETURNING remaining, granted, epoch, refill_time"""
 
 
-async def grant_rate(conn: asyncpg.Connection, key_id: UUID, limit: RateLimit, window_start_ms: int,
+async def grant_rate(conn: Conn, key_id: UUID, limit: RateLimit, window_start_ms: int,
                      want: int) -> RateGrant:
     row = await conn.fetchrow(_GRANT_RATE, key_id, limit.name, window_start_ms, limit.limit, want)
+    if row is None:  # an upsert always returns its row
+        raise RuntimeError("a rate-limit grant returned no row")
     return RateGrant(row["window_start"], row["used"], row["granted"])
 
 
-async def return_rate(conn: asyncpg.Connection, key_id: UUID, name: str, window_start_ms: int, unused: int) -> None:
+async def return_rate(conn: Conn, key_id: UUID, name: str, window_start_ms: int, unused: int) -> None:
     """Give back a lease's unused part, if its window is still the current one (else it has lapsed)."""
     await conn.execute("UPDATE rate_windows SET used = GREATEST(0, used - $4) "
                        "WHERE key_id = $1 AND name = $2 AND window_start = $3", key_id, name, window_start_ms, unused)
 
 
-async def grant_credits(conn: asyncpg.Connection, key_id: UUID, want: int, now: datetime) -> CreditGrant | None:
+async def grant_credits(conn: Conn, key_id: UUID, want: int, now: datetime) -> CreditGrant | None:
     """A credit lease, after any refill due by `now`; None if the key has no credits (any more)."""
     row = await conn.fetchrow(_GRANT_CREDITS, key_id, want, now)
     return None if row is None else CreditGrant(row["remaining"], row["granted"], row["epoch"], row["refill_time"])
 
 
-async def return_credits(conn: asyncpg.Connection, key_id: UUID, epoch: int, unused: int) -> None:
+async def return_credits(conn: Conn, key_id: UUID, epoch: int, unused: int) -> None:
     """Give back a lease's unused credits, unless a refill or an owner's set has happened since."""
     await conn.execute("UPDATE key_credits SET remaining = remaining + $3 WHERE key_id = $1 AND epoch = $2",
                        key_id, epoch, unused)
 
 
-async def reset_windows(conn: asyncpg.Connection, key_id: UUID) -> None:
+async def reset_windows(conn: Conn, key_id: UUID) -> None:
     """New rate limits start fresh windows (in the key's update transaction)."""
     await conn.execute("DELETE FROM rate_windows WHERE key_id = $1", key_id)
 
 
-async def set_credits(conn: asyncpg.Connection, key_id: UUID, credits: Credits | None) -> None:
+async def set_credits(conn: Conn, key_id: UUID, credits: Credits | None) -> None:
     """A key's credits as its owner set them (in the key's create/update transaction): a new epoch
     (outstanding leases are not given back into the new balance), the first refill one interval from
     now; None removes them."""
