@@ -26,6 +26,8 @@ from .resources import target
 _VARIABLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "*"})
 KEY, PUBLIC, REFUSED = "key", "public", "refused"
+MEMO_ENTRIES = 8192  # (method, path) pairs whose first matching rule is remembered
+MEMO_PATH_LEN = 1024  # longer paths are not remembered: the memo holds at most ~8 MB of paths
 _ACCESS = (KEY, PUBLIC, REFUSED)
 
 
@@ -81,7 +83,15 @@ class RouteTable:
     match: Callable[[str, str], Match | None] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "match", functools.lru_cache(maxsize=8192)(self._first_match))
+        memo = functools.lru_cache(maxsize=MEMO_ENTRIES)(self._first_match)
+        first_match = self._first_match
+
+        def match(method: str, path: str) -> Match | None:
+            # A long path is matched afresh: a memo keyed by any path a caller sends would hold up to
+            # MEMO_ENTRIES x the largest request line Envoy accepts (60 KiB): 480 MB.
+            return memo(method, path) if len(path) <= MEMO_PATH_LEN else first_match(method, path)
+
+        object.__setattr__(self, "match", match)
 
     def _first_match(self, method: str, path: str) -> Match | None:
         for route in self.routes:

@@ -1,11 +1,13 @@
 """Route rules for the mesh door: matching, templates, and refusing bad rule files."""
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from keygate.config import Settings
 from keygate.domain.errors import InvalidArgument
 from keygate.domain.permissions import Catalog
-from keygate.domain.routes import RouteTable
+from keygate.domain.routes import MEMO_PATH_LEN, RouteTable
 
 CATALOG = Catalog.build()
 FLOWISE = Settings().routes(CATALOG)
@@ -160,3 +162,15 @@ def test_the_upstream_sessions_marker_is_read_case_blind_and_checked() -> None:
 
 def test_the_built_in_rules_know_flowises_ui_marker() -> None:
     assert Settings().routes(CATALOG).session_call({"x-request-from": "internal"})
+
+
+@given(st.sampled_from(["GET", "POST", "PUT", "DELETE"]),
+       st.lists(st.sampled_from(["api", "v1", "prediction", "chatflows", "x", "A%2F", ""]), max_size=6),
+       st.integers(min_value=0, max_value=3 * MEMO_PATH_LEN))
+def test_memoized_and_long_paths_match_exactly_as_the_rules_do(method: str, parts: list[str], pad: int) -> None:
+    """The memo is an optimisation only: every path, remembered or too long to be, gets the first rule's answer."""
+    path = "/" + "/".join(parts) + "/" + "i" * pad
+    first = next((m for r in FLOWISE.routes if (m := r.resolve(method, path)) is not None), None)
+    found = FLOWISE.match(method, path)
+    assert (found.resource if found else None) == first
+    assert FLOWISE.match(method, path) == found  # asked again (from the memo when short enough)
