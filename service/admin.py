@@ -19,16 +19,23 @@ from uuid import UUID
 
 from .clock import Clock, utcnow
 from .domain import paging
-from .domain.decision import Code, Credential, decide
+from .domain.decision import CODES, Code, Credential
 from .domain.errors import Aborted, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from .domain.evaluators import CheckItem, Pipeline, Question
 from .domain.keys import KeyFormat, digest
 from .domain.permissions import ROOT, Catalog
-from .domain.policy import KeySpec, ensure_not_retired, ensure_within, validate_grace_period, validate_workspace_id
+from .domain.policy import (
+    UPDATABLE_FIELDS,
+    KeySpec,
+    ensure_not_retired,
+    ensure_within,
+    validate_grace_period,
+    validate_workspace_id,
+)
 from .domain.records import AuditEvent, AuditQuery, BindingRecord, KeyRecord
 from .domain.resources import canonical_resource, target
 from .store.interface import AdminStore, Reads, Writes
 
-UPDATABLE_FIELDS = ("name", "description", "permissions", "resources", "expire_time", "disabled", "metadata")
 DEFAULT_BINDING_ACTIONS = ("predictions:create",)
 _AUDIT_ACTION_RE = re.compile(r"^[A-Za-z]{1,64}\Z")  # audit rows name the call: CreateKey, RotateKey, ...
 
@@ -39,6 +46,7 @@ class Caller:
 
     credential: Credential
     request_id: str = ""
+    client_address: str = ""  # the caller's IP address (gRPC peer), "" when not an IP connection
 
 
 class KeyAdmin:
@@ -51,15 +59,20 @@ class KeyAdmin:
         self._format = key_format
         self._clock = clock
         self._tokens = page_tokens or paging.PageTokens(os.urandom(32))
+        self._pipeline = Pipeline()
 
     # --- authorization helpers ------------------------------------------------------
 
     def _authorize(self, caller: Caller, action: str, resource: str = "", workspace_id: str = "") -> None:
         """The same decision Check makes, without the binding rule (bindings govern use, not management)."""
-        decision = decide(caller.credential, target(self._catalog, resource, action), workspace_id, self._clock())
+        credential = caller.credential
+        item = CheckItem(resource, action, workspace_id, caller.client_address)
+        question = Question(item, target(self._catalog, resource, action), workspace_id or credential.workspace_id,
+                            self._clock())
+        decision = self._pipeline.decide(credential, question)
         if decision.allowed:
             return
-        if decision.code.http_status == 401:
+        if CODES[decision.code].rpc == "UNAUTHENTICATED":
             raise Unauthenticated(decision.reason)
         if decision.code is Code.WORKSPACE_MISMATCH:
             raise PermissionDenied("a key can only manage its own workspace")

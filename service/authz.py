@@ -2,21 +2,22 @@
 
 `target` turns the request into its canonical Target (the resource model, one spelling per
 resource); `identify` turns a presented key into a Credential (shape and checksum first, so a
-malformed key costs no lookup; then the cache, then the store); `decide` and
-`bound_elsewhere` are the pure domain rules. Check, BatchCheck, the KeyService's caller
-authentication and the Envoy servicer differ only in how they take the key from the request
-and render the answer.
+malformed key costs no lookup; then the cache, then the store); the rules are the evaluators of
+`domain.evaluators`, run in order by a Pipeline, which also makes the remembered-decision key.
+Check, BatchCheck, the KeyService's caller authentication and the Envoy servicer differ only in how
+they take the key from the request and render the answer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from .cache.keys import MISS, KeyCache
 from .clock import Clock, utcnow
-from .domain.decision import Code, Credential, Decision, bound_elsewhere, decide, key_state
-from .domain.errors import InvalidArgument, Unauthenticated
+from .domain.decision import Code, Credential, Decision
+from .domain.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from .domain.evaluators import CheckItem, Pipeline, Question, key_verdict
+from .domain.evaluators.ip import client_ip
 from .domain.keys import MAX_KEY_LEN, KeyFormat, Shape, digest
 from .domain.permissions import Catalog
 from .domain.policy import validate_workspace_id
@@ -28,20 +29,14 @@ _MISSING = Decision(Code.KEY_MISSING, "no API key was presented")
 _MALFORMED = Decision(Code.KEY_MALFORMED, "the API key is malformed (bad shape or checksum)")
 _NOT_FOUND = Decision(Code.KEY_NOT_FOUND, "the API key is not known")
 
-
-@dataclass(frozen=True, slots=True)
-class CheckItem:
-    """One question as it arrived: any spelling. `Authorizer.target` makes it canonical."""
-
-    resource: str
-    action: str
-    workspace_id: str = ""
+__all__ = ["MAX_BATCH", "Authorizer", "CheckItem"]
 
 
 class Authorizer:
     def __init__(self, cache: KeyCache, catalog: Catalog, key_format: KeyFormat, usage: UsageRecorder,
-                 clock: Clock = utcnow) -> None:
+                 clock: Clock = utcnow, pipeline: Pipeline | None = None) -> None:
         self._cache = cache
+        self._pipeline = pipeline or Pipeline()
         self._catalog = catalog
         self._format = key_format
         self._usage = usage
@@ -53,6 +48,8 @@ class Authorizer:
         found = target(self._catalog, item.resource, item.action, at)
         if item.workspace_id:
             validate_workspace_id(item.workspace_id, f"{at}workspace_id")
+        if item.client_address:
+            client_ip(item.client_address, "client_address")
         return found
 
     def targets(self, items: Sequence[CheckItem]) -> list[Target]:
@@ -72,15 +69,18 @@ class Authorizer:
             credential = await self._cache.credential(key_digest)
         return _NOT_FOUND if credential is None else credential  # type: ignore[return-value]
 
-    async def authenticate(self, api_key: str) -> Credential:
-        """A live Credential for a caller of the admin API; Unauthenticated otherwise."""
+    async def authenticate(self, api_key: str, client_address: str = "") -> Credential:
+        """A live Credential for a caller of the admin API, used from an address its allow-list admits;
+        Unauthenticated otherwise (PermissionDenied for the address: the key is known and live)."""
         identified = await self.identify(api_key)
         if isinstance(identified, Decision):
             raise Unauthenticated(identified.reason)
-        dead = key_state(identified, self._clock())
-        if dead is not None:
-            raise Unauthenticated(dead.reason)
-        return identified
+        refused = key_verdict(identified, client_address, self._clock())
+        if refused is None:
+            return identified
+        if refused.code is Code.IP_NOT_ALLOWED:
+            raise PermissionDenied(refused.reason)
+        raise Unauthenticated(refused.reason)
 
     def recall(self, api_key: str, item: CheckItem) -> Decision | None:
         """The hot path, without a coroutine: the decision remembered for exactly this question (by the
@@ -93,7 +93,10 @@ class Authorizer:
         if not api_key or len(api_key) > MAX_KEY_LEN:
             return None
         now = self._clock()
-        decision = self._cache.recall(_question(digest(api_key), item), now)
+        pipeline, key_digest = self._pipeline, digest(api_key)
+        decision = self._cache.recall(pipeline.base_key(key_digest, item), now)
+        if decision is not None and pipeline.keyed(decision.credential):  # remembered per address too
+            decision = self._cache.recall(pipeline.full_key(key_digest, item), now)
         if decision is not None and decision.allowed:
             self._usage.record(decision.credential.key_id, now)  # type: ignore[union-attr]
         return decision
@@ -110,15 +113,22 @@ class Authorizer:
         identified = await self.identify(api_key, key_digest)
         if isinstance(identified, Decision):
             return identified
-        workspace = item.workspace_id or identified.workspace_id
-        decision = decide(identified, wanted, workspace, now)
-        bindings_slot = _bindings_slot(decision, wanted, workspace)
+        pipeline = self._pipeline
+        question = Question(item, wanted, item.workspace_id or identified.workspace_id, now)
+        decision = pipeline.decide(identified, question)
+        bindings_slot = pipeline.binding_slot(decision, question)
         if bindings_slot is not None:
             bindings = self._cache.peek_bindings(*bindings_slot)
             if bindings is MISS:
                 bindings = await self._cache.bindings(*bindings_slot)
-            decision = bound_elsewhere(decision, wanted, bindings)  # type: ignore[arg-type]
-        self._cache.remember(_question(key_digest, item), decision, key_digest, bindings_slot)
+            question.bindings = bindings  # type: ignore[assignment]
+            decision = pipeline.bind(decision, question)
+        if decision.allowed and pipeline.metered(identified):
+            decision = await pipeline.charge(decision, question)  # stateful: never remembered
+        else:
+            if pipeline.keyed(identified):  # the base entry then only says: ask by the full key
+                self._cache.remember(pipeline.full_key(key_digest, item), decision, key_digest, bindings_slot)
+            self._cache.remember(pipeline.base_key(key_digest, item), decision, key_digest, bindings_slot)
         if decision.allowed:
             self._usage.record(decision.credential.key_id, now)  # type: ignore[union-attr]
         return decision
@@ -131,28 +141,22 @@ class Authorizer:
         if isinstance(identified, Decision):
             return [identified] * len(items)
         now = self._clock()
-        workspaces = [item.workspace_id or identified.workspace_id for item in items]
-        decisions = [decide(identified, t, w, now) for t, w in zip(wanted, workspaces, strict=True)]
-        slots = [_bindings_slot(d, t, w) for d, t, w in zip(decisions, wanted, workspaces, strict=True)]
+        pipeline = self._pipeline
+        questions = [Question(item, t, item.workspace_id or identified.workspace_id, now)
+                     for item, t in zip(items, wanted, strict=True)]
+        decisions = [pipeline.decide(identified, q) for q in questions]
+        slots = [pipeline.binding_slot(d, q) for d, q in zip(decisions, questions, strict=True)]
         needed = [s for s in slots if s is not None]
         if needed:
             bindings = await self._cache.bindings_many(needed)
-            decisions = [d if s is None else bound_elsewhere(d, t, bindings[s])
-                         for d, t, s in zip(decisions, wanted, slots, strict=True)]
+            for question, slot in zip(questions, slots, strict=True):
+                if slot is not None:
+                    question.bindings = bindings[slot]
+            decisions = [pipeline.bind(d, q) for d, q in zip(decisions, questions, strict=True)]
+        if pipeline.metered(identified):
+            decisions = [await pipeline.charge(d, q) if d.allowed else d
+                         for d, q in zip(decisions, questions, strict=True)]
         if any(d.allowed for d in decisions):
             self._usage.record(identified.key_id, now)
         return decisions
 
-
-def _question(key_digest: bytes, item: CheckItem) -> tuple[bytes, str, str, str]:
-    """Where a decision is remembered: the key and the question as it arrived (a plain tuple, whose
-    hash is C code; a dataclass's is Python)."""
-    return key_digest, item.resource, item.action, item.workspace_id
-
-
-def _bindings_slot(decision: Decision, wanted: Target, workspace: str) -> tuple[str, str] | None:
-    """The (workspace, resource) whose bindings the decision still depends on: only for a resource
-    the other rules allow, so a request refused anyway costs no bindings lookup."""
-    if decision.allowed and wanted.resource and workspace:
-        return workspace, wanted.resource
-    return None

@@ -28,6 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from .domain.errors import InvalidArgument
+from .domain.policy import UPDATABLE_FIELDS
 from .tls import ClientTLS
 from .v1 import authz_pb2, authz_pb2_grpc, keys_pb2, keys_pb2_grpc
 
@@ -36,8 +37,6 @@ SERVER_ENV = "KEYGATE_SERVER"
 DEFAULT_SERVER = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 10.0
 
-# The ApiKey fields UpdateKey accepts in its mask; the update options store into these dests.
-UPDATABLE_FIELDS = ("name", "description", "permissions", "resources", "expire_time", "disabled", "metadata")
 
 _M = TypeVar("_M", bound=Message)
 
@@ -181,7 +180,7 @@ def build_update(args: argparse.Namespace) -> keys_pb2.UpdateKeyRequest:
     if not paths:
         raise UsageError("nothing to change: give at least one of --name, --description, --permission, "
                          "--resource, --clear-resources, --expire-time, --no-expiry, --disable, --enable, "
-                         "--metadata, --clear-metadata")
+                         "--metadata, --clear-metadata, --allowed-cidr, --clear-allowed-cidrs")
     request = keys_pb2.UpdateKeyRequest(key=key)
     request.update_mask.paths.extend(paths)
     return request
@@ -260,6 +259,7 @@ KEY_FIELDS: tuple[_Column, ...] = (
     ("usage count", lambda k: str(k.usage_count)),
     ("created by", lambda k: k.created_by),
     ("metadata", lambda k: _list(f"{name}={value}" for name, value in sorted(k.metadata.items()))),
+    ("allowed cidrs", lambda k: _list(k.allowed_cidrs) or "(any address)"),
     ("etag", lambda k: k.etag),
 )
 
@@ -520,6 +520,9 @@ def _add_key_fields(parser: argparse.ArgumentParser) -> None:
                         help="e.g. chatflows:view; repeat for more (update: replaces them all)")
     parser.add_argument("--metadata", action="append", type=metadata_arg, metavar="K=V",
                         help="repeat for more (update: replaces them all)")
+    parser.add_argument("--allowed-cidr", dest="allowed_cidrs", action="append", metavar="CIDR",
+                        help="a client network the key may be used from, e.g. 203.0.113.0/24 or 2001:db8::/32; "
+                             "repeat for more (update: replaces them all); none: any address")
 
 
 PAGING_FIELDS = ("workspace_id", "page_size", "page_token")
@@ -543,7 +546,8 @@ def _configure_create(parser: argparse.ArgumentParser) -> Command:
                         help="default: the caller's own; required for root callers")
     parser.add_argument("--expire-time", type=_timestamp_arg(1), metavar="T",
                         help="RFC 3339 time or from now: 30d, 12h")
-    fields = ("name", "permissions", "resources", "workspace_id", "expire_time", "description", "metadata")
+    fields = ("name", "permissions", "resources", "workspace_id", "expire_time", "description", "metadata",
+              "allowed_cidrs")
     return Command("CreateKey", _from_args(keys_pb2.CreateKeyRequest, *fields), _render_issued)
 
 
@@ -576,6 +580,8 @@ def _configure_update(parser: argparse.ArgumentParser) -> Command:
     state.add_argument("--enable", dest="disabled", action="store_const", const=False, help="accept the key again")
     parser.add_argument("--clear-metadata", dest="metadata", action="store_const", const=CLEARED,
                         help="remove every metadata entry")
+    parser.add_argument("--clear-allowed-cidrs", dest="allowed_cidrs", action="store_const", const=CLEARED,
+                        help="let the key be used from any address")
     parser.add_argument("--etag", help="refuse the update if the key changed since this etag was read")
     return Command("UpdateKey", build_update, _block(KEY_FIELDS))
 
@@ -679,7 +685,7 @@ def _build_check(args: argparse.Namespace) -> authz_pb2.CheckRequest:
     if not api_key:
         raise UsageError(f"set {args.key_env} to the API key to check (or name another variable with --key-env)")
     return authz_pb2.CheckRequest(api_key=api_key, resource=args.resource, action=args.action,
-                                  workspace_id=args.workspace_id)
+                                  workspace_id=args.workspace_id, client_address=args.client_address)
 
 
 def _render_check(args: argparse.Namespace, response: authz_pb2.CheckResponse) -> None:
@@ -704,6 +710,8 @@ def add_check_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="e.g. chatflows/<id>; empty: the action on its whole collection(s)")
     parser.add_argument("--action", required=True, metavar="A", help="a catalog permission, e.g. predictions:create")
     parser.add_argument("--workspace", dest="workspace_id", default="", metavar="W")
+    parser.add_argument("--client-address", default="", metavar="IP",
+                        help="the end client's address, for a key with allowed_cidrs")
     _add_common(parser, defaults=True)
     command = Command("Check", _build_check, _render_check, service="AuthzService", authenticated=False,
                       verdict=lambda response: 0 if response.allowed else 1, failed=2)

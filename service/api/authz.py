@@ -11,7 +11,7 @@ from ..domain.descriptions import list_permissions
 from ..domain.permissions import Catalog
 from ..v1 import authz_pb2, authz_pb2_grpc
 from .convert import check_response
-from .keys import bearer_token
+from .keys import bearer_token, peer_address
 
 MAX_RENDERED = 10_000  # Check replies kept, one per Decision object
 
@@ -30,7 +30,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
     async def Check(
         self, request: authz_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> authz_pb2.CheckResponse:
-        item = CheckItem(request.resource, request.action, request.workspace_id)
+        item = CheckItem(request.resource, request.action, request.workspace_id, request.client_address)
         found = self._authorizer.recall(request.api_key, item) or await self._authorizer.check(request.api_key, item)
         metrics.decision.set(found.code._value_)  # `_value_`: `.value` is a Python-level property
         return self._render(found)
@@ -52,7 +52,8 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
     async def BatchCheck(
         self, request: authz_pb2.BatchCheckRequest, context: grpc.aio.ServicerContext
     ) -> authz_pb2.BatchCheckResponse:
-        items = [CheckItem(i.resource, i.action, i.workspace_id) for i in request.items]
+        address = request.client_address
+        items = [CheckItem(i.resource, i.action, i.workspace_id, address) for i in request.items]
         decisions = await self._authorizer.check_batch(request.api_key, items)
         metrics.decision.set(next((d.code for d in decisions if not d.allowed), Code.OK).value)
         return authz_pb2.BatchCheckResponse(results=[check_response(d) for d in decisions])
@@ -62,5 +63,5 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
     ) -> authz_pb2.ListPermissionsResponse:
         """Any live key may read the catalog: it is the same for every caller and holds no secret, but an
         anonymous caller learns nothing about the deployment (an operator's categories included)."""
-        await self._authorizer.authenticate(bearer_token(context))
+        await self._authorizer.authenticate(bearer_token(context), peer_address(context))
         return self._permissions

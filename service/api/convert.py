@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf.message import Message
 
-from ..domain.decision import Code, Decision
+from ..domain.decision import CODES, Code, Decision
 from ..domain.errors import InvalidArgument
+from ..domain.policy import KEY_FIELDS, Kind
 from ..domain.records import AuditEvent, BindingRecord, KeyRecord
 from ..v1 import authz_pb2, flowise_pb2, keys_pb2
 
@@ -56,27 +59,46 @@ def _id(value: object) -> str:
     return "" if value is None else str(value)
 
 
+def spec_fields(message: Message) -> dict[str, object]:
+    """The KeySpec fields `message` (an ApiKey or a CreateKeyRequest) carries, by KEY_FIELDS: one loop
+    for every request that sets key fields."""
+    carried = message.DESCRIPTOR.fields_by_name
+    out: dict[str, object] = {}
+    for key_field in KEY_FIELDS:
+        name, kind = key_field.name, key_field.kind
+        if name not in carried:
+            continue
+        if kind is Kind.TIME:
+            out[name] = from_timestamp(message, name)
+        elif kind is Kind.LIST:
+            out[name] = tuple(getattr(message, name))
+        elif kind is Kind.MAP:
+            out[name] = dict(getattr(message, name))
+        else:
+            out[name] = getattr(message, name)
+    return out
+
+
+def _proto_value(kind: Kind, value: Any) -> object:
+    if kind is Kind.TIME:
+        return timestamp(value)
+    return dict(value) if kind is Kind.MAP else value
+
+
 def api_key(record: KeyRecord) -> keys_pb2.ApiKey:
     spec = record.spec
     return keys_pb2.ApiKey(
         id=str(record.id),
-        name=spec.name,
-        description=spec.description,
-        workspace_id=spec.workspace_id,
-        permissions=spec.permissions,
-        resources=spec.resources,
         display=record.display,
         create_time=timestamp(record.create_time),
         update_time=timestamp(record.update_time),
-        expire_time=timestamp(spec.expire_time),
         last_used_time=timestamp(record.last_used_time),
         usage_count=record.usage_count,
-        disabled=spec.disabled,
         created_by=_id(record.created_by),
-        metadata=dict(spec.metadata),
         etag=record.etag,
         root=record.root,
         previous_secret_expire_time=timestamp(record.previous_secret_expire_time),
+        **{f.name: _proto_value(f.kind, getattr(spec, f.name)) for f in KEY_FIELDS},
     )
 
 
@@ -129,7 +151,10 @@ def audit_event(event: AuditEvent) -> keys_pb2.AuditEvent:
     )
 
 
-_DECISION_CODES = {code: (authz_pb2.DecisionCode.Value(code.value), code.http_status) for code in Code}
+_UNSET = {"DECISION_CODE_UNSPECIFIED"}
+if set(authz_pb2.DecisionCode.keys()) - _UNSET != {code.value for code in Code}:  # fail at import, never guess
+    raise RuntimeError("keygate.v1.DecisionCode and domain.decision.Code must list the same codes")
+_DECISION_CODES = {code: (authz_pb2.DecisionCode.Value(code.value), CODES[code].http_status) for code in Code}
 
 
 def check_response(decision: Decision) -> authz_pb2.CheckResponse:

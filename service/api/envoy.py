@@ -28,7 +28,7 @@ from google.rpc import code_pb2, status_pb2
 from .. import metrics
 from ..authz import Authorizer, CheckItem
 from ..cache.lru import LRU
-from ..domain.decision import Code, Credential, Decision
+from ..domain.decision import CODES, Answer, Code, Credential, Decision
 from ..domain.errors import InvalidArgument, Unavailable, redact
 from ..domain.routes import KEY, PUBLIC, RouteTable
 from ..upstream import UpstreamCredentials
@@ -41,8 +41,11 @@ _PRINTABLE_ASCII = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 IDENTITY_HEADERS = ("x-keygate-key-id", "x-keygate-workspace-id", "x-keygate-key-name")
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _OK = Code.OK.value  # read once: an Enum's `.value` is a Python-level property
-_RPC_CODES = {401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED, 400: code_pb2.INVALID_ARGUMENT,
-              500: code_pb2.INTERNAL, 503: code_pb2.UNAVAILABLE}
+# The door's own refusals, words rather than decision codes (whose answers are domain.decision.CODES).
+_BAD_REQUEST = Answer(400, "INVALID_ARGUMENT")
+_NOT_ROUTED = Answer(403, "PERMISSION_DENIED")
+_NO_CREDENTIAL = Answer(500, "INTERNAL")
+_CANNOT_DECIDE = Answer(503, "UNAVAILABLE", retry_after=True)
 
 
 def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
@@ -59,19 +62,19 @@ def _metadata(code: str, key_id: str = "", workspace_id: str = "", decision_id: 
     return out
 
 
-def _denied(http_status: int, code: str, message: str, *, key_presented: bool = False,
+def _denied(answer: Answer, code: str, message: str, *, key_presented: bool = False,
             key_id: str = "", workspace_id: str = "") -> external_auth_pb2.CheckResponse:
     metrics.decision.set(code)
     headers = [_header("content-type", "application/json")]
-    if http_status == 401:
+    if answer.challenge:
         challenge = 'Bearer realm="keygate"' + (', error="invalid_token"' if key_presented else "")
         headers.append(_header("www-authenticate", challenge))
-    if http_status == 503:
+    if answer.retry_after:
         headers.append(_header("retry-after", RETRY_AFTER_SECONDS))
     return external_auth_pb2.CheckResponse(
-        status=status_pb2.Status(code=_RPC_CODES[http_status], message=message),
+        status=status_pb2.Status(code=code_pb2.Code.Value(answer.rpc), message=message),
         denied_response=external_auth_pb2.DeniedHttpResponse(
-            status=http_status_pb2.HttpStatus(code=http_status),  # type: ignore[arg-type]
+            status=http_status_pb2.HttpStatus(code=answer.http_status),  # type: ignore[arg-type]
             headers=headers,
             body=orjson.dumps({"code": code, "message": message}).decode(),
         ),
@@ -109,32 +112,33 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         try:
             presented = self._take_key(http.headers, query, match is not None and match.route.query_key)
         except DisguisedKey:
-            return _denied(400, "INVALID_ARGUMENT", f"percent-encode no part of the {self._routes.query_parameter!r} "
-                                                    "parameter's name")
+            return _denied(_BAD_REQUEST, "INVALID_ARGUMENT",
+                           f"percent-encode no part of the {self._routes.query_parameter!r} parameter's name")
         if match is None:
             if self._routes.public_without_rule(http.method, path):  # web UI pages, CORS preflights
                 return self._pass(PUBLIC_ROUTE, presented)
             if self._routes.allow_unmatched:  # passed on as it came, minus keys and forged identity
                 return self._pass(UNMATCHED_ALLOWED, presented)
-            return _denied(403, "NO_MATCHING_ROUTE", f"no route rule covers {http.method} {redact(path)}")
+            return _denied(_NOT_ROUTED, "NO_MATCHING_ROUTE", f"no route rule covers {http.method} {redact(path)}")
         access = match.route.access
         if access is not KEY:
             if access is PUBLIC:  # the upstream decides alone: no identity, no credential
                 return self._pass(PUBLIC_ROUTE, presented)
             # REFUSED; the path itself may hold a key, so it is not echoed
-            return _denied(403, "ROUTE_REFUSED", "keygate does not pass this route on (see its route rules)")
+            return _denied(_NOT_ROUTED, "ROUTE_REFUSED", "keygate does not pass this route on (see its route rules)")
 
         if not presented.key and self._routes.session_call(http.headers):  # the upstream verifies its session
             return self._pass(UPSTREAM_SESSION, presented)
 
         workspace = http.headers.get(self._routes.workspace_header, "") if self._routes.workspace_header else ""
-        item = CheckItem(match.resource, match.route.action, workspace)
+        item = CheckItem(match.resource, match.route.action, workspace,
+                         request.attributes.source.address.socket_address.address)
         try:
             decision = self._authorizer.recall(presented.key, item) or await self._authorizer.check(presented.key, item)
         except InvalidArgument as exc:
-            return _denied(400, "INVALID_ARGUMENT", exc.message)
+            return _denied(_BAD_REQUEST, "INVALID_ARGUMENT", exc.message)
         except Unavailable:
-            return _denied(503, "UNAVAILABLE", "keygate cannot decide right now; retry shortly")
+            return _denied(_CANNOT_DECIDE, "UNAVAILABLE", "keygate cannot decide right now; retry shortly")
         credential = decision.credential
         if not decision.allowed or credential is None:
             return self._refuse(decision, presented.key)
@@ -142,8 +146,9 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         if self._upstream is not None:
             upstream = self._upstream.for_workspace(credential.workspace_id) or ""
             if not upstream:
-                return _denied(500, "UPSTREAM_CREDENTIAL_MISSING", "keygate has no upstream credential for this "
-                               "key's workspace", key_id=credential.key_id_text, workspace_id=credential.workspace_id)
+                return _denied(_NO_CREDENTIAL, "UPSTREAM_CREDENTIAL_MISSING",
+                               "keygate has no upstream credential for this key's workspace",
+                               key_id=credential.key_id_text, workspace_id=credential.workspace_id)
         return self._allowed(credential, presented, upstream)
 
     def _allowed(self, credential: Credential, presented: _Presented,
@@ -227,7 +232,7 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
     def _refuse(decision: Decision, key: str) -> external_auth_pb2.CheckResponse:
         credential = decision.credential
         return _denied(
-            decision.code.http_status, decision.code.value, decision.reason, key_presented=bool(key),
+            CODES[decision.code], decision.code.value, decision.reason, key_presented=bool(key),
             key_id=credential.key_id_text if credential else "",
             workspace_id=credential.workspace_id if credential else "",
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote
 
 import grpc
 
@@ -25,11 +26,25 @@ def bearer_token(context: grpc.aio.ServicerContext) -> str:
     return ""
 
 
+def peer_address(context: grpc.aio.ServicerContext) -> str:
+    """The caller's IP address from the gRPC peer (`ipv4:10.0.0.1:5000`, `ipv6:[::1]:5000`, the brackets
+    sometimes percent-encoded); "" for any other transport (a Unix socket). Behind a proxy this is the
+    proxy's address: a key with allowed_cidrs manages keys only from where keygate sees it connect."""
+    scheme, _, rest = unquote(context.peer() or "").partition(":")
+    if scheme == "ipv4":
+        return rest.rpartition(":")[0]
+    if scheme == "ipv6":
+        return rest.rpartition(":")[0].strip("[]")
+    return ""
+
+
 async def authenticated(authorizer: Authorizer, context: grpc.aio.ServicerContext) -> Caller:
-    """The calling key, from `authorization: Bearer`: Unauthenticated when missing or not working.
-    Every door onto KeyAdmin (KeyService, FlowiseApiKeyService) starts here."""
-    credential = await authorizer.authenticate(bearer_token(context))
-    return Caller(credential, current_request_id())
+    """The calling key, from `authorization: Bearer`: Unauthenticated when missing or not working,
+    PermissionDenied from outside its allowed_cidrs. Every door onto KeyAdmin (KeyService,
+    FlowiseApiKeyService) starts here."""
+    address = peer_address(context)
+    credential = await authorizer.authenticate(bearer_token(context), address)
+    return Caller(credential, current_request_id(), address)
 
 
 class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
@@ -42,15 +57,7 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
 
     async def CreateKey(self, request: keys_pb2.CreateKeyRequest, context: Any) -> keys_pb2.CreateKeyResponse:
         caller = await self._caller(context)
-        spec = KeySpec(
-            name=request.name,
-            workspace_id=request.workspace_id,
-            permissions=tuple(request.permissions),
-            resources=tuple(request.resources),
-            expire_time=convert.from_timestamp(request, "expire_time"),
-            description=request.description,
-            metadata=dict(request.metadata),
-        )
+        spec = KeySpec(**convert.spec_fields(request))  # type: ignore[arg-type]
         record, api_key = await self._admin.create_key(caller, spec)
         return keys_pb2.CreateKeyResponse(key=convert.api_key(record), api_key=api_key)
 
@@ -67,15 +74,7 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
     async def UpdateKey(self, request: keys_pb2.UpdateKeyRequest, context: Any) -> keys_pb2.ApiKey:
         caller = await self._caller(context)
         key = request.key
-        fields = {
-            "name": key.name,
-            "description": key.description,
-            "permissions": tuple(key.permissions),
-            "resources": tuple(key.resources),
-            "expire_time": convert.from_timestamp(key, "expire_time"),
-            "disabled": key.disabled,
-            "metadata": dict(key.metadata),
-        }
+        fields = convert.spec_fields(key)
         record = await self._admin.update_key(caller, parse_id(key.id, "key.id"), fields,
                                               list(request.update_mask.paths), key.etag)
         return convert.api_key(record)

@@ -3,19 +3,22 @@
 A caller can never create or widen a key beyond itself: the key's permissions must be
 implied by the caller's, its scope must lie within the caller's, its workspace must be
 the caller's (root: any), and it may not outlive the caller's credential (for a secret
-replaced by a rotation, that ends with its grace period).
+replaced by a rotation, that ends with its grace period), nor be used from networks the caller
+may not be used from.
 """
 
 from __future__ import annotations
 
+import enum
+import ipaddress
 import re
 import unicodedata
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 
-from .decision import Credential
+from .decision import Credential, Network
 from .errors import InvalidArgument, PermissionDenied
 from .permissions import ROOT, Catalog
 from .resources import MAX_SCOPE_ENTRIES, Scope, canonical_pattern
@@ -27,6 +30,8 @@ MAX_METADATA_ENTRIES = 32
 MAX_METADATA_KEY_LEN = 64
 MAX_METADATA_VALUE_LEN = 512
 MAX_GRACE_PERIOD = timedelta(days=30)
+MAX_ALLOWED_CIDRS = 100
+
 _WORKSPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
 _METADATA_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*\Z")
 
@@ -43,10 +48,15 @@ class KeySpec:
     description: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
     disabled: bool = False
+    allowed_cidrs: tuple[str, ...] = ()  # canonical network spellings; () admits any address
 
     @property
     def scope(self) -> Scope:
         return Scope.compile(self.resources)
+
+    @property
+    def networks(self) -> tuple[Network, ...]:
+        return tuple(ipaddress.ip_network(c) for c in self.allowed_cidrs)
 
     def validated(self, catalog: Catalog, now: datetime, *, check_expiry: bool = True) -> KeySpec:
         """This spec with every field checked; raises InvalidArgument naming the first bad field.
@@ -63,7 +73,45 @@ class KeySpec:
             resources=validate_resources(self.resources, catalog),
             description=_validate_text(self.description, "description", MAX_DESCRIPTION_LEN, allow_empty=True),
             metadata=validate_metadata(self.metadata),
+            allowed_cidrs=validate_cidrs(self.allowed_cidrs),
         )
+
+
+class Kind(enum.Enum):
+    """How a key field travels: the shapes its value takes in the proto, the database and the model."""
+
+    TEXT = "text"
+    BOOL = "bool"
+    TIME = "time"  # datetime | None; a Timestamp on the wire, unset for None
+    LIST = "list"  # tuple[str, ...]; a repeated string, an SQL array (text[], cidr[]) read back as str
+    MAP = "map"  # dict[str, str]; a map<string, string>, jsonb
+
+
+@dataclass(frozen=True, slots=True)
+class KeyField:
+    """One caller-controlled field of a key. Its `name` is the KeySpec attribute, the ApiKey and
+    CreateKeyRequest proto field, the api_keys column and the update_mask path: one name everywhere,
+    so converting between shapes is a loop over KEY_FIELDS (api.convert, store.postgres, the CLI)."""
+
+    name: str
+    kind: Kind
+    updatable: bool = True  # may UpdateKey's mask name it (the workspace never moves)
+
+
+KEY_FIELDS: tuple[KeyField, ...] = (
+    KeyField("name", Kind.TEXT),
+    KeyField("workspace_id", Kind.TEXT, updatable=False),
+    KeyField("description", Kind.TEXT),
+    KeyField("permissions", Kind.LIST),
+    KeyField("resources", Kind.LIST),
+    KeyField("expire_time", Kind.TIME),
+    KeyField("disabled", Kind.BOOL),
+    KeyField("metadata", Kind.MAP),
+    KeyField("allowed_cidrs", Kind.LIST),
+)
+if sorted(f.name for f in KEY_FIELDS) != sorted(f.name for f in fields(KeySpec)):  # fail at import: one list
+    raise RuntimeError("KEY_FIELDS must declare every KeySpec field")
+UPDATABLE_FIELDS = tuple(f.name for f in KEY_FIELDS if f.updatable)
 
 
 def rights_of(credential: Credential) -> KeySpec:
@@ -77,7 +125,8 @@ def rights_of(credential: Credential) -> KeySpec:
     wildcards = {p for p in held if p.endswith(":*")}
     permissions = sorted(p for p in held if p in wildcards or f"{p.partition(':')[0]}:*" not in wildcards)
     return KeySpec(name="", workspace_id=credential.workspace_id, permissions=tuple(permissions),
-                   resources=credential.scope.roots, expire_time=credential.ends)
+                   resources=credential.scope.roots, expire_time=credential.ends,
+                   allowed_cidrs=tuple(str(n) for n in credential.networks))
 
 
 def validate_name(name: str) -> str:
@@ -133,6 +182,27 @@ def validate_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
     return dict(metadata)
 
 
+def validate_cidrs(cidrs: Sequence[str]) -> tuple[str, ...]:
+    """The networks in their canonical spelling (IPv4-mapped IPv6 networks as IPv4), without repeats.
+    Host bits must be clear: "10.0.0.1/8" is refused rather than silently read as 10.0.0.0/8."""
+    if len(cidrs) > MAX_ALLOWED_CIDRS:
+        raise InvalidArgument("allowed_cidrs", f"at most {MAX_ALLOWED_CIDRS} entries")
+    return tuple(dict.fromkeys(str(_network(c, f"allowed_cidrs[{i}]")) for i, c in enumerate(cidrs)))
+
+
+def _network(text: str, field_name: str) -> Network:
+    try:
+        network = ipaddress.ip_network(text.strip())
+    except ValueError:
+        raise InvalidArgument(field_name, "must be a network such as 203.0.113.0/24 or 2001:db8::/32, "
+                                          "with no bits set after the prefix") from None
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
+        mapped = network.network_address.ipv4_mapped
+        if mapped is not None:  # ::ffff:10.0.0.0/104 is 10.0.0.0/8: the allow-list compares IPv4 clients as IPv4
+            return ipaddress.IPv4Network(f"{mapped}/{network.prefixlen - 96}")
+    return network
+
+
 def validate_grace_period(grace: timedelta) -> timedelta:
     if grace < timedelta(0) or grace > MAX_GRACE_PERIOD:
         raise InvalidArgument("grace_period", "must be between 0 and 30 days")
@@ -177,6 +247,7 @@ def ensure_within(caller: Credential, spec: KeySpec, baseline: Credential | None
     """
     if not caller.root and spec.workspace_id != caller.workspace_id:
         raise PermissionDenied("a key can only manage keys of its own workspace")
+    _ensure_networks_within(caller, spec, baseline)
     sources = [caller] if baseline is None else [caller, baseline]
     pieces = [Scope((root,)) for root in spec.scope.roots] or [Scope()]
     for permission in spec.permissions:
@@ -192,3 +263,20 @@ def ensure_within(caller: Credential, spec: KeySpec, baseline: Credential | None
             if _later(spec.expire_time, _latest(covering)):
                 raise PermissionDenied("expire_time must be set and no later than the calling key's own expiry "
                                        "(or its secret's, for a secret replaced by a rotation)")
+
+
+def _ensure_networks_within(caller: Credential, spec: KeySpec, baseline: Credential | None) -> None:
+    """A caller limited to some networks gives no key a wider reach: each of the key's networks must lie
+    inside one of the caller's (or, for an update, of what the key already had), and a key with no list
+    (any address) only from an unlimited caller or a key that was already unlimited."""
+    sources = [c for c in (caller, baseline) if c is not None]
+    if any(not s.networks for s in sources):
+        return
+    networks = spec.networks
+    if not networks:
+        raise PermissionDenied("allowed_cidrs must be set, each within the calling key's own allowed_cidrs")
+    for i, network in enumerate(networks):
+        if not any(network.version == own.version and network.subnet_of(own)  # type: ignore[arg-type]
+                   for s in sources for own in s.networks):
+            raise PermissionDenied(f"cannot allow allowed_cidrs[{i}] {network}: it is not within the calling "
+                                   "key's own allowed_cidrs")

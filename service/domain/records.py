@@ -47,6 +47,7 @@ class KeyRecord:
             expire_time=spec.expire_time,
             disabled=spec.disabled,
             secret_expire_time=secret_expire_time,
+            networks=spec.networks,
         )
 
 

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import asyncpg
@@ -34,7 +34,7 @@ from ..domain.decision import Binding
 from ..domain.errors import Unavailable
 from ..domain.keys import fingerprint
 from ..domain.permissions import Catalog
-from ..domain.policy import KeySpec
+from ..domain.policy import KEY_FIELDS, KeySpec, Kind
 from ..domain.records import AuditEvent, AuditQuery, BindingRecord, KeyRecord
 from . import interface, migrations
 
@@ -72,8 +72,9 @@ _ABANDON = (*_UNREACHABLE, asyncio.CancelledError)
 # The last column: when the retired secrets still in their grace period stop (each rotation caps the older
 # ones at its own end, so the latest end is the most recently retired secret's). clock_timestamp(), not
 # now(): a secret retired with grace 0 inside this very transaction has already stopped.
-_KEY_COLUMNS = """id, workspace_id, name, description, permissions, resources, display, metadata,
-    disabled, expire_time, create_time, update_time, last_used_time, usage_count, created_by, version,
+_SPEC_COLUMNS = tuple(f.name for f in KEY_FIELDS)  # api_keys columns are named as the KeySpec fields
+_KEY_COLUMNS = f"""id, {", ".join(_SPEC_COLUMNS)}, display,
+    create_time, update_time, last_used_time, usage_count, created_by, version,
     (SELECT max(r.expire_time) FROM key_secrets r WHERE r.key_id = api_keys.id AND r.expire_time > clock_timestamp())
         AS previous_secret_expire_time"""
 
@@ -110,19 +111,28 @@ def _unreachable_is_unavailable() -> Iterator[None]:
         raise _unavailable(exc) from None
 
 
+def _column_value(kind: Kind, value: Any) -> object:
+    """A KeySpec value as the api_keys column takes it."""
+    if kind is Kind.LIST:
+        return list(value)
+    return json.dumps(dict(value)) if kind is Kind.MAP else value
+
+
+def _spec_value(kind: Kind, value: Any) -> object:
+    """An api_keys column as the KeySpec holds it (arrays of cidr read back as their text)."""
+    if kind is Kind.LIST:
+        return tuple(str(v) for v in value)
+    return json.loads(value) if kind is Kind.MAP else value
+
+
+def _spec_values(spec: KeySpec) -> list[object]:
+    return [_column_value(f.kind, getattr(spec, f.name)) for f in KEY_FIELDS]
+
+
 def _key(row: asyncpg.Record) -> KeyRecord:
     return KeyRecord(
         id=row["id"],
-        spec=KeySpec(
-            name=row["name"],
-            workspace_id=row["workspace_id"],
-            permissions=tuple(row["permissions"]),
-            resources=tuple(row["resources"]),
-            expire_time=row["expire_time"],
-            description=row["description"],
-            metadata=json.loads(row["metadata"]),
-            disabled=row["disabled"],
-        ),
+        spec=KeySpec(**{f.name: _spec_value(f.kind, row[f.name]) for f in KEY_FIELDS}),  # type: ignore[arg-type]
         display=row["display"],
         create_time=row["create_time"],
         update_time=row["update_time"],
@@ -299,27 +309,23 @@ class Tx(Reader):
 
     async def insert_key(self, key_id: UUID, spec: KeySpec, digest: bytes, display: str,
                          created_by: UUID | None) -> KeyRecord:
+        columns = ("id", *_SPEC_COLUMNS, "display", "created_by")
         row = await self._conn.fetchrow(
-            f"""INSERT INTO api_keys (id, workspace_id, name, description, permissions, resources, display,
-                                      metadata, disabled, expire_time, created_by)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11)
+            f"""INSERT INTO api_keys ({", ".join(columns)})
+                VALUES ({", ".join(f"${i}" for i in range(1, len(columns) + 1))})
                 RETURNING {_KEY_COLUMNS}""",
-            key_id, spec.workspace_id, spec.name, spec.description, list(spec.permissions),
-            list(spec.resources), display, json.dumps(dict(spec.metadata)), spec.disabled, spec.expire_time,
-            created_by,
+            key_id, *_spec_values(spec), display, created_by,
         )
         await self._conn.execute("INSERT INTO key_secrets (digest, key_id) VALUES ($1, $2)", digest, key_id)
         await self._notify(changes.KeyChanged(key_id, (fingerprint(digest),)))
         return _key(_returned(row))
 
     async def update_key(self, key_id: UUID, spec: KeySpec) -> KeyRecord:
+        settings = ", ".join(f"{column} = ${i}" for i, column in enumerate(_SPEC_COLUMNS, start=2))
         row = await self._conn.fetchrow(
-            f"""UPDATE api_keys SET name = $2, description = $3, permissions = $4, resources = $5,
-                    metadata = $6::jsonb, disabled = $7, expire_time = $8,
-                    update_time = now(), version = version + 1
+            f"""UPDATE api_keys SET {settings}, update_time = now(), version = version + 1
                 WHERE id = $1 RETURNING {_KEY_COLUMNS}""",
-            key_id, spec.name, spec.description, list(spec.permissions), list(spec.resources),
-            json.dumps(dict(spec.metadata)), spec.disabled, spec.expire_time,
+            key_id, *_spec_values(spec),
         )
         await self._notify(changes.KeyChanged(key_id))
         return _key(_returned(row))

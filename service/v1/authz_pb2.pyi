@@ -20,6 +20,9 @@ class DecisionCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PERMISSION_DENIED: _ClassVar[DecisionCode]
     RESOURCE_OUT_OF_SCOPE: _ClassVar[DecisionCode]
     WORKSPACE_MISMATCH: _ClassVar[DecisionCode]
+    RATE_LIMITED: _ClassVar[DecisionCode]
+    USAGE_EXCEEDED: _ClassVar[DecisionCode]
+    IP_NOT_ALLOWED: _ClassVar[DecisionCode]
 DECISION_CODE_UNSPECIFIED: DecisionCode
 OK: DecisionCode
 KEY_MISSING: DecisionCode
@@ -31,18 +34,23 @@ RESOURCE_BOUND_TO_OTHER_KEY: DecisionCode
 PERMISSION_DENIED: DecisionCode
 RESOURCE_OUT_OF_SCOPE: DecisionCode
 WORKSPACE_MISMATCH: DecisionCode
+RATE_LIMITED: DecisionCode
+USAGE_EXCEEDED: DecisionCode
+IP_NOT_ALLOWED: DecisionCode
 
 class CheckRequest(_message.Message):
-    __slots__ = ("api_key", "resource", "action", "workspace_id")
+    __slots__ = ("api_key", "resource", "action", "workspace_id", "client_address")
     API_KEY_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     api_key: str
     resource: str
     action: str
     workspace_id: str
-    def __init__(self, api_key: _Optional[str] = ..., resource: _Optional[str] = ..., action: _Optional[str] = ..., workspace_id: _Optional[str] = ...) -> None: ...
+    client_address: str
+    def __init__(self, api_key: _Optional[str] = ..., resource: _Optional[str] = ..., action: _Optional[str] = ..., workspace_id: _Optional[str] = ..., client_address: _Optional[str] = ...) -> None: ...
 
 class CheckResponse(_message.Message):
     __slots__ = ("allowed", "code", "reason", "key_id", "key_name", "workspace_id", "http_status")
@@ -73,12 +81,14 @@ class BatchCheckItem(_message.Message):
     def __init__(self, resource: _Optional[str] = ..., action: _Optional[str] = ..., workspace_id: _Optional[str] = ...) -> None: ...
 
 class BatchCheckRequest(_message.Message):
-    __slots__ = ("api_key", "items")
+    __slots__ = ("api_key", "items", "client_address")
     API_KEY_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     api_key: str
     items: _containers.RepeatedCompositeFieldContainer[BatchCheckItem]
-    def __init__(self, api_key: _Optional[str] = ..., items: _Optional[_Iterable[_Union[BatchCheckItem, _Mapping]]] = ...) -> None: ...
+    client_address: str
+    def __init__(self, api_key: _Optional[str] = ..., items: _Optional[_Iterable[_Union[BatchCheckItem, _Mapping]]] = ..., client_address: _Optional[str] = ...) -> None: ...
 
 class BatchCheckResponse(_message.Message):
     __slots__ = ("results",)

@@ -476,3 +476,20 @@ def test_istio_example_names_one_provider_and_the_keygate_service() -> None:
     assert grpc_["port"] in [p["port"] for p in service["spec"]["ports"]]
     assert (grpc_["failOpen"], grpc_["statusOnError"]) == (False, "503")
     assert (policy["spec"]["action"], policy["spec"]["provider"]["name"]) == ("CUSTOM", provider["name"])
+
+
+# --- allowed_cidrs: Envoy gives keygate the client's address -----------------------------------
+
+
+async def test_allowed_cidrs_hold_at_the_door_and_a_forwarded_header_does_not_move_the_client(mesh: Mesh) -> None:
+    """The client connects from 127.0.0.1: a key limited to 127.0.0.0/8 passes, one limited to 10.0.0.0/8 is
+    refused (403 IP_NOT_ALLOWED) and stays refused when the client claims 10.0.0.1 in X-Forwarded-For."""
+    local = await mesh.create(name="local", permissions=["chatflows:view"], allowed_cidrs=["127.0.0.0/8"])
+    remote = await mesh.create(name="remote", permissions=["chatflows:view"], allowed_cidrs=["10.0.0.0/8"])
+    path = f"/api/v1/chatflows/{chatflow()}"
+
+    assert_identity(await mesh.request("GET", path, bearer(local.api_key)), local)
+    for forged in ({}, {"X-Forwarded-For": "10.0.0.1"}, {"X-Forwarded-For": "10.0.0.1, 10.0.0.2"},
+                   {"X-Real-IP": "10.0.0.1"}, {"Forwarded": "for=10.0.0.1"}):
+        response = await not_upstream(mesh, mesh.request("GET", path, bearer(remote.api_key) | forged))
+        assert_denied(response, 403, "IP_NOT_ALLOWED")

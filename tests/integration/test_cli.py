@@ -74,6 +74,29 @@ def test_create_then_check_shows_200_403_401(served: Served, root_key: str) -> N
     assert check("chatflows:view", key="fl_wrong").startswith("denied  KEY_MALFORMED  401")
 
 
+def test_allowed_cidrs_are_set_shown_cleared_and_checked(served: Served, root_key: str) -> None:
+    created = served.run("keys", "create", "--name", "office", "--workspace", "ws1", "--permission", "chatflows:view",
+                         "--allowed-cidr", "10.0.0.0/8", "--allowed-cidr", "2001:DB8::/32", "--json", key=root_key)
+    assert created.returncode == 0, created.stderr
+    made = json.loads(created.stdout)
+    key_id, app_key = made["key"]["id"], made["api_key"]
+    assert made["key"]["allowed_cidrs"] == ["10.0.0.0/8", "2001:db8::/32"]
+    assert re.search(r"allowed cidrs: +10\.0\.0\.0/8,2001:db8::/32\n", served.run("keys", "get", key_id,
+                                                                            key=root_key).stdout)
+
+    def check(address: str, status: int) -> str:
+        result = served.run("check", "--key-env", "APP_KEY", "--action", "chatflows:view",
+                            "--client-address", address, APP_KEY=app_key)
+        assert result.returncode == status, result.stderr
+        return result.stdout
+
+    assert check("10.1.2.3", 0).startswith("allowed  OK  200")
+    assert check("192.0.2.1", 1).startswith("denied  IP_NOT_ALLOWED  403")
+    cleared = served.run("keys", "update", key_id, "--clear-allowed-cidrs", key=root_key)
+    assert cleared.returncode == 0, cleared.stderr
+    assert re.search(r"allowed cidrs: +\(any address\)\n", cleared.stdout)
+
+
 def test_list_shows_masked_keys_only(served: Served, root_key: str) -> None:
     created = json.loads(served.run("keys", "create", "--name", "listed", "--workspace", "ws2",
                                     "--permission", "tools:view", "--json", key=root_key).stdout)
@@ -231,3 +254,4 @@ def test_restart_keeps_keys_and_prints_no_new_root_key(served: Served, root_key:
         assert again.run("keys", "list", key=root_key).returncode == 0
     finally:
         stop(again)
+

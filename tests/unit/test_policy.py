@@ -309,3 +309,75 @@ def test_rights_of_holds_what_the_caller_holds_and_passes_ensure_within(held, ex
     assert (out.resources, out.expire_time, out.workspace_id) == (("chatflows/a", "tools/*"), SOON, "ws1")
     assert CATALOG.expand(out.permissions) == caller.grants - {"*"}
     ensure_within(caller, out)
+
+
+# --- allowed_cidrs -------------------------------------------------------------------
+
+
+def limited(*cidrs: str) -> Credential:
+    return replace(cred(), networks=spec(allowed_cidrs=cidrs).networks)
+
+
+def test_cidrs_are_canonical_and_bounded():
+    out = spec(allowed_cidrs=("10.0.0.0/8", " 2001:DB8::/32", "::ffff:192.168.0.0/112", "10.0.0.0/8",
+                              "203.0.113.7")).validated(CATALOG, NOW)
+    assert out.allowed_cidrs == ("10.0.0.0/8", "2001:db8::/32", "192.168.0.0/16", "203.0.113.7/32")
+    for bad, field in ((("10.0.0.1/8",), "allowed_cidrs[0]"), (("1.2.3.4", "x"), "allowed_cidrs[1]"),
+                       (("10.0.0.0/33",), "allowed_cidrs[0]"), (("10.0.0.0/8",) * 101, "allowed_cidrs")):
+        with pytest.raises(InvalidArgument) as raised:
+            spec(allowed_cidrs=bad).validated(CATALOG, NOW)
+        assert raised.value.field == field
+
+
+@pytest.mark.parametrize(("caller", "cidrs", "baseline", "allowed"), [
+    ((), (), None, True),  # an unlimited caller gives any reach
+    ((), ("0.0.0.0/0",), None, True),
+    (("10.0.0.0/8",), ("10.1.0.0/16",), None, True),
+    (("10.0.0.0/8",), ("10.0.0.0/8",), None, True),
+    (("10.0.0.0/8",), (), None, False),  # no list is every address: wider
+    (("10.0.0.0/8",), ("10.0.0.0/7",), None, False),
+    (("10.0.0.0/8",), ("10.1.0.0/16", "11.0.0.0/16"), None, False),
+    (("10.0.0.0/8",), ("::ffff:10.0.0.0/104",), None, False),  # unnormalised spec: IPv6, not within an IPv4 list
+    (("10.0.0.0/8",), ("192.168.0.0/24",), ("192.168.0.0/16",), True),  # keeping/narrowing what the key had
+    (("10.0.0.0/8",), (), (), True),  # the key was already unlimited
+])
+def test_networks_are_never_widened(caller, cidrs, baseline, allowed):
+    base = None if baseline is None else limited(*baseline)
+    try:
+        ensure_within(limited(*caller), spec(allowed_cidrs=cidrs), base)
+    except PermissionDenied as denied:
+        assert not allowed, denied
+        assert "allowed_cidrs" in denied.message
+    else:
+        assert allowed
+
+
+def test_a_default_spec_keeps_the_callers_networks():
+    caller = limited("10.0.0.0/8", "2001:db8::/32")
+    assert rights_of(caller).allowed_cidrs == ("10.0.0.0/8", "2001:db8::/32")
+    ensure_within(caller, rights_of(caller))
+
+
+# --- one key model -------------------------------------------------------------------
+
+
+def test_every_key_field_is_named_alike_in_the_proto_the_mask_and_the_model():
+    from keygate.domain.policy import KEY_FIELDS, UPDATABLE_FIELDS
+    from keygate.v1 import keys_pb2
+
+    api_key = set(keys_pb2.ApiKey.DESCRIPTOR.fields_by_name)
+    create = set(keys_pb2.CreateKeyRequest.DESCRIPTOR.fields_by_name)
+    names = {f.name for f in KEY_FIELDS}
+    assert names <= api_key
+    assert names - create == {"disabled"}  # a key is created enabled
+    assert set(UPDATABLE_FIELDS) == names - {"workspace_id"}
+
+
+def test_spec_fields_round_trip_through_the_proto():
+    from keygate.api import convert
+    from keygate.domain.records import KeyRecord
+
+    original = spec(description="d", resources=("chatflows/a",), expire_time=SOON, metadata={"k": "v"},
+                    disabled=True, allowed_cidrs=("10.0.0.0/8",))
+    record = KeyRecord(id=uuid.uuid4(), spec=original, display="kg_...", create_time=NOW, update_time=NOW)
+    assert KeySpec(**convert.spec_fields(convert.api_key(record))) == original

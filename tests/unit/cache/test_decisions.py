@@ -6,7 +6,9 @@ from datetime import timedelta
 
 from keygate.cache.keys import KeyCache
 from keygate.domain import changes
-from keygate.domain.decision import Decision, decide
+from keygate.domain.decision import Decision
+from keygate.domain.evaluators.base import CheckItem, Question
+from keygate.domain.evaluators.pipeline import Pipeline
 from keygate.domain.permissions import Catalog
 from keygate.domain.resources import target
 
@@ -17,7 +19,8 @@ from .fakes import MemoryStore
 async def decided(cache: KeyCache, catalog: Catalog, secret: bytes, resource: str = "chatflows/a") -> Decision:
     credential = await cache.credential(secret)
     assert credential is not None
-    return decide(credential, target(catalog, resource, "chatflows:view"), "w", NOW)
+    item = CheckItem(resource, "chatflows:view", "w")
+    return Pipeline().decide(credential, Question(item, target(catalog, resource, "chatflows:view"), "w", NOW))
 
 
 async def test_a_decision_is_recalled_until_an_entry_changes(cache: KeyCache, store: MemoryStore,
