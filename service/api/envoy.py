@@ -74,7 +74,7 @@ def _denied(answer: Answer, code: str, message: str, *, key_presented: bool = Fa
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=code_pb2.Code.Value(answer.rpc), message=message),
         denied_response=external_auth_pb2.DeniedHttpResponse(
-            status=http_status_pb2.HttpStatus(code=answer.http_status),  # type: ignore[arg-type]
+            status=http_status_pb2.HttpStatus(code=answer.http_status),
             headers=headers,
             body=orjson.dumps({"code": code, "message": message}).decode(),
         ),
@@ -102,7 +102,7 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         self._authorizer = authorizer
         self._routes = routes
         self._upstream = upstream  # None: allowed requests travel on without a credential
-        self._templates: LRU[tuple[str, ...], external_auth_pb2.CheckResponse] = LRU(MAX_TEMPLATES)
+        self._templates: LRU[tuple[object, ...], external_auth_pb2.CheckResponse] = LRU(MAX_TEMPLATES)
 
     async def Check(self, request: external_auth_pb2.CheckRequest,
                     context: grpc.aio.ServicerContext) -> external_auth_pb2.CheckResponse:
