@@ -1,0 +1,92 @@
+"""keygate.client against a real keygate: Authorizer and SyncAuthorizer answer typed Decisions, and fail
+closed (KeygateUnavailable within the deadline, never an allowed Decision) when keygate cannot be reached."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+
+from keygate.client import (
+    Authorizer,
+    CheckItem,
+    ClientSettings,
+    Decision,
+    DecisionCode,
+    KeygateRequestError,
+    KeygateUnavailable,
+    Retry,
+    SyncAuthorizer,
+)
+from keygate.server import App
+
+from .processes import free_port
+from .support import Client
+
+
+def settings_of(app: App) -> ClientSettings:
+    return ClientSettings.from_env({"KEYGATE_SERVER": f"127.0.0.1:{app.port}"})
+
+
+async def test_check_answers_typed_decisions(app: App, client: Client) -> None:
+    created = await client.create(name="svc", permissions=["chatflows:view"], workspace_id="ws1")
+    async with Authorizer(settings_of(app)) as authz:
+        allowed = await authz.check(created.api_key, "chatflows/a", "chatflows:view", workspace_id="ws1")
+        denied = await authz.check(created.api_key, "chatflows/a", "chatflows:delete")
+        unknown = await authz.check("kg_" + "x" * 49, "chatflows/a", "chatflows:view")
+        many = await authz.check_many(created.api_key, [("chatflows/a", "chatflows:view"),
+                                                        CheckItem("chatflows/b", "chatflows:update", "ws1")])
+        with pytest.raises(KeygateRequestError) as bad:
+            await authz.check(created.api_key, "chatflows/a", "no such action")
+    assert allowed == Decision(True, DecisionCode.OK, allowed.reason, 200, created.key.id, "svc", "ws1")
+    assert (denied.allowed, denied.code, denied.http_status) == (False, DecisionCode.PERMISSION_DENIED, 403)
+    assert (unknown.allowed, unknown.code, unknown.http_status, unknown.key_id) == (
+        False, DecisionCode.KEY_NOT_FOUND, 401, "")
+    assert [(d.allowed, d.code) for d in many] == [(True, DecisionCode.OK), (False, DecisionCode.PERMISSION_DENIED)]
+    assert bad.value.code is grpc.StatusCode.INVALID_ARGUMENT and created.api_key not in str(bad.value)
+
+
+async def test_sync_authorizer_answers_the_same(app: App, client: Client) -> None:
+    created = await client.create(permissions=["chatflows:view"])
+
+    def ask() -> list[Decision]:
+        with SyncAuthorizer(settings_of(app)) as authz:
+            return [authz.check(created.api_key, "chatflows/a", "chatflows:view"),
+                    *authz.check_many(created.api_key, [("chatflows/a", "chatflows:delete")])]
+
+    allowed, denied = await asyncio.to_thread(ask)  # keygate runs on this loop: it must stay free
+    assert (allowed.allowed, allowed.code, denied.allowed, denied.code) == (
+        True, DecisionCode.OK, False, DecisionCode.PERMISSION_DENIED)
+
+
+DOWN = ClientSettings(server=f"127.0.0.1:{free_port()}", timeout=2.0, retry=Retry(attempts=3, base=0.05, cap=0.1))
+
+
+async def test_unreachable_keygate_raises_unavailable_after_bounded_retries() -> None:
+    async with Authorizer(DOWN) as authz:
+        started = time.monotonic()
+        with pytest.raises(KeygateUnavailable) as failed:
+            await authz.check("kg_" + "x" * 49, "chatflows/a", "chatflows:view")
+    assert failed.value.code is grpc.StatusCode.UNAVAILABLE and "3 attempt(s)" in str(failed.value)
+    assert time.monotonic() - started < DOWN.timeout
+    assert "x" * 43 not in str(failed.value)
+
+
+def test_sync_unreachable_keygate_raises_unavailable_within_the_deadline() -> None:
+    settings = ClientSettings(server=DOWN.server, timeout=0.3, retry=Retry(attempts=100, base=0.05, cap=0.1))
+    with SyncAuthorizer(settings) as authz:
+        started = time.monotonic()
+        with pytest.raises(KeygateUnavailable):
+            authz.check_many("kg_" + "x" * 49, [("chatflows/a", "chatflows:view")])
+    assert time.monotonic() - started < settings.timeout + 0.2  # the deadline bounds the retries, not `attempts`
+
+
+async def test_a_stopped_keygate_fails_closed(app: App, client: Client) -> None:
+    created = await client.create(permissions=["chatflows:view"])
+    async with Authorizer(settings_of(app)) as authz:
+        assert (await authz.check(created.api_key, "chatflows/a", "chatflows:view")).allowed
+        await app.stop(grace=0)
+        with pytest.raises(KeygateUnavailable):
+            await authz.check(created.api_key, "chatflows/a", "chatflows:view")
