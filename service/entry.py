@@ -8,7 +8,6 @@ which cli.py imports; it must still run `keygate check` and say plainly why `key
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from importlib import metadata
 
@@ -26,20 +25,19 @@ def parser(prog: str = "keygate") -> tuple[argparse.ArgumentParser, argparse._Su
     return top, top.add_subparsers(dest="command", required=True)
 
 
-def _refuse(missing: str, args: argparse.Namespace) -> int:
-    print(f"keygate: `keygate {args.command}` needs the server, which is not installed ({missing} is missing): "
-          "pip install 'keygate[server]'", file=sys.stderr)
-    return 1
-
-
-def _client_only(missing: str) -> argparse.ArgumentParser:
+def _client_only(argv: list[str], missing: str) -> int:
+    """The client commands; a server command (listed in --help as such) is refused before its arguments
+    are parsed, since they are the server's."""
+    if argv[:1] and argv[0] in SERVER_COMMANDS:
+        print(f"keygate: `keygate {argv[0]}` needs the server, which is not installed ({missing} is missing): "
+              "pip install 'keygate[server]'", file=sys.stderr)
+        return 1
     top, commands = parser()
     for name in SERVER_COMMANDS:
-        command = commands.add_parser(name, help="needs keygate[server]", add_help=False)
-        command.add_argument("arguments", nargs=argparse.REMAINDER)
-        command.set_defaults(func=functools.partial(_refuse, missing))
+        commands.add_parser(name, help="needs the server: pip install 'keygate[server]'")
     cli_rpc.add_parsers(commands)
-    return top
+    args = top.parse_args(argv)
+    return int(args.func(args))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,6 +46,5 @@ def main(argv: list[str] | None = None) -> None:
     except ModuleNotFoundError as missing:
         if (missing.name or "").partition(".")[0] not in SERVER_MODULES:
             raise
-        args = _client_only(missing.name or "").parse_args(argv)
-        sys.exit(args.func(args))
+        sys.exit(_client_only(sys.argv[1:] if argv is None else argv, missing.name or ""))
     cli.main(argv)
