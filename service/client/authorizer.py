@@ -93,7 +93,8 @@ class _Client:
 
 
 class Authorizer(_Client):
-    """asyncio client; one per process, shared by all requests (it holds one HTTP/2 channel).
+    """asyncio client; one per process, shared by all requests (it holds one HTTP/2 channel, opened on the
+    first check so that it belongs to the event loop that serves, whenever the Authorizer was made).
 
         async with Authorizer.from_env() as authz:
             decision = await authz.check(key, "chatflows/abc", "predictions:create")
@@ -101,19 +102,26 @@ class Authorizer(_Client):
 
     def __init__(self, settings: ClientSettings | None = None) -> None:
         super().__init__(settings)
-        server, tls = self.settings.server, self.settings.tls
-        self._channel = (grpc.aio.secure_channel(server, tls.credentials(), options=tls.options())
-                         if tls.enabled else grpc.aio.insecure_channel(server))
-        self._stub = authz_pb2_grpc.AuthzServiceStub(self._channel)
+        tls = self.settings.tls
+        self._credentials = tls.credentials() if tls.enabled else None  # TLS files read and checked now
+        self._channel: grpc.aio.Channel | None = None
+
+    def _stub(self) -> authz_pb2_grpc.AuthzServiceStub:
+        if self._channel is None:
+            server = self.settings.server
+            self._channel = (grpc.aio.insecure_channel(server) if self._credentials is None else
+                             grpc.aio.secure_channel(server, self._credentials, options=self.settings.tls.options()))
+            self._stubs = authz_pb2_grpc.AuthzServiceStub(self._channel)
+        return self._stubs
 
     async def check(self, key: str, resource: str, action: str, *, workspace_id: str = "",
                     client_address: str = "") -> Decision:
         request = check_request(key, resource, action, workspace_id, client_address)
-        return Decision.from_response(await self._call(self._stub.Check, request))
+        return Decision.from_response(await self._call(self._stub().Check, request))
 
     async def check_many(self, key: str, items: Iterable[CheckItem | tuple[str, str]]) -> list[Decision]:
         """One BatchCheck: a Decision per item, in order (at most 100 items)."""
-        return _decisions(await self._call(self._stub.BatchCheck, batch_request(key, items)))
+        return _decisions(await self._call(self._stub().BatchCheck, batch_request(key, items)))
 
     async def _call(self, method: grpc.aio.UnaryUnaryMultiCallable[Any, _R], request: object) -> _R:
         deadline = time.monotonic() + self.settings.timeout
@@ -126,7 +134,9 @@ class Authorizer(_Client):
                 await asyncio.sleep(after_failure(error.code(), error.details(), failed, deadline, self.settings.retry))
 
     async def close(self) -> None:
-        await self._channel.close()
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
 
     async def __aenter__(self) -> Self:
         return self

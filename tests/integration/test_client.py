@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import grpc
 import pytest
+import trustme
 
 from keygate.client import (
     Authorizer,
@@ -20,8 +22,10 @@ from keygate.client import (
     Retry,
     SyncAuthorizer,
 )
+from keygate.config import Settings
 from keygate.server import App
 
+from ..certs import SecretVolume, server_cert, write
 from .processes import free_port
 from .support import Client
 
@@ -90,3 +94,23 @@ async def test_a_stopped_keygate_fails_closed(app: App, client: Client) -> None:
         await app.stop(grace=0)
         with pytest.raises(KeygateUnavailable):
             await authz.check(created.api_key, "chatflows/a", "chatflows:view")
+
+
+async def test_mtls_settings_from_the_cli_environment(database_url: str, tmp_path: Path) -> None:
+    """KEYGATE_TLS_CA, KEYGATE_TLS_CLIENT_CERT/KEY: the variables `keygate check` reads, read the same way."""
+    ca, volume = trustme.CA(), SecretVolume(tmp_path / "secret")
+    volume.publish(server_cert(ca), ca)
+    cert, key = write(tmp_path, "service", ca.issue_cert("service.test"))
+    app = await App.start(Settings(listen="127.0.0.1:0", tls_cert=volume.cert, tls_key=volume.key,
+                                   tls_client_ca=volume.ca), database_url)
+    try:
+        _, root = await app.admin.create_root_key()
+        env = {"KEYGATE_SERVER": f"localhost:{app.port}", "KEYGATE_TLS_CA": str(volume.ca)}
+        async with Authorizer.from_env({**env, "KEYGATE_TLS_CLIENT_CERT": str(cert),
+                                        "KEYGATE_TLS_CLIENT_KEY": str(key)}) as authz:
+            assert (await authz.check(root, "", "chatflows:view", workspace_id="ws1")).allowed
+        async with Authorizer.from_env(env) as without_certificate:
+            with pytest.raises(KeygateUnavailable):  # the handshake is refused: no answer, no decision
+                await without_certificate.check(root, "", "chatflows:view", workspace_id="ws1")
+    finally:
+        await app.stop(grace=0)
