@@ -66,6 +66,8 @@ async def test_routes_are_guarded_against_a_real_keygate(app: App, client: Clien
             "query key where allowed": summary(await svc.get("/predict/a", params={"apiKey": created.api_key})),
             "query key elsewhere": summary(await svc.get("/flows/a", params={"apiKey": created.api_key})),
             "no rule": summary(await svc.get("/other", headers=bearer)),
+            "wildcard segment": summary(await svc.get("/flows/*", headers=bearer)),
+            "encoded slash": summary(await svc.get("/flows/a%2F..%2Fb", headers=bearer)),
         }
     assert found == {
         "public": (200, {"key": None, "flow": None}, None),
@@ -79,7 +81,12 @@ async def test_routes_are_guarded_against_a_real_keygate(app: App, client: Clien
         "query key where allowed": (200, {"key": "viewer", "flow": "a"}, None),
         "query key elsewhere": (401, found["no key"][1], realm),
         "no rule": (403, {"error": {"code": "NO_RULE", "message": "no authorization rule for this route"}}, None),
+        # A caller's path segment cannot widen the resource: `*` is no resource name (keygate: INVALID_ARGUMENT,
+        # answered 400 naming the field), and an encoded `/` makes a path no one-segment template matches.
+        "wildcard segment": (400, found["wildcard segment"][1], None),
+        "encoded slash": found["no rule"],
     }
+    assert found["wildcard segment"][1]["error"]["code"] == "INVALID_ARGUMENT"
     assert found["no permission"][1]["error"]["code"] == "PERMISSION_DENIED"
     assert found["unknown key"][1]["error"]["code"] == "KEY_NOT_FOUND"
     assert created.api_key not in repr(found)
@@ -93,3 +100,18 @@ async def test_keygate_down_is_503_and_the_endpoint_never_runs() -> None:
     assert (response.status_code, response.headers["retry-after"], response.json()["error"]["code"]) == (
         503, "1", "UNAVAILABLE")
     assert public.status_code == 200
+
+
+async def test_a_refused_websocket_is_closed_before_it_is_accepted() -> None:
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    async with Authorizer(ClientSettings(server=f"127.0.0.1:{free_port()}")) as authz:
+        app = KeygateMiddleware(service(), authz, ROUTES)
+        await app({"type": "websocket", "path": "/flows/a", "headers": [], "query_string": b""}, receive, send)
+    assert sent == [{"type": "websocket.close", "code": 1008}]
