@@ -105,14 +105,15 @@ class Authorizer(_Client):
         tls = self.settings.tls
         self._credentials = tls.credentials() if tls.enabled else None  # TLS files read and checked now
         self._channel: grpc.aio.Channel | None = None
+        self._stub_of_channel: authz_pb2_grpc.AuthzServiceStub | None = None
 
     def _stub(self) -> authz_pb2_grpc.AuthzServiceStub:
-        if self._channel is None:
+        if self._channel is None or self._stub_of_channel is None:
             server = self.settings.server
             self._channel = (grpc.aio.insecure_channel(server) if self._credentials is None else
                              grpc.aio.secure_channel(server, self._credentials, options=self.settings.tls.options()))
-            self._stubs = authz_pb2_grpc.AuthzServiceStub(self._channel)
-        return self._stubs
+            self._stub_of_channel = authz_pb2_grpc.AuthzServiceStub(self._channel)
+        return self._stub_of_channel
 
     async def check(self, key: str, resource: str, action: str, *, workspace_id: str = "",
                     client_address: str = "") -> Decision:
