@@ -11,6 +11,7 @@ Fail closed: `check` returns a Decision only when keygate answered; when it cann
 and `keygate.client.asgi`. Needs only grpcio and protobuf (`pip install keygate`, no server extra).
 """
 
+from ..tls import ClientTLS
 from .authorizer import (
     Authorizer,
     CheckItem,
@@ -28,6 +29,7 @@ __all__ = [
     "Authorizer",
     "CheckItem",
     "ClientSettings",
+    "ClientTLS",
     "Decision",
     "DecisionCode",
     "KeygateClientError",
