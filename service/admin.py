@@ -26,7 +26,7 @@ from .domain.permissions import ROOT, Catalog
 from .domain.policy import KeySpec, ensure_not_retired, ensure_within, validate_grace_period, validate_workspace_id
 from .domain.records import AuditEvent, AuditQuery, BindingRecord, KeyRecord
 from .domain.resources import canonical_resource, target
-from .store.postgres import Store, Tx
+from .store.interface import AdminStore, Reads, Writes
 
 UPDATABLE_FIELDS = ("name", "description", "permissions", "resources", "expire_time", "disabled", "metadata")
 DEFAULT_BINDING_ACTIONS = ("predictions:create",)
@@ -42,7 +42,7 @@ class Caller:
 
 
 class KeyAdmin:
-    def __init__(self, store: Store, catalog: Catalog, key_format: KeyFormat, clock: Clock = utcnow,
+    def __init__(self, store: AdminStore, catalog: Catalog, key_format: KeyFormat, clock: Clock = utcnow,
                  page_tokens: paging.PageTokens | None = None) -> None:
         """`page_tokens` signs list pages with the secret every replica shares (`serve` passes it); without
         it, tokens hold only within this process, which is enough for `bootstrap` and first starts."""
@@ -77,11 +77,19 @@ class KeyAdmin:
             raise NotFound("key", str(key_id))
         return record
 
-    async def _load(self, tx: Tx, caller: Caller, key_id: UUID, action: str, *, lock: bool = False) -> KeyRecord:
+    async def _load(self, tx: Reads, caller: Caller, key_id: UUID, action: str) -> KeyRecord:
         self._require_permission(caller, action)
-        record = self._visible(caller, await tx.get_key(key_id, lock=lock), key_id)
-        self._authorize(caller, action, f"apikeys/{key_id}", record.spec.workspace_id)
-        return record
+        return self._authorized(caller, action, await tx.get_key(key_id), key_id)
+
+    async def _lock(self, tx: Writes, caller: Caller, key_id: UUID, action: str) -> KeyRecord:
+        """As `_load`, to change the key: its row stays locked until the transaction ends."""
+        self._require_permission(caller, action)
+        return self._authorized(caller, action, await tx.lock_key(key_id), key_id)
+
+    def _authorized(self, caller: Caller, action: str, record: KeyRecord | None, key_id: UUID) -> KeyRecord:
+        found = self._visible(caller, record, key_id)
+        self._authorize(caller, action, f"apikeys/{key_id}", found.spec.workspace_id)
+        return found
 
     @asynccontextmanager
     async def _audited(self, caller: Caller, action: str, workspace_id: str, *,
@@ -166,7 +174,7 @@ class KeyAdmin:
         paths = _resolve_mask(mask)
         async with self._audited(caller, "UpdateKey", caller.credential.workspace_id, target=key_id):
             async with self._store.transaction() as tx:
-                record = await self._load(tx, caller, key_id, "apikeys:update", lock=True)
+                record = await self._lock(tx, caller, key_id, "apikeys:update")
                 if etag and etag != record.etag:
                     raise Aborted("the key changed since it was read (etag mismatch); get it again and retry")
                 old = record.spec
@@ -189,7 +197,7 @@ class KeyAdmin:
     async def delete_key(self, caller: Caller, key_id: UUID) -> None:
         async with self._audited(caller, "DeleteKey", caller.credential.workspace_id, target=key_id):
             async with self._store.transaction() as tx:
-                record = await self._load(tx, caller, key_id, "apikeys:delete", lock=True)
+                record = await self._lock(tx, caller, key_id, "apikeys:delete")
                 if key_id == caller.credential.key_id:
                     ensure_not_retired(caller.credential, "delete the key that retired it")
                 await tx.delete_key(key_id)
@@ -210,7 +218,7 @@ class KeyAdmin:
         async with self._audited(caller, "RotateKey", caller.credential.workspace_id, target=key_id):
             async with self._store.transaction() as tx:
                 seen = await tx.get_key(key_id)
-                record = await self._load(tx, caller, key_id, "apikeys:update", lock=True)
+                record = await self._lock(tx, caller, key_id, "apikeys:update")
                 if seen is None or seen.version != record.version or (etag and etag != record.etag):
                     raise Aborted("the key changed while this rotation waited (another rotation or update won); "
                                   "get it again and retry")
@@ -259,7 +267,7 @@ class KeyAdmin:
         async with self._audited(caller, "BindResource", caller.credential.workspace_id, target=key_id,
                                  resource=resource), self._store.transaction() as tx:
             self._require_permission(caller, action)
-            record = self._visible(caller, await tx.get_key(key_id, lock=True), key_id)
+            record = self._visible(caller, await tx.lock_key(key_id), key_id)
             if record.root:
                 raise InvalidArgument("key_id", "root keys belong to no workspace and cannot be bound")
             workspace = record.spec.workspace_id
@@ -274,7 +282,7 @@ class KeyAdmin:
         async with self._audited(caller, "UnbindResource", caller.credential.workspace_id, target=key_id,
                                  resource=resource), self._store.transaction() as tx:
             self._require_permission(caller, action)
-            record = self._visible(caller, await tx.get_key(key_id, lock=True), key_id)
+            record = self._visible(caller, await tx.lock_key(key_id), key_id)
             workspace = record.spec.workspace_id
             self._authorize(caller, action, resource, workspace)
             if not await tx.delete_binding(workspace, resource, key_id):

@@ -37,7 +37,7 @@ from .domain.keys import FOREIGN_MIN_LEN, KeyFormat
 from .domain.permissions import Catalog
 from .domain.records import AuditEvent
 from .store.flowise import FlowiseSource
-from .store.postgres import Store, Tx
+from .store.interface import AdminStore, Reads, Writes
 
 RUN_ACTION, KEY_ACTION, BINDING_ACTION = "ImportFlowise", "ImportKey", "ImportBinding"
 
@@ -113,7 +113,7 @@ class Report:
         return f"Flowise: cleared apikeyid on {self.cleared} flow(s) bound in keygate"
 
 
-async def import_flowise(store: Store, source: FlowiseSource, catalog: Catalog, key_format: KeyFormat, *,
+async def import_flowise(store: AdminStore, source: FlowiseSource, catalog: Catalog, key_format: KeyFormat, *,
                          dry_run: bool = False, clear_bindings: bool = False) -> Report:
     """Import; with `dry_run`, read both databases and write to neither."""
     data = await source.read()
@@ -144,7 +144,7 @@ async def _verify(keys: list[FlowiseKey]) -> list[bool]:
                                            for k in keys)))
 
 
-async def _sort(tx: Tx, report: Report, examined: list[Importable | Refused], flows: list[FlowiseFlow],
+async def _sort(tx: Reads, report: Report, examined: list[Importable | Refused], flows: list[FlowiseFlow],
                 catalog: Catalog) -> None:
     """File each key and flow restriction as new, already present or refused, against keygate's data."""
     candidates = [k for k in examined if isinstance(k, Importable)]
@@ -176,7 +176,7 @@ def _refuse(key: Importable, reason: str) -> Refused:
     return Refused(key.source_id, key.spec.name, key.spec.workspace_id, reason)
 
 
-async def _write(tx: Tx, report: Report) -> None:
+async def _write(tx: Writes, report: Report) -> None:
     """The new keys and bindings, each with its audit row, and the run's row. The actor is the import
     (no key): audit rows name it by their action and share the run's request id."""
     report.run_id = f"flowise-import-{uuid.uuid4()}"

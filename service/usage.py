@@ -14,13 +14,13 @@ from uuid import UUID
 import structlog
 
 from .domain.errors import Unavailable
-from .store.postgres import Store
+from .store.interface import UsageStore
 
 log = structlog.get_logger(__name__)
 
 
 class UsageRecorder:
-    def __init__(self, store: Store, interval: float = 1.0) -> None:
+    def __init__(self, store: UsageStore, interval: float = 1.0) -> None:
         self._store = store
         self._interval = interval
         # Keyed by the UUID's 128-bit integer: UUID.__hash__ is a Python-level call, twice per Check.

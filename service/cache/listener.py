@@ -23,10 +23,9 @@ import contextlib
 import time
 from collections.abc import Callable
 
-import asyncpg
 import structlog
 
-from ..store.postgres import Store
+from ..store.interface import ChangeFeed, Listening
 from .keys import KeyCache
 
 log = structlog.get_logger(__name__)
@@ -40,7 +39,7 @@ FILTER_CHECK_INTERVAL = 1.0  # seconds between checks whether the filter of know
 
 
 class ChangeListener:
-    def __init__(self, store: Store, cache: KeyCache, *, bound: float = BOUND, interval: float = PING_INTERVAL,
+    def __init__(self, store: ChangeFeed, cache: KeyCache, *, bound: float = BOUND, interval: float = PING_INTERVAL,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._store = store
         self._cache = cache
@@ -80,10 +79,10 @@ class ChangeListener:
     async def _listen_until_lost(self) -> None:
         lost = asyncio.Event()
         asked = self._clock()  # the LISTEN, sent after this, is the first ping
-        conn = await self._store.listen(self._cache.apply_payload, lost.set)
+        listening = await self._store.listen(self._cache.apply_payload, lost.set)
         try:
             self._cache.synchronize(asked + self._bound)
-            tasks = [asyncio.create_task(self._ping_until_lost(conn, lost, asked)),
+            tasks = [asyncio.create_task(self._ping_until_lost(listening, lost, asked)),
                      asyncio.create_task(self._keep_filter())]
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -96,9 +95,9 @@ class ChangeListener:
             log.warning("change_listener_lost")
         finally:
             with contextlib.suppress(Exception):
-                conn.terminate()
+                listening.close()
 
-    async def _ping_until_lost(self, conn: asyncpg.Connection, lost: asyncio.Event, sent: float) -> None:
+    async def _ping_until_lost(self, listening: Listening, lost: asyncio.Event, sent: float) -> None:
         """Returns when the connection closes; TimeoutError when a ping is not answered while trusted."""
         this = asyncio.current_task()
         while not lost.is_set():
@@ -108,7 +107,7 @@ class ChangeListener:
                 raise asyncio.CancelledError
             trusted_until = sent + self._bound
             sent = self._clock()
-            await asyncio.wait_for(conn.execute("SELECT 1"), max(0.0, trusted_until - sent))
+            await asyncio.wait_for(listening.ping(), max(0.0, trusted_until - sent))
             self._cache.trust(sent + self._bound)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(lost.wait(), self._interval)

@@ -45,7 +45,7 @@ class Migration:
 
 def _python(name: str) -> Apply:
     module = importlib.import_module(f"keygate.migrations.{name.removesuffix('.py')}")
-    return module.apply  # type: ignore[no-any-return]
+    return module.apply
 
 
 def available() -> list[Migration]:

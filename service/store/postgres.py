@@ -1,4 +1,6 @@
-"""All of keygate's SQL. `Store` hands out `Tx` objects: a connection, in a transaction when writing.
+"""All of keygate's SQL, implementing the interfaces of store/interface.py. `Store` hands out a
+`Reader` (read-only queries on a connection) for reads, and a `Tx` (reads and writes, in a transaction)
+only inside `transaction()`.
 
 Connection failures surface as `Unavailable`, so callers fail closed with a status
 that says "retry", never an INTERNAL error carrying driver text.
@@ -20,10 +22,12 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 import asyncpg
 import structlog
+from asyncpg.pool import PoolConnectionProxy
 
 from ..domain import changes
 from ..domain.decision import Binding
@@ -32,7 +36,7 @@ from ..domain.keys import fingerprint
 from ..domain.permissions import Catalog
 from ..domain.policy import KeySpec
 from ..domain.records import AuditEvent, AuditQuery, BindingRecord, KeyRecord
-from . import migrations
+from . import interface, migrations
 
 log = structlog.get_logger(__name__)
 
@@ -72,6 +76,17 @@ _KEY_COLUMNS = """id, workspace_id, name, description, permissions, resources, d
     disabled, expire_time, create_time, update_time, last_used_time, usage_count, created_by, version,
     (SELECT max(r.expire_time) FROM key_secrets r WHERE r.key_id = api_keys.id AND r.expire_time > clock_timestamp())
         AS previous_secret_expire_time"""
+
+
+# What the pool hands out: a connection, or (as the stubs type it) a proxy standing for one.
+_Conn = asyncpg.Connection | PoolConnectionProxy
+
+
+def _returned(row: asyncpg.Record | None) -> asyncpg.Record:
+    """The row a write's RETURNING gives: always one, for a row just inserted or locked by the caller."""
+    if row is None:
+        raise RuntimeError("a write returned no row: its key was not locked first")
+    return row
 
 
 def _error_kind(exc: BaseException) -> str:
@@ -130,22 +145,12 @@ def _binding(row: asyncpg.Record) -> BindingRecord:
     )
 
 
-class Tx:
-    """Queries on one connection. Writes happen only inside `Store.transaction()`.
+class Reader:
+    """Read-only queries on one connection: what `Store.read()` and `Store.lookup()` hand out.
+    It has no write method, so a write through a read is a type error (and an AttributeError)."""
 
-    Every write that can change a Check answer also NOTIFYs its change in the same
-    transaction, so replicas hear of it exactly when it commits, and never of a rollback.
-    """
-
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: _Conn) -> None:
         self._conn = conn
-        self.changes: list[changes.Change] = []
-
-    async def _notify(self, change: changes.Change) -> None:
-        await self._conn.execute("SELECT pg_notify($1, $2)", changes.CHANNEL, changes.encode(change, time.time()))
-        self.changes.append(change)
-
-    # --- keys -------------------------------------------------------------------------
 
     async def key_by_digest(self, digest: bytes) -> tuple[KeyRecord, datetime | None] | None:
         """The key a secret belongs to, with the secret's own expiry (set after rotation)."""
@@ -157,10 +162,11 @@ class Tx:
         )
         return None if row is None else (_key(row), row["secret_expire_time"])
 
-    async def get_key(self, key_id: UUID, *, lock: bool = False) -> KeyRecord | None:
-        row = await self._conn.fetchrow(
-            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1" + (" FOR UPDATE" if lock else ""), key_id
-        )
+    async def get_key(self, key_id: UUID) -> KeyRecord | None:
+        return await self._get_key(key_id, "")
+
+    async def _get_key(self, key_id: UUID, suffix: str) -> KeyRecord | None:
+        row = await self._conn.fetchrow(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1{suffix}", key_id)
         return None if row is None else _key(row)
 
     async def list_keys(
@@ -182,57 +188,6 @@ class Tx:
             ids,
         )
         return [_key(r) for r in rows]
-
-    async def insert_key(self, key_id: UUID, spec: KeySpec, digest: bytes, display: str,
-                         created_by: UUID | None) -> KeyRecord:
-        row = await self._conn.fetchrow(
-            f"""INSERT INTO api_keys (id, workspace_id, name, description, permissions, resources, display,
-                                      metadata, disabled, expire_time, created_by)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11)
-                RETURNING {_KEY_COLUMNS}""",
-            key_id, spec.workspace_id, spec.name, spec.description, list(spec.permissions),
-            list(spec.resources), display, json.dumps(dict(spec.metadata)), spec.disabled, spec.expire_time,
-            created_by,
-        )
-        await self._conn.execute("INSERT INTO key_secrets (digest, key_id) VALUES ($1, $2)", digest, key_id)
-        await self._notify(changes.KeyChanged(key_id, (fingerprint(digest),)))
-        return _key(row)
-
-    async def update_key(self, key_id: UUID, spec: KeySpec) -> KeyRecord:
-        row = await self._conn.fetchrow(
-            f"""UPDATE api_keys SET name = $2, description = $3, permissions = $4, resources = $5,
-                    metadata = $6::jsonb, disabled = $7, expire_time = $8,
-                    update_time = now(), version = version + 1
-                WHERE id = $1 RETURNING {_KEY_COLUMNS}""",
-            key_id, spec.name, spec.description, list(spec.permissions), list(spec.resources),
-            json.dumps(dict(spec.metadata)), spec.disabled, spec.expire_time,
-        )
-        await self._notify(changes.KeyChanged(key_id))
-        return _key(row)
-
-    async def delete_key(self, key_id: UUID) -> None:
-        await self._conn.execute("DELETE FROM api_keys WHERE id = $1", key_id)
-        await self._notify(changes.KeyChanged(key_id, bindings_removed=True))
-
-    async def replace_secret(self, key_id: UUID, digest: bytes, display: str,
-                             old_secrets_expire: datetime) -> KeyRecord:
-        """Add a new current secret; every older secret of the key stops at `old_secrets_expire` at the latest."""
-        await self._conn.execute(
-            """UPDATE key_secrets SET expire_time = LEAST(COALESCE(expire_time, $2), $2) WHERE key_id = $1""",
-            key_id, old_secrets_expire,
-        )
-        await self._conn.execute("INSERT INTO key_secrets (digest, key_id) VALUES ($1, $2)", digest, key_id)
-        row = await self._conn.fetchrow(
-            f"""UPDATE api_keys SET display = $2, update_time = now(), version = version + 1
-                WHERE id = $1 RETURNING {_KEY_COLUMNS}""",
-            key_id, display,
-        )
-        await self._notify(changes.KeyChanged(key_id, (fingerprint(digest),)))
-        return _key(row)
-
-    async def lock_imports(self) -> None:
-        """Serialise imports until this transaction ends: two at once would both find a key absent."""
-        await self._conn.execute("SELECT pg_advisory_xact_lock(hashtext('keygate-import'))")
 
     async def secret_owners(self, digests: Sequence[bytes]) -> dict[bytes, UUID]:
         """The key each of these digests belongs to, for those stored."""
@@ -263,17 +218,6 @@ class Tx:
 
     async def has_root_key(self) -> bool:
         return bool(await self._conn.fetchval("SELECT EXISTS (SELECT 1 FROM api_keys WHERE workspace_id = '')"))
-
-    async def add_usage(self, usage: Mapping[UUID, tuple[int, datetime]]) -> None:
-        """Add counts and move last_used_time forward; keys deleted meanwhile are skipped."""
-        await self._conn.executemany(
-            """UPDATE api_keys SET usage_count = usage_count + $2,
-                   last_used_time = GREATEST(COALESCE(last_used_time, $3), $3)
-               WHERE id = $1""",
-            [(key_id, count, last) for key_id, (count, last) in usage.items()],
-        )
-
-    # --- bindings ---------------------------------------------------------------------
 
     async def bindings_for_many(
         self, slots: Sequence[tuple[str, str]]
@@ -309,37 +253,6 @@ class Tx:
             list(key_ids))
         return {(r["workspace_id"], r["resource"], r["key_id"]) for r in rows}
 
-    async def upsert_binding(self, workspace_id: str, resource: str, key_id: UUID, actions: tuple[str, ...],
-                             created_by: UUID | None) -> BindingRecord:
-        row = await self._conn.fetchrow(
-            """INSERT INTO resource_bindings (workspace_id, resource, key_id, actions, created_by)
-               VALUES ($1, $2, $3, $4, $5)
-               ON CONFLICT (workspace_id, resource, key_id) DO UPDATE SET actions = EXCLUDED.actions
-               RETURNING *""",
-            workspace_id, resource, key_id, list(actions), created_by,
-        )
-        await self._notify(changes.BindingChanged(workspace_id, resource))
-        return _binding(row)
-
-    async def delete_binding(self, workspace_id: str, resource: str, key_id: UUID) -> bool:
-        status = await self._conn.execute(
-            "DELETE FROM resource_bindings WHERE workspace_id = $1 AND resource = $2 AND key_id = $3",
-            workspace_id, resource, key_id,
-        )
-        await self._notify(changes.BindingChanged(workspace_id, resource))
-        return status != "DELETE 0"
-
-    # --- audit ------------------------------------------------------------------------
-
-    async def audit(self, event: AuditEvent) -> None:
-        await self._conn.execute(
-            """INSERT INTO audit_events (actor_key_id, workspace_id, action, outcome, target_key_id, resource,
-                                         changed_fields, reason, request_id)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
-            event.actor_key_id, event.workspace_id, event.action, event.outcome, event.target_key_id,
-            event.resource, list(event.changed_fields), event.reason, event.request_id,
-        )
-
     async def list_audit(self, query: AuditQuery, before_id: int | None, limit: int) -> list[AuditEvent]:
         """Newest first."""
         rows = await self._conn.fetch(
@@ -364,6 +277,128 @@ class Tx:
             )
             for r in rows
         ]
+
+
+class Tx(Reader):
+    """Reads and writes on one connection, in a transaction: exists only inside `Store.transaction()`.
+
+    Every write that can change a Check answer also NOTIFYs its change in the same
+    transaction, so replicas hear of it exactly when it commits, and never of a rollback.
+    """
+
+    def __init__(self, conn: _Conn) -> None:
+        super().__init__(conn)
+        self.changes: list[changes.Change] = []
+
+    async def _notify(self, change: changes.Change) -> None:
+        await self._conn.execute("SELECT pg_notify($1, $2)", changes.CHANNEL, changes.encode(change, time.time()))
+        self.changes.append(change)
+
+    async def lock_key(self, key_id: UUID) -> KeyRecord | None:
+        return await self._get_key(key_id, " FOR UPDATE")
+
+    async def insert_key(self, key_id: UUID, spec: KeySpec, digest: bytes, display: str,
+                         created_by: UUID | None) -> KeyRecord:
+        row = await self._conn.fetchrow(
+            f"""INSERT INTO api_keys (id, workspace_id, name, description, permissions, resources, display,
+                                      metadata, disabled, expire_time, created_by)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11)
+                RETURNING {_KEY_COLUMNS}""",
+            key_id, spec.workspace_id, spec.name, spec.description, list(spec.permissions),
+            list(spec.resources), display, json.dumps(dict(spec.metadata)), spec.disabled, spec.expire_time,
+            created_by,
+        )
+        await self._conn.execute("INSERT INTO key_secrets (digest, key_id) VALUES ($1, $2)", digest, key_id)
+        await self._notify(changes.KeyChanged(key_id, (fingerprint(digest),)))
+        return _key(_returned(row))
+
+    async def update_key(self, key_id: UUID, spec: KeySpec) -> KeyRecord:
+        row = await self._conn.fetchrow(
+            f"""UPDATE api_keys SET name = $2, description = $3, permissions = $4, resources = $5,
+                    metadata = $6::jsonb, disabled = $7, expire_time = $8,
+                    update_time = now(), version = version + 1
+                WHERE id = $1 RETURNING {_KEY_COLUMNS}""",
+            key_id, spec.name, spec.description, list(spec.permissions), list(spec.resources),
+            json.dumps(dict(spec.metadata)), spec.disabled, spec.expire_time,
+        )
+        await self._notify(changes.KeyChanged(key_id))
+        return _key(_returned(row))
+
+    async def delete_key(self, key_id: UUID) -> None:
+        await self._conn.execute("DELETE FROM api_keys WHERE id = $1", key_id)
+        await self._notify(changes.KeyChanged(key_id, bindings_removed=True))
+
+    async def replace_secret(self, key_id: UUID, digest: bytes, display: str,
+                             old_secrets_expire: datetime) -> KeyRecord:
+        """Add a new current secret; every older secret of the key stops at `old_secrets_expire` at the latest."""
+        await self._conn.execute(
+            """UPDATE key_secrets SET expire_time = LEAST(COALESCE(expire_time, $2), $2) WHERE key_id = $1""",
+            key_id, old_secrets_expire,
+        )
+        await self._conn.execute("INSERT INTO key_secrets (digest, key_id) VALUES ($1, $2)", digest, key_id)
+        row = await self._conn.fetchrow(
+            f"""UPDATE api_keys SET display = $2, update_time = now(), version = version + 1
+                WHERE id = $1 RETURNING {_KEY_COLUMNS}""",
+            key_id, display,
+        )
+        await self._notify(changes.KeyChanged(key_id, (fingerprint(digest),)))
+        return _key(_returned(row))
+
+    async def lock_imports(self) -> None:
+        """Serialise imports until this transaction ends: two at once would both find a key absent."""
+        await self._conn.execute("SELECT pg_advisory_xact_lock(hashtext('keygate-import'))")
+
+    async def add_usage(self, usage: Mapping[UUID, tuple[int, datetime]]) -> None:
+        """Add counts and move last_used_time forward; keys deleted meanwhile are skipped."""
+        await self._conn.executemany(
+            """UPDATE api_keys SET usage_count = usage_count + $2,
+                   last_used_time = GREATEST(COALESCE(last_used_time, $3), $3)
+               WHERE id = $1""",
+            [(key_id, count, last) for key_id, (count, last) in usage.items()],
+        )
+
+    async def upsert_binding(self, workspace_id: str, resource: str, key_id: UUID, actions: tuple[str, ...],
+                             created_by: UUID | None) -> BindingRecord:
+        row = await self._conn.fetchrow(
+            """INSERT INTO resource_bindings (workspace_id, resource, key_id, actions, created_by)
+               VALUES ($1, $2, $3, $4, $5)
+               ON CONFLICT (workspace_id, resource, key_id) DO UPDATE SET actions = EXCLUDED.actions
+               RETURNING *""",
+            workspace_id, resource, key_id, list(actions), created_by,
+        )
+        await self._notify(changes.BindingChanged(workspace_id, resource))
+        return _binding(_returned(row))
+
+    async def delete_binding(self, workspace_id: str, resource: str, key_id: UUID) -> bool:
+        status = await self._conn.execute(
+            "DELETE FROM resource_bindings WHERE workspace_id = $1 AND resource = $2 AND key_id = $3",
+            workspace_id, resource, key_id,
+        )
+        await self._notify(changes.BindingChanged(workspace_id, resource))
+        return status != "DELETE 0"
+
+    async def audit(self, event: AuditEvent) -> None:
+        await self._conn.execute(
+            """INSERT INTO audit_events (actor_key_id, workspace_id, action, outcome, target_key_id, resource,
+                                         changed_fields, reason, request_id)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
+            event.actor_key_id, event.workspace_id, event.action, event.outcome, event.target_key_id,
+            event.resource, list(event.changed_fields), event.reason, event.request_id,
+        )
+
+
+class Listening:
+    """The change listener's dedicated connection, LISTENing."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def ping(self) -> None:
+        """`SELECT 1`: PostgreSQL delivers every pending notification before it answers."""
+        await self._conn.execute("SELECT 1")
+
+    def close(self) -> None:
+        self._conn.terminate()
 
 
 class Store:
@@ -410,7 +445,7 @@ class Store:
         """False from the first failure to reach the database until a probe answers again."""
         return self._probe is None
 
-    async def listen(self, on_change: Callable[[str], None], on_lost: Callable[[], None]) -> asyncpg.Connection:
+    async def listen(self, on_change: Callable[[str], None], on_lost: Callable[[], None]) -> Listening:
         """A dedicated connection LISTENing for changes; `on_lost` fires if it closes.
 
         Outside the pool on purpose: a pooled connection could be reset or shared.
@@ -420,7 +455,7 @@ class Store:
                                          command_timeout=self.settings.statement_timeout)
             await conn.add_listener(changes.CHANNEL, lambda _c, _pid, _ch, payload: on_change(payload))
             conn.add_termination_listener(lambda _c: on_lost())
-            return conn
+            return Listening(conn)
 
     async def migrate(self, catalog: Catalog) -> list[str]:
         """Apply pending migrations (see keygate.store.migrations); return the names applied.
@@ -460,15 +495,15 @@ class Store:
             self._pool.terminate()
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[Tx]:
+    async def read(self) -> AsyncIterator[Reader]:
         async with self._connection(None) as conn:
-            yield Tx(conn)
+            yield Reader(conn)
 
     @asynccontextmanager
-    async def lookup(self) -> AsyncIterator[Tx]:
+    async def lookup(self) -> AsyncIterator[Reader]:
         """A read on the Check path: acquiring and every query together within `lookup_timeout`."""
         async with self._connection(self.settings.lookup_timeout) as conn:
-            yield Tx(conn)
+            yield Reader(conn)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
@@ -489,7 +524,7 @@ class Store:
                     callback(change)
 
     @asynccontextmanager
-    async def _connection(self, budget: float | None) -> AsyncIterator[asyncpg.Connection]:
+    async def _connection(self, budget: float | None) -> AsyncIterator[_Conn]:
         """A pooled connection; at once `Unavailable` while the database is known unreachable, and
         the first failure to reach it makes it known (and starts the probe)."""
         if self._probe is not None:
@@ -503,7 +538,7 @@ class Store:
             raise _unavailable(exc) from None
 
     @asynccontextmanager
-    async def _pooled(self, budget: float | None) -> AsyncIterator[asyncpg.Connection]:
+    async def _pooled(self, budget: float | None) -> AsyncIterator[_Conn]:
         """A pooled connection, acquired and used within `budget` seconds if given (each statement is
         bounded anyway). One that met a timeout or a lost server is terminated rather than handed back
         for a reset.
@@ -550,3 +585,12 @@ class Store:
     def _tell_reachability(self) -> None:
         for callback in self._on_reachability:
             callback(self.reachable)
+
+
+if TYPE_CHECKING:  # `make lint` (mypy) checks that this store implements every interface it is used through
+
+    def _implements(store: Store, reader: Reader, tx: Tx, listening: Listening) -> None:
+        uses: tuple[interface.KeySource, interface.ChangeFeed, interface.AdminStore, interface.UsageStore,
+                    interface.Reads, interface.Writes, interface.Listening] = (
+            store, store, store, store, reader, tx, listening)
+        del uses

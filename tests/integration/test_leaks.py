@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from keygate.server import App
-from keygate.store.postgres import Tx
+from keygate.store.postgres import Reader
 from keygate.v1 import authz_pb2, keys_pb2
 
 from .support import Client, auth, field_violations, rpc_error
@@ -52,13 +52,13 @@ async def test_root_must_name_the_workspace_of_the_bindings_it_lists(client: Cli
 def binding_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """How many slots each bindings query asked for (the real query runs; this only counts)."""
     calls: list[int] = []
-    real = Tx.bindings_for_many
+    real = Reader.bindings_for_many
 
-    async def counted(self: Tx, slots):
+    async def counted(self: Reader, slots):
         calls.append(len(slots))
         return await real(self, slots)
 
-    monkeypatch.setattr(Tx, "bindings_for_many", counted)
+    monkeypatch.setattr(Reader, "bindings_for_many", counted)
     return calls
 
 

@@ -1,0 +1,58 @@
+"""The filter of known keys and its lookup budget (flood.py), through the KeyCache."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+
+from keygate.cache.keys import KeyCache
+from keygate.domain.keys import digest
+from keygate.domain.policy import KeySpec
+
+from .conftest import Clock, add_key
+from .fakes import MemoryStore
+
+
+async def test_without_a_complete_filter_every_unknown_key_is_looked_up(cache: KeyCache, store: MemoryStore) -> None:
+    assert not cache.synchronized
+    for _ in range(10):
+        assert await cache.credential(os.urandom(32)) is None
+    assert store.lookups == 10
+
+
+async def test_a_complete_filter_answers_alone_once_the_budget_is_spent(cache: KeyCache, store: MemoryStore,
+                                                                       clock: Clock) -> None:
+    _, secret = await add_key(store)
+    await cache.rebuild_filter()
+    assert cache.synchronized and cache.sizes()["known"] == 1
+    answers = [await cache.credential(os.urandom(32)) for _ in range(10)]
+    assert answers == [None] * 10 and store.lookups == 2  # the budget: 2 a second
+    assert await cache.credential(secret) is not None  # a known key is always looked up
+    clock.now += 1
+    await cache.credential(os.urandom(32))
+    assert store.lookups == 4  # within the next second's budget
+
+
+async def test_a_key_created_while_the_filter_loads_is_known_once_it_is_loaded(
+        cache: KeyCache, store: MemoryStore) -> None:
+    await add_key(store)
+    secret = digest("created-during-the-load")
+    loading = asyncio.ensure_future(cache.rebuild_filter())
+    await asyncio.sleep(0)  # the load has read the stored digests, not yet swapped the filter in
+    async with store.transaction() as tx:
+        await tx.insert_key(uuid.uuid4(), KeySpec(name="n", workspace_id="w", permissions=()), secret, "x", None)
+    await loading
+    for _ in range(5):  # the budget spent on made-up keys...
+        await cache.credential(os.urandom(32))
+    before = store.lookups
+    assert await cache.credential(secret) is not None  # ...the new key is still looked up
+    assert store.lookups == before + 1
+
+
+async def test_a_lost_listener_makes_the_filter_incomplete(cache: KeyCache, store: MemoryStore) -> None:
+    await cache.rebuild_filter()
+    cache.desynchronize()
+    for _ in range(5):
+        await cache.credential(os.urandom(32))
+    assert store.lookups == 5 and not cache.filter_overfull
