@@ -106,7 +106,8 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
 
     async def Check(self, request: external_auth_pb2.CheckRequest,
                     context: grpc.aio.ServicerContext) -> external_auth_pb2.CheckResponse:
-        http = request.attributes.request.http
+        attributes = request.attributes  # each step into the request is a wrapper object made: read it once
+        http = attributes.request.http
         path, _, query = http.path.partition("?")
         match = self._routes.match(http.method, path)
         try:
@@ -132,7 +133,7 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
 
         workspace = http.headers.get(self._routes.workspace_header, "") if self._routes.workspace_header else ""
         item = CheckItem(match.resource, match.route.action, workspace,
-                         request.attributes.source.address.socket_address.address)
+                         attributes.source.address.socket_address.address)
         try:
             decision = self._authorizer.recall(presented.key, item) or await self._authorizer.check(presented.key, item)
         except InvalidArgument as exc:
