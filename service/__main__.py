@@ -1,5 +1,5 @@
 """`python -m keygate`: the `keygate` command, for a child process started with this interpreter."""
 
-from .cli import main
+from .entry import main
 
 main()

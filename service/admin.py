@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 from .clock import Clock, utcnow
@@ -120,7 +121,7 @@ class KeyAdmin:
             raise
 
     @staticmethod
-    def _event(caller: Caller, action: str, outcome: str, workspace_id: str, **fields: object) -> AuditEvent:
+    def _event(caller: Caller, action: str, outcome: str, workspace_id: str, **fields: Any) -> AuditEvent:
         return AuditEvent(action=action, outcome=outcome, workspace_id=workspace_id,
                           actor_key_id=caller.credential.key_id, request_id=caller.request_id, **fields)
 
@@ -191,7 +192,8 @@ class KeyAdmin:
                 if etag and etag != record.etag:
                     raise Aborted("the key changed since it was read (etag mismatch); get it again and retry")
                 old = record.spec
-                new = replace(old, **{p: fields[p] for p in paths})
+                changes: dict[str, Any] = {p: fields[p] for p in paths}  # validated below, as a whole
+                new = replace(old, **changes)
                 new = new.validated(self._catalog, self._clock(), check_expiry=new.expire_time != old.expire_time)
                 changed = tuple(p for p in paths if getattr(new, p) != getattr(old, p))
                 reenabled = old.disabled and not new.disabled

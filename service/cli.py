@@ -11,12 +11,11 @@ import argparse
 import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
-from importlib import metadata
 from typing import Any
 
 import uvloop
 
-from . import client, gateway, logs, server
+from . import cli_rpc, entry, gateway, logs, server
 from .admin import KeyAdmin
 from .config import OPTIONS, Option, Settings
 from .domain.errors import InvalidArgument, KeygateError
@@ -142,9 +141,7 @@ def _add_import_parser(commands: argparse._SubParsersAction, storage: tuple[Opti
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="keygate", description="API keys and authorization decisions over gRPC.")
-    parser.add_argument("--version", action="version", version=f"keygate {metadata.version('keygate')}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser, commands = entry.parser()
 
     storage = tuple(o for o in OPTIONS if o.storage)
 
@@ -167,10 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway_p.set_defaults(func=_gateway)
 
     _add_import_parser(commands, storage)
-    client.add_parser(commands)
-    client.add_check_parser(commands)
-    client.add_permissions_parser(commands)
-    client.add_health_parser(commands)
+    cli_rpc.add_parsers(commands)
     return parser
 
 

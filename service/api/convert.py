@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import Message
@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 from ..domain.decision import CODES, Code, Decision
 from ..domain.errors import InvalidArgument
 from ..domain.limits import Credits, RateLimit, Usage
-from ..domain.policy import KEY_FIELDS, Kind
+from ..domain.policy import KEY_FIELDS, KeySpec, Kind
 from ..domain.records import AuditEvent, BindingRecord, KeyRecord
 from ..v1 import authz_pb2, flowise_pb2, keys_pb2
 
@@ -121,6 +121,11 @@ def _proto_value(kind: Kind, value: Any) -> object:
     return dict(value) if kind is Kind.MAP else value
 
 
+def _proto_fields(spec: KeySpec) -> dict[str, Any]:
+    """The ApiKey fields KEY_FIELDS declares, as the proto takes them."""
+    return {f.name: _proto_value(f.kind, getattr(spec, f.name)) for f in KEY_FIELDS}
+
+
 def api_key(record: KeyRecord) -> keys_pb2.ApiKey:
     spec = record.spec
     return keys_pb2.ApiKey(
@@ -134,7 +139,7 @@ def api_key(record: KeyRecord) -> keys_pb2.ApiKey:
         etag=record.etag,
         root=record.root,
         previous_secret_expire_time=timestamp(record.previous_secret_expire_time),
-        **{f.name: _proto_value(f.kind, getattr(spec, f.name)) for f in KEY_FIELDS},
+        **_proto_fields(spec),
     )
 
 
@@ -190,7 +195,10 @@ def audit_event(event: AuditEvent) -> keys_pb2.AuditEvent:
 _UNSET = {"DECISION_CODE_UNSPECIFIED"}
 if set(authz_pb2.DecisionCode.keys()) - _UNSET != {code.value for code in Code}:  # fail at import, never guess
     raise RuntimeError("keygate.v1.DecisionCode and domain.decision.Code must list the same codes")
-_DECISION_CODES = {code: (authz_pb2.DecisionCode.Value(code.value), CODES[code].http_status) for code in Code}
+_DECISION_CODES = {
+    code: (cast(authz_pb2.DecisionCode, authz_pb2.DecisionCode.Value(code.value)), CODES[code].http_status)
+    for code in Code
+}
 
 
 def check_response(decision: Decision) -> authz_pb2.CheckResponse:

@@ -86,7 +86,7 @@ def _denied(answer: Answer, code: str, message: str, *, key_presented: bool = Fa
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=code_pb2.Code.Value(answer.rpc), message=message),
         denied_response=external_auth_pb2.DeniedHttpResponse(
-            status=http_status_pb2.HttpStatus(code=answer.http_status),  # type: ignore[arg-type]
+            status=http_status_pb2.HttpStatus(code=answer.http_status),
             headers=headers,
             body=orjson.dumps({"code": code, "message": message}).decode(),
         ),
@@ -114,11 +114,12 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         self._authorizer = authorizer
         self._routes = routes
         self._upstream = upstream  # None: allowed requests travel on without a credential
-        self._templates: LRU[tuple[str, ...], external_auth_pb2.CheckResponse] = LRU(MAX_TEMPLATES)
+        self._templates: LRU[tuple[object, ...], external_auth_pb2.CheckResponse] = LRU(MAX_TEMPLATES)
 
     async def Check(self, request: external_auth_pb2.CheckRequest,
                     context: grpc.aio.ServicerContext) -> external_auth_pb2.CheckResponse:
-        http = request.attributes.request.http
+        attributes = request.attributes  # each step into the request is a wrapper object made: read it once
+        http = attributes.request.http
         path, _, query = http.path.partition("?")
         match = self._routes.match(http.method, path)
         try:
@@ -144,7 +145,7 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
 
         workspace = http.headers.get(self._routes.workspace_header, "") if self._routes.workspace_header else ""
         item = CheckItem(match.resource, match.route.action, workspace,
-                         request.attributes.source.address.socket_address.address)
+                         attributes.source.address.socket_address.address)
         try:
             decision = self._authorizer.recall(presented.key, item) or await self._authorizer.check(presented.key, item)
         except InvalidArgument as exc:

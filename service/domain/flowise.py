@@ -131,7 +131,7 @@ def secret_matches(api_key: str, api_secret: str) -> bool:
         return False
     try:
         expected = bytes.fromhex(stored)
-        derived = hashlib.scrypt(api_key.encode(), salt=salt.encode(), **_SCRYPT)  # type: ignore[arg-type]
+        derived = hashlib.scrypt(api_key.encode(), salt=salt.encode(), **_SCRYPT)
     except (ValueError, MemoryError):
         return False
     return hmac.compare_digest(expected, derived)

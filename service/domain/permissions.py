@@ -157,7 +157,7 @@ def _entry(category: str, entry: object) -> tuple[list[str], list[str]]:
     for value, what in ((verbs, "verbs"), (collections, "collections")):
         if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
             raise InvalidArgument("catalog", f"categories.{category}: {what} must be a list of names")
-    return verbs, collections  # type: ignore[return-value]
+    return verbs, collections
 
 
 def _check_name(name: str, what: str) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta
+from typing import Any
 
 from ..domain.decision import Code, Decision
 from ..domain.limits import Limits, Usage
@@ -51,9 +52,10 @@ def retry_after(decision: Decision, now: datetime) -> str | None:
     return None
 
 
-def limits_metadata(limits: Limits) -> dict[str, object]:
-    """The key's limits for Envoy's dynamic metadata (see the module docstring)."""
-    out: dict[str, object] = {
+def limits_metadata(limits: Limits) -> dict[str, Any]:
+    """The key's limits for Envoy's dynamic metadata (see the module docstring); the values a
+    google.protobuf.Struct takes."""
+    out: dict[str, Any] = {
         "rate_limits": [{"name": r.name, "limit": r.limit, "window_seconds": int(r.window.total_seconds())}
                         for r in limits.rate_limits],
     }

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import pytest
 
-from keygate import client
+from keygate import cli_rpc
 from keygate.cli import build_parser
 from keygate.v1 import keys_pb2
 
@@ -189,11 +189,11 @@ def test_rotate_rotates_the_key_as_read(served: Served, root_key: str) -> None:
     """Two admins rotating at once: the one whose read the other's rotation overtook gets ABORTED, not OK."""
     key_id = create_key(served, root_key)["key"]["id"]
     command = build_parser().parse_args(["keys", "rotate", key_id]).func.args[0]
-    assert command.prepare is client.read_etag
+    assert command.prepare is cli_rpc.read_etag
     with grpc.insecure_channel(served.address) as channel:
-        admin = client.Client(channel, root_key, 10.0)
+        admin = cli_rpc.Client(channel, root_key, 10.0)
         request = keys_pb2.RotateKeyRequest(id=key_id)
-        client.read_etag(admin, request)
+        cli_rpc.read_etag(admin, request)
         assert request.etag
         assert served.run("keys", "rotate", key_id, key=root_key).returncode == 0  # the other admin
         with pytest.raises(grpc.RpcError) as info:

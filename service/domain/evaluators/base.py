@@ -12,7 +12,7 @@ by them only for such keys, so a key without a list is not remembered once per c
 from __future__ import annotations
 
 from datetime import datetime
-from typing import ClassVar, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 from ..decision import Binding, Credential, Decision
 from ..resources import Target
@@ -54,17 +54,29 @@ class Question:
         self.cost = cost
 
 
-class Evaluator(Protocol):
+class Declares(Protocol):
+    """What a rule reads, declared: the pipeline derives the remembered-decision key from it."""
+
+    @property
+    def facts(self) -> frozenset[str]:
+        """CheckItem fields read, directly or through the Target."""
+
+    @property
+    def key_data(self) -> frozenset[str]:
+        """Credential fields read."""
+
+
+class Evaluator(Declares, Protocol):
     """One pure rule: None when it lets the request pass, else the refusal."""
 
-    facts: ClassVar[frozenset[str]]  # CheckItem fields read, directly or through the Target
-    key_data: ClassVar[frozenset[str]]  # Credential fields read
-    keyed_when: ClassVar[str]  # "" or a Credential field: without it, the rule passes whatever its facts
+    @property
+    def keyed_when(self) -> str:
+        """"" or a Credential field: without it, the rule passes whatever its facts."""
 
     def evaluate(self, credential: Credential, question: Question) -> Decision | None: ...
 
 
-class Meter(Protocol):
+class Meter(Declares, Protocol):
     """A stateful rule (a rate limit, a credit balance). Meters run only after every pure rule allowed
     the request (a refused request consumes nothing) and their answers are never remembered.
 
@@ -72,9 +84,6 @@ class Meter(Protocol):
     consumes and answers None (or an allowed Decision carrying what it reports, `usage`), or refuses
     having consumed nothing; `refund` gives back what `charge` took, when a later meter refuses the
     same request."""
-
-    facts: ClassVar[frozenset[str]]
-    key_data: ClassVar[frozenset[str]]
 
     def applies(self, credential: Credential) -> bool: ...
 

@@ -27,7 +27,7 @@ from operator import attrgetter
 
 from ..decision import Credential, Decision
 from ..resources import Target
-from .base import FACTS, CheckItem, Evaluator, Meter, Question
+from .base import FACTS, CheckItem, Declares, Evaluator, Meter, Question
 from .binding import BINDING, BindingRule
 from .disabled import DISABLED
 from .expiry import EXPIRY
@@ -61,7 +61,7 @@ def key_verdict(credential: Credential, client_address: str, now: datetime) -> D
 class Pipeline:
     def __init__(self, rules: Sequence[Evaluator] = RULES, binding: BindingRule = BINDING,
                  meters: Sequence[Meter] = ()) -> None:
-        declared = [*rules, binding, *meters]
+        declared: list[Declares] = [*rules, binding, *meters]
         facts = frozenset().union(*(r.facts for r in declared))
         if facts != FACTS:
             raise ValueError(f"CheckItem fields {sorted(FACTS)} must be exactly the facts the rules read "
@@ -72,7 +72,7 @@ class Pipeline:
         self._checks = tuple(rule.evaluate for rule in rules)  # bound once: no attribute lookup per request
         self._binding = binding
         self._meters = tuple(meters)
-        keyed = [r for r in (*rules, binding) if r.keyed_when]
+        keyed: list[Evaluator] = [r for r in (*rules, binding) if r.keyed_when]
         gates = tuple(dict.fromkeys(r.keyed_when for r in keyed))
         if not set(gates) <= KEY_DATA:
             raise ValueError(f"keyed_when must name Credential fields: {sorted(set(gates) - KEY_DATA)}")

@@ -7,7 +7,8 @@ from datetime import timedelta
 from keygate.cache.keys import KeyCache
 from keygate.domain import changes
 from keygate.domain.decision import Decision
-from keygate.domain.evaluators import CheckItem, Pipeline, Question
+from keygate.domain.evaluators.base import CheckItem, Question
+from keygate.domain.evaluators.pipeline import Pipeline
 from keygate.domain.permissions import Catalog
 from keygate.domain.resources import target
 

@@ -27,14 +27,13 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+from .client.settings import DEFAULT_SERVER, SERVER_ENV
 from .domain.errors import InvalidArgument
 from .domain.policy import UPDATABLE_FIELDS
 from .tls import ClientTLS
 from .v1 import authz_pb2, authz_pb2_grpc, keys_pb2, keys_pb2_grpc
 
 API_KEY_ENV = "KEYGATE_API_KEY"
-SERVER_ENV = "KEYGATE_SERVER"
-DEFAULT_SERVER = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 10.0
 
 
@@ -804,3 +803,11 @@ def add_health_parser(subparsers: argparse._SubParsersAction) -> None:
                       verdict=lambda response: 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1,
                       failed=2, failed_with={grpc.StatusCode.NOT_FOUND: 1})
     parser.set_defaults(func=functools.partial(run, command, parser.prog))
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Every client command: `keys ...`, `check`, `permissions`, `health`."""
+    add_parser(subparsers)
+    add_check_parser(subparsers)
+    add_permissions_parser(subparsers)
+    add_health_parser(subparsers)

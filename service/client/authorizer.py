@@ -1,0 +1,185 @@
+"""`Authorizer` (grpc.aio) and `SyncAuthorizer` (grpc): AuthzService.Check and BatchCheck as typed calls.
+
+Fail closed: a check returns a Decision only when keygate answered one. When keygate cannot be reached
+within the deadline (retries included), it raises `KeygateUnavailable`; any other RPC error (a malformed
+resource or action, too many items) raises `KeygateRequestError`. Neither is ever turned into an allowed
+answer, and no exception or message carries the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple, Self, TypeVar
+
+import grpc
+
+from ..v1 import authz_pb2, authz_pb2_grpc
+from .decision import Decision
+from .settings import ClientSettings, Retry
+
+
+class KeygateClientError(Exception):
+    """keygate gave no decision. `code` is the gRPC status; the message is the server's, without any key."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code, self.message = code, message
+
+
+class KeygateUnavailable(KeygateClientError):
+    """keygate could not be reached, or did not answer, within the deadline: refuse the request (503)."""
+
+
+class KeygateRequestError(KeygateClientError):
+    """keygate refused the request itself (INVALID_ARGUMENT naming a field, ...): a caller's bug, refuse."""
+
+
+class CheckItem(NamedTuple):
+    """One question of a check_many; a plain (resource, action) tuple works as well."""
+
+    resource: str
+    action: str
+    workspace_id: str = ""
+
+
+def check_request(key: str, resource: str, action: str, workspace_id: str,
+                  client_address: str) -> authz_pb2.CheckRequest:
+    """client_address is set only when given, so that a server without the field sees the same request."""
+    request = authz_pb2.CheckRequest(api_key=key, resource=resource, action=action, workspace_id=workspace_id)
+    if client_address:
+        request.client_address = client_address
+    return request
+
+
+def batch_request(key: str, items: Iterable[CheckItem | tuple[str, str]]) -> authz_pb2.BatchCheckRequest:
+    return authz_pb2.BatchCheckRequest(api_key=key, items=[
+        authz_pb2.BatchCheckItem(resource=item.resource, action=item.action, workspace_id=item.workspace_id)
+        for item in (CheckItem(*raw) for raw in items)])
+
+
+def after_failure(code: grpc.StatusCode, details: str | None, failed: int, deadline: float, retry: Retry) -> float:
+    """The pause before the next attempt, or the error to raise: only UNAVAILABLE is retried, while
+    attempts and the deadline last (the pause must end early enough to leave the next attempt time)."""
+    details = details or code.name.lower()
+    if code is grpc.StatusCode.UNAVAILABLE:
+        pause = retry.pause(failed)
+        if failed < retry.attempts and time.monotonic() + pause < deadline:
+            return pause
+        raise KeygateUnavailable(code, f"keygate unreachable after {failed} attempt(s): {details}") from None
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        raise KeygateUnavailable(code, "keygate did not answer within the deadline") from None
+    raise KeygateRequestError(code, details) from None
+
+
+_R = TypeVar("_R")
+
+
+def _decisions(response: authz_pb2.BatchCheckResponse) -> list[Decision]:
+    return [Decision.from_response(result) for result in response.results]
+
+
+class _Client:
+    """What both clients share: their settings, and building them from the environment."""
+
+    def __init__(self, settings: ClientSettings | None = None) -> None:
+        self.settings = settings or ClientSettings()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, timeout: float = 1.0,
+                 retry: Retry | None = None) -> Self:
+        """Settings from KEYGATE_SERVER and KEYGATE_TLS*, as the `keygate` command line reads them."""
+        return cls(ClientSettings.from_env(env, timeout=timeout, retry=retry))
+
+
+class Authorizer(_Client):
+    """asyncio client; one per process, shared by all requests (it holds one HTTP/2 channel, opened on the
+    first check so that it belongs to the event loop that serves, whenever the Authorizer was made).
+
+        async with Authorizer.from_env() as authz:
+            decision = await authz.check(key, "chatflows/abc", "predictions:create")
+    """
+
+    def __init__(self, settings: ClientSettings | None = None) -> None:
+        super().__init__(settings)
+        tls = self.settings.tls
+        self._credentials = tls.credentials() if tls.enabled else None  # TLS files read and checked now
+        self._channel: grpc.aio.Channel | None = None
+        self._stub_of_channel: authz_pb2_grpc.AuthzServiceStub | None = None
+
+    def _stub(self) -> authz_pb2_grpc.AuthzServiceStub:
+        if self._channel is None or self._stub_of_channel is None:
+            server = self.settings.server
+            self._channel = (grpc.aio.insecure_channel(server) if self._credentials is None else
+                             grpc.aio.secure_channel(server, self._credentials, options=self.settings.tls.options()))
+            self._stub_of_channel = authz_pb2_grpc.AuthzServiceStub(self._channel)
+        return self._stub_of_channel
+
+    async def check(self, key: str, resource: str, action: str, *, workspace_id: str = "",
+                    client_address: str = "") -> Decision:
+        request = check_request(key, resource, action, workspace_id, client_address)
+        return Decision.from_response(await self._call(self._stub().Check, request))
+
+    async def check_many(self, key: str, items: Iterable[CheckItem | tuple[str, str]]) -> list[Decision]:
+        """One BatchCheck: a Decision per item, in order (at most 100 items)."""
+        return _decisions(await self._call(self._stub().BatchCheck, batch_request(key, items)))
+
+    async def _call(self, method: grpc.aio.UnaryUnaryMultiCallable[Any, _R], request: object) -> _R:
+        deadline = time.monotonic() + self.settings.timeout
+        failed = 0
+        while True:
+            try:
+                return await method(request, timeout=max(deadline - time.monotonic(), 0.0))
+            except grpc.aio.AioRpcError as error:
+                failed += 1
+                await asyncio.sleep(after_failure(error.code(), error.details(), failed, deadline, self.settings.retry))
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class SyncAuthorizer(_Client):
+    """Blocking client for threaded services (WSGI, grpc's thread-pool server); same API as Authorizer."""
+
+    def __init__(self, settings: ClientSettings | None = None) -> None:
+        super().__init__(settings)
+        self._channel = self.settings.tls.channel(self.settings.server)
+        self._stub = authz_pb2_grpc.AuthzServiceStub(self._channel)
+
+    def check(self, key: str, resource: str, action: str, *, workspace_id: str = "",
+              client_address: str = "") -> Decision:
+        request = check_request(key, resource, action, workspace_id, client_address)
+        return Decision.from_response(self._call(self._stub.Check, request))
+
+    def check_many(self, key: str, items: Iterable[CheckItem | tuple[str, str]]) -> list[Decision]:
+        return _decisions(self._call(self._stub.BatchCheck, batch_request(key, items)))
+
+    def _call(self, method: grpc.UnaryUnaryMultiCallable[Any, _R], request: object) -> _R:
+        deadline = time.monotonic() + self.settings.timeout
+        failed = 0
+        while True:
+            try:
+                return method(request, timeout=max(deadline - time.monotonic(), 0.0))
+            except grpc.RpcError as error:
+                failed += 1
+                code, details = (error.code(), error.details()) if isinstance(error, grpc.Call) else (
+                    grpc.StatusCode.UNKNOWN, None)
+                time.sleep(after_failure(code, details, failed, deadline, self.settings.retry))
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,66 @@
+"""What keygate answered, as a typed, immutable value: `Decision`, its `DecisionCode`, its limits."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from ..v1 import authz_pb2
+
+
+class DecisionCode(enum.StrEnum):
+    """The wire enum keygate.v1.DecisionCode by name (a test keeps the two equal). A number this client
+    does not know (a newer server) reads as DECISION_CODE_UNSPECIFIED: `allowed` still says what to do."""
+
+    DECISION_CODE_UNSPECIFIED = "DECISION_CODE_UNSPECIFIED"
+    OK = "OK"
+    KEY_MISSING = "KEY_MISSING"
+    KEY_MALFORMED = "KEY_MALFORMED"
+    KEY_NOT_FOUND = "KEY_NOT_FOUND"
+    KEY_EXPIRED = "KEY_EXPIRED"
+    KEY_DISABLED = "KEY_DISABLED"
+    RESOURCE_BOUND_TO_OTHER_KEY = "RESOURCE_BOUND_TO_OTHER_KEY"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    RESOURCE_OUT_OF_SCOPE = "RESOURCE_OUT_OF_SCOPE"
+    WORKSPACE_MISMATCH = "WORKSPACE_MISMATCH"
+    RATE_LIMITED = "RATE_LIMITED"
+    USAGE_EXCEEDED = "USAGE_EXCEEDED"
+    IP_NOT_ALLOWED = "IP_NOT_ALLOWED"
+
+    @classmethod
+    def from_wire(cls, number: int) -> DecisionCode:
+        try:
+            return cls(authz_pb2.DecisionCode.Name(number))
+        except ValueError:
+            return cls.DECISION_CODE_UNSPECIFIED
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One limit's state after this request (a rate limit or the credits), when the server reports it."""
+
+    name: str
+    remaining: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """keygate's answer to one (key, resource, action). `allowed` is the only field to act on; the rest
+    says why and for whom. `http_status` is what an HTTP service should answer (200, 401, 403, 429).
+    `limits` stays empty until the server reports limit state in its CheckResponse."""
+
+    allowed: bool
+    code: DecisionCode
+    reason: str
+    http_status: int
+    key_id: str
+    key_name: str
+    workspace_id: str
+    limits: tuple[Limit, ...] = ()
+
+    @classmethod
+    def from_response(cls, response: authz_pb2.CheckResponse) -> Decision:
+        return cls(allowed=response.allowed, code=DecisionCode.from_wire(response.code), reason=response.reason,
+                   http_status=response.http_status, key_id=response.key_id, key_name=response.key_name,
+                   workspace_id=response.workspace_id)
