@@ -34,9 +34,10 @@ def free_port() -> int:
 
 
 def clean_environment(**extra: str) -> dict[str, str]:
-    """This process's environment without keygate's own settings, plus `extra`."""
+    """This process's environment without keygate's own settings, plus `extra`. Metrics go to a free port
+    unless `extra` says otherwise: the default 127.0.0.1:9464 may be held by anything else on the machine."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_") and k != "DATABASE_URL"}
-    environ.update(extra)
+    environ.update({"KEYGATE_METRICS": "127.0.0.1:0", **extra})
     return environ
 
 
