@@ -204,7 +204,7 @@ class KeyAdmin:
                 ensure_within(caller.credential, new, None if reenabled else record.credential(self._catalog))
                 if not changed:
                     return record
-                updated = await tx.update_key(key_id, new)
+                updated = await tx.update_key(key_id, new, changed)
                 await tx.audit(self._event(caller, "UpdateKey", "OK", new.workspace_id, target_key_id=key_id,
                                            changed_fields=changed))
                 return updated

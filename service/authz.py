@@ -101,9 +101,10 @@ class Authorizer:
             self._usage.record(decision.credential.key_id, now)  # type: ignore[union-attr]
         return decision
 
-    async def check(self, api_key: str, item: CheckItem) -> Decision:
+    async def check(self, api_key: str, item: CheckItem, cost: int = 1) -> Decision:
         """Check, decided afresh from the cached (or stored) key and bindings, and remembered for
-        `recall`; callers try `recall` first. InvalidArgument for a malformed request."""
+        `recall`; callers try `recall` first. InvalidArgument for a malformed request. `cost`: the
+        credits an allowed request spends, for a key with credits (validated by the caller)."""
         if not api_key or len(api_key) > MAX_KEY_LEN:
             self.target(item)
             return _MISSING if not api_key else _MALFORMED
@@ -114,7 +115,7 @@ class Authorizer:
         if isinstance(identified, Decision):
             return identified
         pipeline = self._pipeline
-        question = Question(item, wanted, item.workspace_id or identified.workspace_id, now)
+        question = Question(item, wanted, item.workspace_id or identified.workspace_id, now, cost)
         decision = pipeline.decide(identified, question)
         bindings_slot = pipeline.binding_slot(decision, question)
         if bindings_slot is not None:
@@ -133,7 +134,8 @@ class Authorizer:
             self._usage.record(decision.credential.key_id, now)  # type: ignore[union-attr]
         return decision
 
-    async def check_batch(self, api_key: str, items: Sequence[CheckItem]) -> list[Decision]:
+    async def check_batch(self, api_key: str, items: Sequence[CheckItem],
+                          costs: Sequence[int] | None = None) -> list[Decision]:
         """One decision per item, for one key identified once; the bindings the decisions need are
         read in one round trip. InvalidArgument (before any lookup) for a malformed item."""
         wanted = self.targets(items)
@@ -142,8 +144,8 @@ class Authorizer:
             return [identified] * len(items)
         now = self._clock()
         pipeline = self._pipeline
-        questions = [Question(item, t, item.workspace_id or identified.workspace_id, now)
-                     for item, t in zip(items, wanted, strict=True)]
+        questions = [Question(item, t, item.workspace_id or identified.workspace_id, now, cost)
+                     for item, t, cost in zip(items, wanted, costs or [1] * len(items), strict=True)]
         decisions = [pipeline.decide(identified, q) for q in questions]
         slots = [pipeline.binding_slot(d, q) for d, q in zip(decisions, questions, strict=True)]
         needed = [s for s in slots if s is not None]

@@ -115,6 +115,26 @@ def duration_arg(text: str) -> duration_pb2.Duration:
     return duration
 
 
+def rate_limit_arg(text: str) -> keys_pb2.RateLimit:
+    """argparse type: `name=limit/window`, e.g. `per-minute=100/1m` (the server checks the values)."""
+    name, sep, rest = text.partition("=")
+    count, slash, window = rest.partition("/")
+    if not sep or not slash or not count.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not name=limit/window, e.g. per-minute=100/1m")
+    return keys_pb2.RateLimit(name=name, limit=int(count), window=duration_arg(window))
+
+
+def credits_arg(text: str) -> keys_pb2.Credits:
+    """argparse type: `remaining` or `remaining:refill_amount/refill_interval`, e.g. 1000 or 1000:1000/30d."""
+    remaining, colon, refill = text.partition(":")
+    amount, slash, interval = refill.partition("/")
+    if not remaining.isdigit() or (colon and (not slash or not amount.isdigit())):
+        raise argparse.ArgumentTypeError(f"{text!r} is not remaining or remaining:amount/interval, e.g. 1000:1000/30d")
+    if not colon:
+        return keys_pb2.Credits(remaining=int(remaining))
+    return keys_pb2.Credits(remaining=int(remaining), refill_amount=int(amount), refill_interval=duration_arg(interval))
+
+
 def metadata_arg(text: str) -> tuple[str, str]:
     """argparse type: `key=value` (the value may itself contain '=')."""
     key, sep, value = text.partition("=")
@@ -240,6 +260,25 @@ KEY_COLUMNS: tuple[_Column, ...] = (
     ("DISABLED", lambda k: "yes" if k.disabled else "no"),
 )
 
+def _span(duration: duration_pb2.Duration) -> str:
+    """A whole-seconds Duration in the largest unit that divides it, as --rate-limit and --credits take it."""
+    seconds = duration.seconds
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _credits(key: keys_pb2.ApiKey) -> str:
+    if not key.HasField("credits"):
+        return "(no quota)"
+    credits = key.credits
+    if not credits.refill_amount:
+        return f"{credits.remaining} left"
+    return (f"{credits.remaining} left, set back to {credits.refill_amount} every "
+            f"{_span(credits.refill_interval)} (next {_when(credits, 'refill_time')})")
+
+
 KEY_FIELDS: tuple[_Column, ...] = (
     ("id", lambda k: k.id),
     ("name", lambda k: k.name),
@@ -259,6 +298,8 @@ KEY_FIELDS: tuple[_Column, ...] = (
     ("created by", lambda k: k.created_by),
     ("metadata", lambda k: _list(f"{name}={value}" for name, value in sorted(k.metadata.items()))),
     ("allowed cidrs", lambda k: _list(k.allowed_cidrs) or "(any address)"),
+    ("rate limits", lambda k: _list(f"{r.name}={r.limit}/{_span(r.window)}" for r in k.rate_limits) or "(none)"),
+    ("credits", _credits),
     ("etag", lambda k: k.etag),
 )
 
@@ -522,6 +563,12 @@ def _add_key_fields(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allowed-cidr", dest="allowed_cidrs", action="append", metavar="CIDR",
                         help="a client network the key may be used from, e.g. 203.0.113.0/24 or 2001:db8::/32; "
                              "repeat for more (update: replaces them all); none: any address")
+    parser.add_argument("--rate-limit", dest="rate_limits", action="append", type=rate_limit_arg,
+                        metavar="NAME=N/WINDOW", help="at most N requests per window, e.g. per-minute=100/1m; "
+                                                      "repeat for more (update: replaces them all)")
+    parser.add_argument("--credits", type=credits_arg, metavar="N[:AMOUNT/INTERVAL]",
+                        help="a usage quota of N credits, set back to AMOUNT every INTERVAL if given, "
+                             "e.g. 1000:1000/30d (update: sets the balance)")
 
 
 PAGING_FIELDS = ("workspace_id", "page_size", "page_token")
@@ -546,7 +593,7 @@ def _configure_create(parser: argparse.ArgumentParser) -> Command:
     parser.add_argument("--expire-time", type=_timestamp_arg(1), metavar="T",
                         help="RFC 3339 time or from now: 30d, 12h")
     fields = ("name", "permissions", "resources", "workspace_id", "expire_time", "description", "metadata",
-              "allowed_cidrs")
+              "allowed_cidrs", "rate_limits", "credits")
     return Command("CreateKey", _from_args(keys_pb2.CreateKeyRequest, *fields), _render_issued)
 
 
@@ -581,6 +628,10 @@ def _configure_update(parser: argparse.ArgumentParser) -> Command:
                         help="remove every metadata entry")
     parser.add_argument("--clear-allowed-cidrs", dest="allowed_cidrs", action="store_const", const=CLEARED,
                         help="let the key be used from any address")
+    parser.add_argument("--clear-rate-limits", dest="rate_limits", action="store_const", const=CLEARED,
+                        help="remove every rate limit")
+    parser.add_argument("--clear-credits", dest="credits", action="store_const", const=CLEARED,
+                        help="remove the usage quota")
     parser.add_argument("--etag", help="refuse the update if the key changed since this etag was read")
     return Command("UpdateKey", build_update, _block(KEY_FIELDS))
 
@@ -684,7 +735,7 @@ def _build_check(args: argparse.Namespace) -> authz_pb2.CheckRequest:
     if not api_key:
         raise UsageError(f"set {args.key_env} to the API key to check (or name another variable with --key-env)")
     return authz_pb2.CheckRequest(api_key=api_key, resource=args.resource, action=args.action,
-                                  workspace_id=args.workspace_id, client_address=args.client_address)
+                                  workspace_id=args.workspace_id, client_address=args.client_address, cost=args.cost)
 
 
 def _render_check(args: argparse.Namespace, response: authz_pb2.CheckResponse) -> None:
@@ -711,6 +762,8 @@ def add_check_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workspace", dest="workspace_id", default="", metavar="W")
     parser.add_argument("--client-address", default="", metavar="IP",
                         help="the end client's address, for a key with allowed_cidrs")
+    parser.add_argument("--cost", type=_positive(int, zero=True), default=0, metavar="N",
+                        help="credits this Check spends if allowed, for a key with credits (default 1)")
     _add_common(parser, defaults=True)
     command = Command("Check", _build_check, _render_check, service="AuthzService", authenticated=False,
                       verdict=lambda response: 0 if response.allowed else 1, failed=2)

@@ -27,6 +27,7 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATA_DIR = Path(".keygate")
 DEFAULT_SHUTDOWN_GRACE = 15.0  # seconds calls in flight may take to finish after SIGTERM
 LOG_LEVELS = ("debug", "info", "warning", "error")
+RATE_LIMIT_OUTAGES = ("closed", "open")  # the first is the default
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,9 @@ OPTIONS: tuple[Option, ...] = (
            "seconds one statement may take", storage=True),
     Option("KEYGATE_DB_LOOKUP_TIMEOUT", "--db-lookup-timeout", "database.lookup_timeout",
            "seconds a Check's key lookup may take in all"),
+    Option("KEYGATE_RATE_LIMIT_OUTAGE", "--rate-limit-outage", "rate_limit_outage",
+           "closed (refuse, 503) or open (admit uncounted) for rate-limited keys while the database is "
+           "unreachable; credits always fail closed"),
 )
 
 
@@ -122,6 +126,7 @@ class Settings:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # set: client certificates signed by it are required (mTLS)
     metrics: str | None = DEFAULT_METRICS  # host:port serving /metrics; None: off
+    rate_limit_outage: str = RATE_LIMIT_OUTAGES[0]  # closed | open (keygate.limits.engine.Outage)
     cache: CacheSettings = field(default_factory=CacheSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
 
@@ -141,6 +146,7 @@ class Settings:
             "upstream_credentials": _path(env, "KEYGATE_UPSTREAM_CREDENTIALS"),
             "log_level": _choice(env, "KEYGATE_LOG_LEVEL", LOG_LEVELS, "info"),
             "access_log": _choice(env, "KEYGATE_ACCESS_LOG", ACCESS_POLICIES, ACCESS_POLICIES[0]),
+            "rate_limit_outage": _choice(env, "KEYGATE_RATE_LIMIT_OUTAGE", RATE_LIMIT_OUTAGES, RATE_LIMIT_OUTAGES[0]),
             "workers": _int(env, "KEYGATE_WORKERS", default_workers()),
             "shutdown_grace": _float(env, "KEYGATE_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE),
             "tls_cert": _path(env, "KEYGATE_TLS_CERT"),

@@ -35,6 +35,8 @@ from .cache.keys import KeyCache
 from .cache.listener import ChangeListener
 from .config import Settings
 from .domain import paging
+from .domain.evaluators import Pipeline
+from .limits.engine import LimitsMeter, Outage
 from .metrics import Exporter, Metrics, count_unknown_methods
 from .store import embedded
 from .store.postgres import Store
@@ -105,6 +107,7 @@ class App:
     cache: KeyCache
     listener: ChangeListener
     usage: UsageRecorder
+    meter: LimitsMeter
     admin: KeyAdmin
     server: grpc.aio.Server
     boundary: Boundary
@@ -129,7 +132,8 @@ class App:
         cache = KeyCache(store, catalog, settings.cache)
         listener = ChangeListener(store, cache)
         usage = UsageRecorder(store)
-        authorizer = Authorizer(cache, catalog, key_format, usage)
+        meter = LimitsMeter(store, Outage(settings.rate_limit_outage))
+        authorizer = Authorizer(cache, catalog, key_format, usage, pipeline=Pipeline(meters=(meter,)))
         async with store.read() as tx:
             page_tokens = paging.PageTokens(await tx.server_secret(PAGE_TOKEN_SECRET))
         admin = KeyAdmin(store, catalog, key_format, page_tokens=page_tokens)
@@ -169,7 +173,7 @@ class App:
         log_flusher = asyncio.create_task(_flush_access_log(), name="access-log-flush")
         upstream_watch = None if upstream is None else asyncio.create_task(upstream.watch(), name="upstream-watch")
         log.info("serving", listen=settings.listen, port=port)
-        return cls(store, cache, listener, usage, admin, server, boundary, health, port, log_flusher, metrics,
+        return cls(store, cache, listener, usage, meter, admin, server, boundary, health, port, log_flusher, metrics,
                    upstream_watch)
 
     async def stop(self, grace: float) -> None:
@@ -187,6 +191,7 @@ class App:
             self.upstream_watch.cancel()
         await self.listener.stop()
         await self.usage.stop()
+        await self.meter.close()  # the unused parts of this process's leases go back
         await self.store.close()
         logs.flush(final=True)
 

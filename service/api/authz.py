@@ -8,6 +8,7 @@ from .. import metrics
 from ..authz import Authorizer, CheckItem
 from ..domain.decision import Code, Decision
 from ..domain.descriptions import list_permissions
+from ..domain.limits import validate_cost
 from ..domain.permissions import Catalog
 from ..v1 import authz_pb2, authz_pb2_grpc
 from .convert import check_response
@@ -31,7 +32,11 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
         self, request: authz_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> authz_pb2.CheckResponse:
         item = CheckItem(request.resource, request.action, request.workspace_id, request.client_address)
-        found = self._authorizer.recall(request.api_key, item) or await self._authorizer.check(request.api_key, item)
+        cost = request.cost
+        if cost:  # 0: unset, one credit
+            validate_cost(cost)
+        found = (self._authorizer.recall(request.api_key, item)
+                 or await self._authorizer.check(request.api_key, item, cost or 1))
         metrics.decision.set(found.code._value_)  # `_value_`: `.value` is a Python-level property
         return self._render(found)
 
@@ -40,6 +45,8 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
         the cache remembered, and building the reply was about a quarter of a cached Check in-process.
         Keyed by identity (a Decision's dataclass hash walks its credential); the entry holds the
         Decision, so its id cannot be reused while the entry lives. Replies are never mutated."""
+        if decision.usage is not None:  # metered: a new Decision every time, not worth keeping
+            return check_response(decision)
         held = self._rendered.get(id(decision))
         if held is not None and held[0] is decision:
             return held[1]
@@ -54,7 +61,8 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
     ) -> authz_pb2.BatchCheckResponse:
         address = request.client_address
         items = [CheckItem(i.resource, i.action, i.workspace_id, address) for i in request.items]
-        decisions = await self._authorizer.check_batch(request.api_key, items)
+        costs = [validate_cost(i.cost, f"items[{n}].cost") for n, i in enumerate(request.items)]
+        decisions = await self._authorizer.check_batch(request.api_key, items, costs)
         metrics.decision.set(next((d.code for d in decisions if not d.allowed), Code.OK).value)
         return authz_pb2.BatchCheckResponse(results=[check_response(d) for d in decisions])
 

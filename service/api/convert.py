@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 
 from ..domain.decision import CODES, Code, Decision
 from ..domain.errors import InvalidArgument
+from ..domain.limits import Credits, RateLimit, Usage
 from ..domain.policy import KEY_FIELDS, KeySpec, Kind
 from ..domain.records import AuditEvent, BindingRecord, KeyRecord
 from ..v1 import authz_pb2, flowise_pb2, keys_pb2
@@ -55,6 +56,33 @@ def from_duration(message: object, field: str) -> timedelta:
     return value.ToTimedelta()
 
 
+def from_rate_limits(message: object, field: str = "rate_limits") -> tuple[RateLimit, ...]:
+    return tuple(RateLimit(r.name, r.limit, from_duration(r, "window")) for r in getattr(message, field))
+
+
+def from_credits(message: object, field: str = "credits") -> Credits | None:
+    """The credits the caller set (unset: none); `refill_time` is read only and ignored."""
+    if not message.HasField(field):  # type: ignore[attr-defined]
+        return None
+    value = getattr(message, field)
+    return Credits(value.remaining, value.refill_amount, from_duration(value, "refill_interval"))
+
+
+def _rate_limit(limit: RateLimit) -> keys_pb2.RateLimit:
+    window = duration_pb2.Duration()
+    window.FromTimedelta(limit.window)
+    return keys_pb2.RateLimit(name=limit.name, limit=limit.limit, window=window)
+
+
+def _credits(credits: Credits | None) -> keys_pb2.Credits | None:
+    if credits is None:
+        return None
+    interval = duration_pb2.Duration()
+    interval.FromTimedelta(credits.refill_interval)
+    return keys_pb2.Credits(remaining=credits.remaining, refill_amount=credits.refill_amount,
+                            refill_interval=interval, refill_time=timestamp(credits.refill_time))
+
+
 def _id(value: object) -> str:
     return "" if value is None else str(value)
 
@@ -70,6 +98,10 @@ def spec_fields(message: Message) -> dict[str, object]:
             continue
         if kind is Kind.TIME:
             out[name] = from_timestamp(message, name)
+        elif kind is Kind.RATE_LIMITS:
+            out[name] = from_rate_limits(message, name)
+        elif kind is Kind.CREDITS:
+            out[name] = from_credits(message, name)
         elif kind is Kind.LIST:
             out[name] = tuple(getattr(message, name))
         elif kind is Kind.MAP:
@@ -82,6 +114,10 @@ def spec_fields(message: Message) -> dict[str, object]:
 def _proto_value(kind: Kind, value: Any) -> object:
     if kind is Kind.TIME:
         return timestamp(value)
+    if kind is Kind.RATE_LIMITS:
+        return [_rate_limit(r) for r in value]
+    if kind is Kind.CREDITS:
+        return _credits(value)
     return dict(value) if kind is Kind.MAP else value
 
 
@@ -170,7 +206,7 @@ def check_response(decision: Decision) -> authz_pb2.CheckResponse:
     credential = decision.credential
     if credential is None:
         return authz_pb2.CheckResponse(code=code, reason=decision.reason, http_status=http_status)
-    return authz_pb2.CheckResponse(
+    response = authz_pb2.CheckResponse(
         allowed=decision.allowed,
         code=code,
         reason=decision.reason,
@@ -179,3 +215,17 @@ def check_response(decision: Decision) -> authz_pb2.CheckResponse:
         key_name=credential.key_name,
         workspace_id=credential.workspace_id,
     )
+    if decision.usage is not None:
+        _add_usage(response, decision.usage)
+    return response
+
+
+def _add_usage(response: authz_pb2.CheckResponse, usage: Usage) -> None:
+    limit = usage.rate_limit
+    if limit is not None:
+        state = response.rate_limit
+        state.name, state.limit, state.remaining = limit.name, limit.limit, limit.remaining
+        state.reset_time.FromDatetime(limit.reset_time)
+        state.window.FromTimedelta(limit.window)
+    if usage.credits_remaining is not None:
+        response.credits_remaining = usage.credits_remaining

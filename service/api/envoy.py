@@ -14,6 +14,7 @@ it cannot decide. Decision metadata goes into dynamic_metadata for access logs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, unquote_plus
 
@@ -28,9 +29,12 @@ from google.rpc import code_pb2, status_pb2
 from .. import metrics
 from ..authz import Authorizer, CheckItem
 from ..cache.lru import LRU
+from ..clock import utcnow
 from ..domain.decision import CODES, Answer, Code, Credential, Decision
 from ..domain.errors import InvalidArgument, Unavailable, redact
+from ..domain.limits import Limits, Usage
 from ..domain.routes import KEY, PUBLIC, RouteTable
+from ..limits.edge import limit_headers, limits_metadata, retry_after
 from ..upstream import UpstreamCredentials
 from .boundary import PUBLIC_ROUTE, UNMATCHED_ALLOWED, UPSTREAM_SESSION, assigned_request_id, current_request_id
 
@@ -52,25 +56,33 @@ def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
     return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=name, value=value), append_action=_OVERWRITE)
 
 
-def _metadata(code: str, key_id: str = "", workspace_id: str = "", decision_id: str = "") -> struct_pb2.Struct:
+def _metadata(code: str, key_id: str = "", workspace_id: str = "", decision_id: str = "",
+              limits: Limits | None = None) -> struct_pb2.Struct:
     """The decision for Envoy's access log; `decision_id` (keygate's request id) only when keygate logs
-    the call too, so the two lines can be joined."""
+    the call too, so the two lines can be joined; a limited key's limits (keygate.limits.edge), for
+    Envoy's rate-limit filter."""
     out = struct_pb2.Struct()
     out.update({"code": code, "key_id": key_id, "workspace_id": workspace_id})
+    if limits is not None:
+        out.update(limits_metadata(limits))
     if decision_id:
         out.fields["decision_id"].string_value = decision_id
     return out
 
 
 def _denied(answer: Answer, code: str, message: str, *, key_presented: bool = False,
-            key_id: str = "", workspace_id: str = "") -> external_auth_pb2.CheckResponse:
+            key_id: str = "", workspace_id: str = "", retry_after: str | None = RETRY_AFTER_SECONDS,
+            more: Sequence[tuple[str, str]] = ()) -> external_auth_pb2.CheckResponse:
+    """`retry_after`: for a code whose answer carries Retry-After, its value (None: left out); `more`:
+    further headers (a limited key's RateLimit headers)."""
     metrics.decision.set(code)
     headers = [_header("content-type", "application/json")]
     if answer.challenge:
         challenge = 'Bearer realm="keygate"' + (', error="invalid_token"' if key_presented else "")
         headers.append(_header("www-authenticate", challenge))
-    if answer.retry_after:
-        headers.append(_header("retry-after", RETRY_AFTER_SECONDS))
+    if answer.retry_after and retry_after is not None:
+        headers.append(_header("retry-after", retry_after))
+    headers += [_header(name, value) for name, value in more]
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=code_pb2.Code.Value(answer.rpc), message=message),
         denied_response=external_auth_pb2.DeniedHttpResponse(
@@ -150,14 +162,15 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
                 return _denied(_NO_CREDENTIAL, "UPSTREAM_CREDENTIAL_MISSING",
                                "keygate has no upstream credential for this key's workspace",
                                key_id=credential.key_id_text, workspace_id=credential.workspace_id)
-        return self._allowed(credential, presented, upstream)
+        return self._allowed(credential, presented, upstream, decision.usage)
 
-    def _allowed(self, credential: Credential, presented: _Presented,
-                 upstream: str) -> external_auth_pb2.CheckResponse:
+    def _allowed(self, credential: Credential, presented: _Presented, upstream: str,
+                 usage: Usage | None = None) -> external_auth_pb2.CheckResponse:
         """The OK for this key: built once per key, upstream credential and set of stripped carriers (building
         it afresh was most of this servicer's time) and sent as is, or copied with the decision id filled in
         when keygate logs the call (`KEYGATE_ACCESS_LOG=all`). Replies are never mutated once built. A
-        rotated credential is a new slot; the old one ages out of the LRU."""
+        rotated credential is a new slot; the old one ages out of the LRU. A limited key's reply carries its
+        limits in the metadata, and (copied per request) the RateLimit headers for the client."""
         slot = (credential.key_id_text, credential.key_name, credential.workspace_id, upstream,
                 tuple(presented.headers), tuple(presented.query))
         template = self._templates.get(slot)
@@ -169,16 +182,20 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
             ]
             if upstream:
                 identity.append(_header("authorization", upstream))
-            template = self._ok(identity, presented,
-                                _metadata(Code.OK.value, credential.key_id_text, credential.workspace_id))
+            template = self._ok(identity, presented, _metadata(Code.OK.value, credential.key_id_text,
+                                                               credential.workspace_id, limits=credential.limits))
             self._templates.put(slot, template)
         metrics.decision.set(_OK)
         decision_id = assigned_request_id()
-        if not decision_id:
+        if not decision_id and usage is None:
             return template
         response = external_auth_pb2.CheckResponse()
         response.CopyFrom(template)
-        response.dynamic_metadata.fields["decision_id"].string_value = decision_id
+        if decision_id:
+            response.dynamic_metadata.fields["decision_id"].string_value = decision_id
+        if usage is not None:
+            response.ok_response.response_headers_to_add.extend(
+                _header(name, value) for name, value in limit_headers(usage, utcnow()))
         return response
 
     def _pass(self, word: str, presented: _Presented) -> external_auth_pb2.CheckResponse:
@@ -232,8 +249,13 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
     @staticmethod
     def _refuse(decision: Decision, key: str) -> external_auth_pb2.CheckResponse:
         credential = decision.credential
+        retry: str | None = RETRY_AFTER_SECONDS
+        more: list[tuple[str, str]] = []
+        if decision.usage is not None:  # refused by a limit: when to retry, and the RateLimit headers
+            now = utcnow()
+            retry, more = retry_after(decision, now), limit_headers(decision.usage, now)
         return _denied(
             CODES[decision.code], decision.code.value, decision.reason, key_presented=bool(key),
             key_id=credential.key_id_text if credential else "",
-            workspace_id=credential.workspace_id if credential else "",
+            workspace_id=credential.workspace_id if credential else "", retry_after=retry, more=more,
         )

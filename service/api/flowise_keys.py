@@ -60,8 +60,12 @@ class FlowiseKeyServicer(flowise_pb2_grpc.FlowiseApiKeyServiceServicer):
 
     async def CreateApiKey(self, request: flowise_pb2.CreateApiKeyRequest, context: Any) -> flowise_pb2.FlowiseApiKey:
         caller = await authenticated(self._authorizer, context)
-        spec = (KeySpec(name="", workspace_id="", permissions=tuple(request.permissions)) if request.permissions
-                else rights_of(caller.credential))
+        # Flowise cannot send limits: a key made here carries the caller's own (rate limits, credits), the
+        # one choice a limited caller is always allowed (no escalation) and an unlimited one keeps none.
+        inherited = rights_of(caller.credential)
+        spec = (KeySpec(name="", workspace_id="", permissions=tuple(request.permissions),
+                        rate_limits=inherited.rate_limits, credits=inherited.credits) if request.permissions
+                else inherited)
         # An empty workspace: the caller's own (KeyAdmin's default; root callers must name one).
         spec = replace(spec, name=request.key_name, workspace_id=request.workspace_id)
         with flowise_fields():

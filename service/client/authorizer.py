@@ -47,9 +47,10 @@ class CheckItem(NamedTuple):
 def check_request(key: str, resource: str, action: str, workspace_id: str,
                   client_address: str) -> authz_pb2.CheckRequest:
     """client_address is set only when given, so that a server without the field sees the same request."""
-    extra = {"client_address": client_address} if client_address else {}
-    return authz_pb2.CheckRequest(api_key=key, resource=resource, action=action, workspace_id=workspace_id,
-                                  **extra)
+    request = authz_pb2.CheckRequest(api_key=key, resource=resource, action=action, workspace_id=workspace_id)
+    if client_address:
+        request.client_address = client_address
+    return request
 
 
 def batch_request(key: str, items: Iterable[CheckItem | tuple[str, str]]) -> authz_pb2.BatchCheckRequest:

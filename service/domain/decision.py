@@ -14,6 +14,7 @@ from ipaddress import IPv4Network, IPv6Network
 from typing import NamedTuple
 from uuid import UUID
 
+from .limits import Limits, Usage
 from .resources import Scope
 
 Network = IPv4Network | IPv6Network
@@ -92,6 +93,7 @@ class Credential:
     disabled: bool
     secret_expire_time: datetime | None = None  # set on a secret replaced by RotateKey
     networks: tuple[Network, ...] = ()  # the key's allowed_cidrs; () admits any address
+    limits: Limits | None = None  # rate limits and credits: None for a key with neither (no meter applies)
     key_id_text: str = field(init=False)  # str(key_id), rendered once rather than on every Check
     # The one OK this credential ever gets, made once: an allowed request allocates no Decision.
     allowed_decision: Decision = field(init=False, repr=False, compare=False)
@@ -134,6 +136,7 @@ class Decision(NamedTuple):
     code: Code
     reason: str
     credential: Credential | None = None
+    usage: Usage | None = None  # set by the limits meter, for a key with rate limits or credits
 
     @property
     def allowed(self) -> bool:

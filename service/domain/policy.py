@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 
 from .decision import Credential, Network
 from .errors import InvalidArgument, PermissionDenied
+from .limits import Credits, RateLimit, ensure_limits_within, validate_credits, validate_rate_limits
 from .permissions import ROOT, Catalog
 from .resources import MAX_SCOPE_ENTRIES, Scope, canonical_pattern
 
@@ -49,6 +50,8 @@ class KeySpec:
     metadata: Mapping[str, str] = field(default_factory=dict)
     disabled: bool = False
     allowed_cidrs: tuple[str, ...] = ()  # canonical network spellings; () admits any address
+    rate_limits: tuple[RateLimit, ...] = ()
+    credits: Credits | None = None
 
     @property
     def scope(self) -> Scope:
@@ -74,6 +77,8 @@ class KeySpec:
             description=_validate_text(self.description, "description", MAX_DESCRIPTION_LEN, allow_empty=True),
             metadata=validate_metadata(self.metadata),
             allowed_cidrs=validate_cidrs(self.allowed_cidrs),
+            rate_limits=validate_rate_limits(self.rate_limits),
+            credits=validate_credits(self.credits),
         )
 
 
@@ -85,6 +90,8 @@ class Kind(enum.Enum):
     TIME = "time"  # datetime | None; a Timestamp on the wire, unset for None
     LIST = "list"  # tuple[str, ...]; a repeated string, an SQL array (text[], cidr[]) read back as str
     MAP = "map"  # dict[str, str]; a map<string, string>, jsonb
+    RATE_LIMITS = "rate_limits"  # tuple[RateLimit, ...]; a repeated RateLimit, jsonb
+    CREDITS = "credits"  # Credits | None; a Credits message, unset for None; a key_credits row, not a column
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +115,8 @@ KEY_FIELDS: tuple[KeyField, ...] = (
     KeyField("disabled", Kind.BOOL),
     KeyField("metadata", Kind.MAP),
     KeyField("allowed_cidrs", Kind.LIST),
+    KeyField("rate_limits", Kind.RATE_LIMITS),
+    KeyField("credits", Kind.CREDITS),
 )
 if sorted(f.name for f in KEY_FIELDS) != sorted(f.name for f in fields(KeySpec)):  # fail at import: one list
     raise RuntimeError("KEY_FIELDS must declare every KeySpec field")
@@ -124,9 +133,11 @@ def rights_of(credential: Credential) -> KeySpec:
     held = credential.grants - {ROOT}
     wildcards = {p for p in held if p.endswith(":*")}
     permissions = sorted(p for p in held if p in wildcards or f"{p.partition(':')[0]}:*" not in wildcards)
+    limits = credential.limits
     return KeySpec(name="", workspace_id=credential.workspace_id, permissions=tuple(permissions),
                    resources=credential.scope.roots, expire_time=credential.ends,
-                   allowed_cidrs=tuple(str(n) for n in credential.networks))
+                   allowed_cidrs=tuple(str(n) for n in credential.networks),
+                   rate_limits=limits.rate_limits if limits else (), credits=limits.credits if limits else None)
 
 
 def validate_name(name: str) -> str:
@@ -249,6 +260,8 @@ def ensure_within(caller: Credential, spec: KeySpec, baseline: Credential | None
         raise PermissionDenied("a key can only manage keys of its own workspace")
     _ensure_networks_within(caller, spec, baseline)
     sources = [caller] if baseline is None else [caller, baseline]
+    ensure_limits_within(spec.rate_limits, spec.credits,
+                         [(s.limits.rate_limits, s.limits.credits) if s.limits else ((), None) for s in sources])
     pieces = [Scope((root,)) for root in spec.scope.roots] or [Scope()]
     for permission in spec.permissions:
         holders = [s for s in sources if permission in s.grants]

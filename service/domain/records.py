@@ -7,6 +7,7 @@ from datetime import datetime
 from uuid import UUID
 
 from .decision import Credential
+from .limits import limits_of
 from .permissions import Catalog
 from .policy import KeySpec
 from .resources import Scope
@@ -47,6 +48,7 @@ class KeyRecord:
             expire_time=spec.expire_time,
             disabled=spec.disabled,
             secret_expire_time=secret_expire_time,
+            limits=limits_of(spec.rate_limits, spec.credits),
             networks=spec.networks,
         )
 

@@ -36,7 +36,7 @@ from ..domain.keys import fingerprint
 from ..domain.permissions import Catalog
 from ..domain.policy import KEY_FIELDS, KeySpec, Kind
 from ..domain.records import AuditEvent, AuditQuery, BindingRecord, KeyRecord
-from . import interface, migrations
+from . import interface, limits, migrations
 
 log = structlog.get_logger(__name__)
 
@@ -72,8 +72,10 @@ _ABANDON = (*_UNREACHABLE, asyncio.CancelledError)
 # The last column: when the retired secrets still in their grace period stop (each rotation caps the older
 # ones at its own end, so the latest end is the most recently retired secret's). clock_timestamp(), not
 # now(): a secret retired with grace 0 inside this very transaction has already stopped.
-_SPEC_COLUMNS = tuple(f.name for f in KEY_FIELDS)  # api_keys columns are named as the KeySpec fields
-_KEY_COLUMNS = f"""id, {", ".join(_SPEC_COLUMNS)}, display,
+# api_keys columns are named as the KeySpec fields; the credits are a row of their own (store/limits.py)
+_COLUMN_FIELDS = tuple(f for f in KEY_FIELDS if f.kind is not Kind.CREDITS)
+_SPEC_COLUMNS = tuple(f.name for f in _COLUMN_FIELDS)
+_KEY_COLUMNS = f"""id, {", ".join(_SPEC_COLUMNS)}, {limits.CREDITS_COLUMN}, display,
     create_time, update_time, last_used_time, usage_count, created_by, version,
     (SELECT max(r.expire_time) FROM key_secrets r WHERE r.key_id = api_keys.id AND r.expire_time > clock_timestamp())
         AS previous_secret_expire_time"""
@@ -115,6 +117,8 @@ def _column_value(kind: Kind, value: Any) -> object:
     """A KeySpec value as the api_keys column takes it."""
     if kind is Kind.LIST:
         return list(value)
+    if kind is Kind.RATE_LIMITS:
+        return limits.encode_rate_limits(value)
     return json.dumps(dict(value)) if kind is Kind.MAP else value
 
 
@@ -122,11 +126,15 @@ def _spec_value(kind: Kind, value: Any) -> object:
     """An api_keys column as the KeySpec holds it (arrays of cidr read back as their text)."""
     if kind is Kind.LIST:
         return tuple(str(v) for v in value)
+    if kind is Kind.RATE_LIMITS:
+        return limits.decode_rate_limits(value)
+    if kind is Kind.CREDITS:
+        return limits.decode_credits(value)
     return json.loads(value) if kind is Kind.MAP else value
 
 
 def _spec_values(spec: KeySpec) -> list[object]:
-    return [_column_value(f.kind, getattr(spec, f.name)) for f in KEY_FIELDS]
+    return [_column_value(f.kind, getattr(spec, f.name)) for f in _COLUMN_FIELDS]
 
 
 def _key(row: asyncpg.Record) -> KeyRecord:
@@ -161,6 +169,12 @@ class Reader:
 
     def __init__(self, conn: _Conn) -> None:
         self._conn = conn
+
+    @property
+    def connection(self) -> _Conn:
+        """For store/limits.py, whose statements run on a lookup's (or a transaction's) connection."""
+        return self._conn
+
 
     async def key_by_digest(self, digest: bytes) -> tuple[KeyRecord, datetime | None] | None:
         """The key a secret belongs to, with the secret's own expiry (set after rotation)."""
@@ -318,9 +332,19 @@ class Tx(Reader):
         )
         await self._conn.execute("INSERT INTO key_secrets (digest, key_id) VALUES ($1, $2)", digest, key_id)
         await self._notify(changes.KeyChanged(key_id, (fingerprint(digest),)))
-        return _key(_returned(row))
+        if spec.credits is None:
+            return _key(_returned(row))
+        await limits.set_credits(self._conn, key_id, spec.credits)
+        return _key(_returned(await self._conn.fetchrow(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1",
+                                                        key_id)))
 
-    async def update_key(self, key_id: UUID, spec: KeySpec) -> KeyRecord:
+    async def update_key(self, key_id: UUID, spec: KeySpec, changed: Sequence[str] = ()) -> KeyRecord:
+        """`changed`: the fields the update changes. New rate limits start fresh windows; new credits a
+        new balance (store/limits.py)."""
+        if "rate_limits" in changed:
+            await limits.reset_windows(self._conn, key_id)
+        if "credits" in changed:
+            await limits.set_credits(self._conn, key_id, spec.credits)
         settings = ", ".join(f"{column} = ${i}" for i, column in enumerate(_SPEC_COLUMNS, start=2))
         row = await self._conn.fetchrow(
             f"""UPDATE api_keys SET {settings}, update_time = now(), version = version + 1

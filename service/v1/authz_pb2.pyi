@@ -1,3 +1,7 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -39,21 +43,37 @@ USAGE_EXCEEDED: DecisionCode
 IP_NOT_ALLOWED: DecisionCode
 
 class CheckRequest(_message.Message):
-    __slots__ = ("api_key", "resource", "action", "workspace_id", "client_address")
+    __slots__ = ("api_key", "resource", "action", "workspace_id", "client_address", "cost")
     API_KEY_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
     api_key: str
     resource: str
     action: str
     workspace_id: str
     client_address: str
-    def __init__(self, api_key: _Optional[str] = ..., resource: _Optional[str] = ..., action: _Optional[str] = ..., workspace_id: _Optional[str] = ..., client_address: _Optional[str] = ...) -> None: ...
+    cost: int
+    def __init__(self, api_key: _Optional[str] = ..., resource: _Optional[str] = ..., action: _Optional[str] = ..., workspace_id: _Optional[str] = ..., client_address: _Optional[str] = ..., cost: _Optional[int] = ...) -> None: ...
+
+class LimitState(_message.Message):
+    __slots__ = ("name", "limit", "remaining", "reset_time", "window")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    RESET_TIME_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    limit: int
+    remaining: int
+    reset_time: _timestamp_pb2.Timestamp
+    window: _duration_pb2.Duration
+    def __init__(self, name: _Optional[str] = ..., limit: _Optional[int] = ..., remaining: _Optional[int] = ..., reset_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class CheckResponse(_message.Message):
-    __slots__ = ("allowed", "code", "reason", "key_id", "key_name", "workspace_id", "http_status")
+    __slots__ = ("allowed", "code", "reason", "key_id", "key_name", "workspace_id", "http_status", "rate_limit", "credits_remaining")
     ALLOWED_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +81,8 @@ class CheckResponse(_message.Message):
     KEY_NAME_FIELD_NUMBER: _ClassVar[int]
     WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
     HTTP_STATUS_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_REMAINING_FIELD_NUMBER: _ClassVar[int]
     allowed: bool
     code: DecisionCode
     reason: str
@@ -68,17 +90,21 @@ class CheckResponse(_message.Message):
     key_name: str
     workspace_id: str
     http_status: int
-    def __init__(self, allowed: _Optional[bool] = ..., code: _Optional[_Union[DecisionCode, str]] = ..., reason: _Optional[str] = ..., key_id: _Optional[str] = ..., key_name: _Optional[str] = ..., workspace_id: _Optional[str] = ..., http_status: _Optional[int] = ...) -> None: ...
+    rate_limit: LimitState
+    credits_remaining: int
+    def __init__(self, allowed: _Optional[bool] = ..., code: _Optional[_Union[DecisionCode, str]] = ..., reason: _Optional[str] = ..., key_id: _Optional[str] = ..., key_name: _Optional[str] = ..., workspace_id: _Optional[str] = ..., http_status: _Optional[int] = ..., rate_limit: _Optional[_Union[LimitState, _Mapping]] = ..., credits_remaining: _Optional[int] = ...) -> None: ...
 
 class BatchCheckItem(_message.Message):
-    __slots__ = ("resource", "action", "workspace_id")
+    __slots__ = ("resource", "action", "workspace_id", "cost")
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
     resource: str
     action: str
     workspace_id: str
-    def __init__(self, resource: _Optional[str] = ..., action: _Optional[str] = ..., workspace_id: _Optional[str] = ...) -> None: ...
+    cost: int
+    def __init__(self, resource: _Optional[str] = ..., action: _Optional[str] = ..., workspace_id: _Optional[str] = ..., cost: _Optional[int] = ...) -> None: ...
 
 class BatchCheckRequest(_message.Message):
     __slots__ = ("api_key", "items", "client_address")

@@ -27,7 +27,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15keygate/v1/keys.proto\x12\nkeygate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe1\x04\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x04 \x01(\t\x12\x13\n\x0bpermissions\x18\x05 \x03(\t\x12\x11\n\tresources\x18\x06 \x03(\t\x12\x0f\n\x07\x64isplay\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_used_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0busage_count\x18\x0c \x01(\x03\x12\x10\n\x08\x64isabled\x18\r \x01(\x08\x12\x12\n\ncreated_by\x18\x0e \x01(\t\x12\x32\n\x08metadata\x18\x0f \x03(\x0b\x32 .keygate.v1.ApiKey.MetadataEntry\x12\x0c\n\x04\x65tag\x18\x10 \x01(\t\x12\x0c\n\x04root\x18\x11 \x01(\x08\x12?\n\x1bprevious_secret_expire_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rallowed_cidrs\x18\x13 \x03(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xaa\x02\n\x10\x43reateKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bpermissions\x18\x02 \x03(\t\x12\x11\n\tresources\x18\x03 \x03(\t\x12\x14\n\x0cworkspace_id\x18\x04 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12<\n\x08metadata\x18\x07 \x03(\x0b\x32*.keygate.v1.CreateKeyRequest.MetadataEntry\x12\x15\n\rallowed_cidrs\x18\x08 \x03(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x11\x43reateKeyResponse\x12\x1f\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKey\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"\x1b\n\rGetKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\"N\n\x0fListKeysRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"M\n\x10ListKeysResponse\x12 \n\x04keys\x18\x01 \x03(\x0b\x32\x12.keygate.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"d\n\x10UpdateKeyRequest\x12\x1f\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKey\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"\x1e\n\x10\x44\x65leteKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x13\n\x11\x44\x65leteKeyResponse\"]\n\x10RotateKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x0cgrace_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"\x97\x01\n\x07\x42inding\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x63tions\x18\x03 \x03(\t\x12\x14\n\x0cworkspace_id\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x06 \x01(\t\"H\n\x13\x42indResourceRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x63tions\x18\x03 \x03(\t\"9\n\x15UnbindResourceRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"\x18\n\x16UnbindResourceResponse\"[\n\x13ListBindingsRequest\x12\x12\n\x08resource\x18\x01 \x01(\tH\x00\x12\x10\n\x06key_id\x18\x02 \x01(\tH\x00\x12\x14\n\x0cworkspace_id\x18\x03 \x01(\tB\x08\n\x06target\"=\n\x14ListBindingsResponse\x12%\n\x08\x62indings\x18\x01 \x03(\x0b\x32\x13.keygate.v1.Binding\"\xfa\x01\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\x03\x12.\n\nevent_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x61\x63tor_key_id\x18\x03 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x0f\n\x07outcome\x18\x06 \x01(\t\x12\x15\n\rtarget_key_id\x18\x07 \x01(\t\x12\x10\n\x08resource\x18\x08 \x01(\t\x12\x16\n\x0e\x63hanged_fields\x18\t \x03(\t\x12\x0e\n\x06reason\x18\n \x01(\t\x12\x12\n\nrequest_id\x18\x0b \x01(\t\"\xe9\x01\n\x16ListAuditEventsRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x63tor_key_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cworkspace_id\x18\x06 \x01(\t\x12\x11\n\tpage_size\x18\x07 \x01(\x05\x12\x12\n\npage_token\x18\x08 \x01(\t\"Z\n\x17ListAuditEventsResponse\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.keygate.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xf7\x05\n\nKeyService\x12H\n\tCreateKey\x12\x1c.keygate.v1.CreateKeyRequest\x1a\x1d.keygate.v1.CreateKeyResponse\x12\x37\n\x06GetKey\x12\x19.keygate.v1.GetKeyRequest\x1a\x12.keygate.v1.ApiKey\x12\x45\n\x08ListKeys\x12\x1b.keygate.v1.ListKeysRequest\x1a\x1c.keygate.v1.ListKeysResponse\x12=\n\tUpdateKey\x12\x1c.keygate.v1.UpdateKeyRequest\x1a\x12.keygate.v1.ApiKey\x12H\n\tDeleteKey\x12\x1c.keygate.v1.DeleteKeyRequest\x1a\x1d.keygate.v1.DeleteKeyResponse\x12H\n\tRotateKey\x12\x1c.keygate.v1.RotateKeyRequest\x1a\x1d.keygate.v1.CreateKeyResponse\x12\x44\n\x0c\x42indResource\x12\x1f.keygate.v1.BindResourceRequest\x1a\x13.keygate.v1.Binding\x12W\n\x0eUnbindResource\x12!.keygate.v1.UnbindResourceRequest\x1a\".keygate.v1.UnbindResourceResponse\x12Q\n\x0cListBindings\x12\x1f.keygate.v1.ListBindingsRequest\x1a .keygate.v1.ListBindingsResponse\x12Z\n\x0fListAuditEvents\x12\".keygate.v1.ListAuditEventsRequest\x1a#.keygate.v1.ListAuditEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15keygate/v1/keys.proto\x12\nkeygate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x05\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x04 \x01(\t\x12\x13\n\x0bpermissions\x18\x05 \x03(\t\x12\x11\n\tresources\x18\x06 \x03(\t\x12\x0f\n\x07\x64isplay\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_used_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0busage_count\x18\x0c \x01(\x03\x12\x10\n\x08\x64isabled\x18\r \x01(\x08\x12\x12\n\ncreated_by\x18\x0e \x01(\t\x12\x32\n\x08metadata\x18\x0f \x03(\x0b\x32 .keygate.v1.ApiKey.MetadataEntry\x12\x0c\n\x04\x65tag\x18\x10 \x01(\t\x12\x0c\n\x04root\x18\x11 \x01(\x08\x12?\n\x1bprevious_secret_expire_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rallowed_cidrs\x18\x13 \x03(\t\x12*\n\x0brate_limits\x18\x14 \x03(\x0b\x32\x15.keygate.v1.RateLimit\x12$\n\x07\x63redits\x18\x15 \x01(\x0b\x32\x13.keygate.v1.Credits\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"S\n\tRateLimit\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x03\x12)\n\x06window\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x98\x01\n\x07\x43redits\x12\x11\n\tremaining\x18\x01 \x01(\x03\x12\x15\n\rrefill_amount\x18\x02 \x01(\x03\x12\x32\n\x0frefill_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0brefill_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xfc\x02\n\x10\x43reateKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bpermissions\x18\x02 \x03(\t\x12\x11\n\tresources\x18\x03 \x03(\t\x12\x14\n\x0cworkspace_id\x18\x04 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12<\n\x08metadata\x18\x07 \x03(\x0b\x32*.keygate.v1.CreateKeyRequest.MetadataEntry\x12\x15\n\rallowed_cidrs\x18\x08 \x03(\t\x12*\n\x0brate_limits\x18\t \x03(\x0b\x32\x15.keygate.v1.RateLimit\x12$\n\x07\x63redits\x18\n \x01(\x0b\x32\x13.keygate.v1.Credits\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x11\x43reateKeyResponse\x12\x1f\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKey\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"\x1b\n\rGetKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\"N\n\x0fListKeysRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"M\n\x10ListKeysResponse\x12 \n\x04keys\x18\x01 \x03(\x0b\x32\x12.keygate.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"d\n\x10UpdateKeyRequest\x12\x1f\n\x03key\x18\x01 \x01(\x0b\x32\x12.keygate.v1.ApiKey\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"\x1e\n\x10\x44\x65leteKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x13\n\x11\x44\x65leteKeyResponse\"]\n\x10RotateKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x0cgrace_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"\x97\x01\n\x07\x42inding\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x63tions\x18\x03 \x03(\t\x12\x14\n\x0cworkspace_id\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x06 \x01(\t\"H\n\x13\x42indResourceRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x63tions\x18\x03 \x03(\t\"9\n\x15UnbindResourceRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"\x18\n\x16UnbindResourceResponse\"[\n\x13ListBindingsRequest\x12\x12\n\x08resource\x18\x01 \x01(\tH\x00\x12\x10\n\x06key_id\x18\x02 \x01(\tH\x00\x12\x14\n\x0cworkspace_id\x18\x03 \x01(\tB\x08\n\x06target\"=\n\x14ListBindingsResponse\x12%\n\x08\x62indings\x18\x01 \x03(\x0b\x32\x13.keygate.v1.Binding\"\xfa\x01\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\x03\x12.\n\nevent_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x61\x63tor_key_id\x18\x03 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x0f\n\x07outcome\x18\x06 \x01(\t\x12\x15\n\rtarget_key_id\x18\x07 \x01(\t\x12\x10\n\x08resource\x18\x08 \x01(\t\x12\x16\n\x0e\x63hanged_fields\x18\t \x03(\t\x12\x0e\n\x06reason\x18\n \x01(\t\x12\x12\n\nrequest_id\x18\x0b \x01(\t\"\xe9\x01\n\x16ListAuditEventsRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x63tor_key_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cworkspace_id\x18\x06 \x01(\t\x12\x11\n\tpage_size\x18\x07 \x01(\x05\x12\x12\n\npage_token\x18\x08 \x01(\t\"Z\n\x17ListAuditEventsResponse\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.keygate.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xf7\x05\n\nKeyService\x12H\n\tCreateKey\x12\x1c.keygate.v1.CreateKeyRequest\x1a\x1d.keygate.v1.CreateKeyResponse\x12\x37\n\x06GetKey\x12\x19.keygate.v1.GetKeyRequest\x1a\x12.keygate.v1.ApiKey\x12\x45\n\x08ListKeys\x12\x1b.keygate.v1.ListKeysRequest\x1a\x1c.keygate.v1.ListKeysResponse\x12=\n\tUpdateKey\x12\x1c.keygate.v1.UpdateKeyRequest\x1a\x12.keygate.v1.ApiKey\x12H\n\tDeleteKey\x12\x1c.keygate.v1.DeleteKeyRequest\x1a\x1d.keygate.v1.DeleteKeyResponse\x12H\n\tRotateKey\x12\x1c.keygate.v1.RotateKeyRequest\x1a\x1d.keygate.v1.CreateKeyResponse\x12\x44\n\x0c\x42indResource\x12\x1f.keygate.v1.BindResourceRequest\x1a\x13.keygate.v1.Binding\x12W\n\x0eUnbindResource\x12!.keygate.v1.UnbindResourceRequest\x1a\".keygate.v1.UnbindResourceResponse\x12Q\n\x0cListBindings\x12\x1f.keygate.v1.ListBindingsRequest\x1a .keygate.v1.ListBindingsResponse\x12Z\n\x0fListAuditEvents\x12\".keygate.v1.ListAuditEventsRequest\x1a#.keygate.v1.ListAuditEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,47 +39,51 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEKEYREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_CREATEKEYREQUEST_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_APIKEY']._serialized_start=137
-  _globals['_APIKEY']._serialized_end=746
-  _globals['_APIKEY_METADATAENTRY']._serialized_start=699
-  _globals['_APIKEY_METADATAENTRY']._serialized_end=746
-  _globals['_CREATEKEYREQUEST']._serialized_start=749
-  _globals['_CREATEKEYREQUEST']._serialized_end=1047
-  _globals['_CREATEKEYREQUEST_METADATAENTRY']._serialized_start=699
-  _globals['_CREATEKEYREQUEST_METADATAENTRY']._serialized_end=746
-  _globals['_CREATEKEYRESPONSE']._serialized_start=1049
-  _globals['_CREATEKEYRESPONSE']._serialized_end=1118
-  _globals['_GETKEYREQUEST']._serialized_start=1120
-  _globals['_GETKEYREQUEST']._serialized_end=1147
-  _globals['_LISTKEYSREQUEST']._serialized_start=1149
-  _globals['_LISTKEYSREQUEST']._serialized_end=1227
-  _globals['_LISTKEYSRESPONSE']._serialized_start=1229
-  _globals['_LISTKEYSRESPONSE']._serialized_end=1306
-  _globals['_UPDATEKEYREQUEST']._serialized_start=1308
-  _globals['_UPDATEKEYREQUEST']._serialized_end=1408
-  _globals['_DELETEKEYREQUEST']._serialized_start=1410
-  _globals['_DELETEKEYREQUEST']._serialized_end=1440
-  _globals['_DELETEKEYRESPONSE']._serialized_start=1442
-  _globals['_DELETEKEYRESPONSE']._serialized_end=1461
-  _globals['_ROTATEKEYREQUEST']._serialized_start=1463
-  _globals['_ROTATEKEYREQUEST']._serialized_end=1556
-  _globals['_BINDING']._serialized_start=1559
-  _globals['_BINDING']._serialized_end=1710
-  _globals['_BINDRESOURCEREQUEST']._serialized_start=1712
-  _globals['_BINDRESOURCEREQUEST']._serialized_end=1784
-  _globals['_UNBINDRESOURCEREQUEST']._serialized_start=1786
-  _globals['_UNBINDRESOURCEREQUEST']._serialized_end=1843
-  _globals['_UNBINDRESOURCERESPONSE']._serialized_start=1845
-  _globals['_UNBINDRESOURCERESPONSE']._serialized_end=1869
-  _globals['_LISTBINDINGSREQUEST']._serialized_start=1871
-  _globals['_LISTBINDINGSREQUEST']._serialized_end=1962
-  _globals['_LISTBINDINGSRESPONSE']._serialized_start=1964
-  _globals['_LISTBINDINGSRESPONSE']._serialized_end=2025
-  _globals['_AUDITEVENT']._serialized_start=2028
-  _globals['_AUDITEVENT']._serialized_end=2278
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=2281
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=2514
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=2516
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=2606
-  _globals['_KEYSERVICE']._serialized_start=2609
-  _globals['_KEYSERVICE']._serialized_end=3368
+  _globals['_APIKEY']._serialized_end=828
+  _globals['_APIKEY_METADATAENTRY']._serialized_start=781
+  _globals['_APIKEY_METADATAENTRY']._serialized_end=828
+  _globals['_RATELIMIT']._serialized_start=830
+  _globals['_RATELIMIT']._serialized_end=913
+  _globals['_CREDITS']._serialized_start=916
+  _globals['_CREDITS']._serialized_end=1068
+  _globals['_CREATEKEYREQUEST']._serialized_start=1071
+  _globals['_CREATEKEYREQUEST']._serialized_end=1451
+  _globals['_CREATEKEYREQUEST_METADATAENTRY']._serialized_start=781
+  _globals['_CREATEKEYREQUEST_METADATAENTRY']._serialized_end=828
+  _globals['_CREATEKEYRESPONSE']._serialized_start=1453
+  _globals['_CREATEKEYRESPONSE']._serialized_end=1522
+  _globals['_GETKEYREQUEST']._serialized_start=1524
+  _globals['_GETKEYREQUEST']._serialized_end=1551
+  _globals['_LISTKEYSREQUEST']._serialized_start=1553
+  _globals['_LISTKEYSREQUEST']._serialized_end=1631
+  _globals['_LISTKEYSRESPONSE']._serialized_start=1633
+  _globals['_LISTKEYSRESPONSE']._serialized_end=1710
+  _globals['_UPDATEKEYREQUEST']._serialized_start=1712
+  _globals['_UPDATEKEYREQUEST']._serialized_end=1812
+  _globals['_DELETEKEYREQUEST']._serialized_start=1814
+  _globals['_DELETEKEYREQUEST']._serialized_end=1844
+  _globals['_DELETEKEYRESPONSE']._serialized_start=1846
+  _globals['_DELETEKEYRESPONSE']._serialized_end=1865
+  _globals['_ROTATEKEYREQUEST']._serialized_start=1867
+  _globals['_ROTATEKEYREQUEST']._serialized_end=1960
+  _globals['_BINDING']._serialized_start=1963
+  _globals['_BINDING']._serialized_end=2114
+  _globals['_BINDRESOURCEREQUEST']._serialized_start=2116
+  _globals['_BINDRESOURCEREQUEST']._serialized_end=2188
+  _globals['_UNBINDRESOURCEREQUEST']._serialized_start=2190
+  _globals['_UNBINDRESOURCEREQUEST']._serialized_end=2247
+  _globals['_UNBINDRESOURCERESPONSE']._serialized_start=2249
+  _globals['_UNBINDRESOURCERESPONSE']._serialized_end=2273
+  _globals['_LISTBINDINGSREQUEST']._serialized_start=2275
+  _globals['_LISTBINDINGSREQUEST']._serialized_end=2366
+  _globals['_LISTBINDINGSRESPONSE']._serialized_start=2368
+  _globals['_LISTBINDINGSRESPONSE']._serialized_end=2429
+  _globals['_AUDITEVENT']._serialized_start=2432
+  _globals['_AUDITEVENT']._serialized_end=2682
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=2685
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=2918
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=2920
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=3010
+  _globals['_KEYSERVICE']._serialized_start=3013
+  _globals['_KEYSERVICE']._serialized_end=3772
 # @@protoc_insertion_point(module_scope)

@@ -236,6 +236,34 @@ def test_list_pages_with_page_token_and_page_size_zero(served: Served, root_key:
     assert listed("--page-size", "0")[0] == ids
 
 
+def test_rate_limits_and_credits_from_the_command_line(served: Served, root_key: str) -> None:
+    created = served.run("keys", "create", "--name", "metered", "--workspace", "ws1", "--permission", "chatflows:view",
+                         "--rate-limit", "per-minute=100/1m", "--credits", "3:3/30d", "--json", key=root_key)
+    assert created.returncode == 0, created.stderr
+    made = json.loads(created.stdout)
+    assert made["key"]["rate_limits"] == [{"name": "per-minute", "limit": "100", "window": "60s"}]
+    assert made["key"]["credits"]["refill_amount"] == "3"
+
+    def check(cost: str, status: int) -> str:
+        result = served.run("check", "--key-env", "APP_KEY", "--action", "chatflows:view", "--cost", cost,
+                            APP_KEY=made["api_key"])
+        assert result.returncode == status, result.stderr
+        return result.stdout
+
+    assert check("2", 0).startswith("allowed  OK  200")
+    assert check("2", 1).startswith("denied  USAGE_EXCEEDED  429")
+    shown = served.run("keys", "get", made["key"]["id"], key=root_key)
+    # the store's balance: the server still holds the last credit in its lease (a lower bound, see README)
+    assert "per-minute=100/1m" in shown.stdout and "0 left, set back to 3 every 30d" in shown.stdout
+    cleared = served.run("keys", "update", made["key"]["id"], "--clear-rate-limits", "--clear-credits", "--json",
+                         key=root_key)
+    assert cleared.returncode == 0, cleared.stderr
+    assert not json.loads(cleared.stdout)["rate_limits"] and "credits" not in json.loads(cleared.stdout)
+    bad = served.run("keys", "create", "--name", "x", "--workspace", "ws1", "--permission", "chatflows:view",
+                     "--rate-limit", "nope", key=root_key)
+    assert bad.returncode == 2 and "name=limit/window" in bad.stderr
+
+
 def test_bootstrap_prints_only_a_working_root_key(served: Served, data_dir: Path) -> None:
     booted = served.run("bootstrap", "--data-dir", str(data_dir))
     assert booted.returncode == 0, booted.stderr

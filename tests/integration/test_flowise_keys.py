@@ -229,3 +229,15 @@ async def test_another_workspaces_key_is_not_found(client: Client) -> None:
     err = await rpc_error(door(client).DeleteApiKey(flowise_pb2.DeleteApiKeyRequest(id=elsewhere.key.id),
                                                     metadata=auth(await admin(client))))
     assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_limited_caller_makes_keys_with_its_own_limits(client: Client) -> None:
+    """Flowise cannot send limits: a key made through the door by a limited caller carries the caller's
+    rate limits and credits (never none: that would escape them)."""
+    per_minute = keys_pb2.RateLimit(name="m", limit=10)
+    per_minute.window.FromTimedelta(timedelta(minutes=1))
+    caller = await admin(client, rate_limits=[per_minute], credits=keys_pb2.Credits(remaining=50))
+    made = await create(client, caller, key_name="limited", permissions=["chatflows:view"])
+    got = await client.keys.GetKey(keys_pb2.GetKeyRequest(id=made.id), metadata=auth(client.root))
+    assert [(r.name, r.limit, r.window.seconds) for r in got.rate_limits] == [("m", 10, 60)]
+    assert got.credits.remaining <= 50

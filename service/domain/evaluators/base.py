@@ -41,14 +41,17 @@ class Question:
     acts in (the item's, else the key's own), the time, and (once loaded, for `binding`) the bindings
     of (workspace, resource). A plain slotted class: built once per decision, `bindings` filled in later."""
 
-    __slots__ = ("bindings", "item", "now", "target", "workspace_id")
+    __slots__ = ("bindings", "cost", "item", "now", "target", "workspace_id")
 
-    def __init__(self, item: CheckItem, target: Target, workspace_id: str, now: datetime) -> None:
+    def __init__(self, item: CheckItem, target: Target, workspace_id: str, now: datetime, cost: int = 1) -> None:
         self.item = item
         self.target = target
         self.workspace_id = workspace_id
         self.now = now
         self.bindings: tuple[Binding, ...] = ()
+        # What an allowed request spends from a key's credits: an input only meters read, and metered
+        # decisions are never remembered, so it is no part of the remembered-decision key.
+        self.cost = cost
 
 
 class Declares(Protocol):
@@ -78,8 +81,9 @@ class Meter(Declares, Protocol):
     the request (a refused request consumes nothing) and their answers are never remembered.
 
     `applies` must be cheap: for a key it does not apply to, the meter costs nothing else. `charge`
-    consumes and answers None, or refuses having consumed nothing; `refund` gives back what `charge`
-    took, when a later meter refuses the same request."""
+    consumes and answers None (or an allowed Decision carrying what it reports, `usage`), or refuses
+    having consumed nothing; `refund` gives back what `charge` took, when a later meter refuses the
+    same request."""
 
     def applies(self, credential: Credential) -> bool: ...
 

@@ -132,10 +132,11 @@ class Pipeline:
         for meter in self._meters:
             if not meter.applies(credential):
                 continue
-            refused = await meter.charge(credential, question)
-            if refused is not None:
+            answer = await meter.charge(credential, question)
+            if answer is not None and not answer.allowed:
                 for earlier in reversed(charged):
                     await earlier.refund(credential, question)
-                return refused
+                return answer
             charged.append(meter)
+            allowed = answer or allowed
         return allowed

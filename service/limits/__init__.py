@@ -1,0 +1,1 @@
+"""Rate limits and credits across every worker and replica: see engine.py."""
