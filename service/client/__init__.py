@@ -20,7 +20,7 @@ from .authorizer import (
     KeygateUnavailable,
     SyncAuthorizer,
 )
-from .decision import Decision, DecisionCode, Limit
+from .decision import Decision, DecisionCode, RateLimitState
 from .settings import DEFAULT_SERVER, SERVER_ENV, ClientSettings, Retry
 
 __all__ = [
@@ -35,7 +35,7 @@ __all__ = [
     "KeygateClientError",
     "KeygateRequestError",
     "KeygateUnavailable",
-    "Limit",
+    "RateLimitState",
     "Retry",
     "SyncAuthorizer",
 ]

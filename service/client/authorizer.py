@@ -42,20 +42,20 @@ class CheckItem(NamedTuple):
     resource: str
     action: str
     workspace_id: str = ""
+    cost: int = 1  # what the item spends of the key's rate limits and credits, if it is allowed
 
 
-def check_request(key: str, resource: str, action: str, workspace_id: str,
-                  client_address: str) -> authz_pb2.CheckRequest:
-    """client_address is set only when given, so that a server without the field sees the same request."""
-    request = authz_pb2.CheckRequest(api_key=key, resource=resource, action=action, workspace_id=workspace_id)
-    if client_address:
-        request.client_address = client_address
-    return request
+def check_request(key: str, resource: str, action: str, workspace_id: str, client_address: str,
+                  cost: int) -> authz_pb2.CheckRequest:
+    return authz_pb2.CheckRequest(api_key=key, resource=resource, action=action, workspace_id=workspace_id,
+                                  client_address=client_address, cost=cost)
 
 
-def batch_request(key: str, items: Iterable[CheckItem | tuple[str, str]]) -> authz_pb2.BatchCheckRequest:
-    return authz_pb2.BatchCheckRequest(api_key=key, items=[
-        authz_pb2.BatchCheckItem(resource=item.resource, action=item.action, workspace_id=item.workspace_id)
+def batch_request(key: str, items: Iterable[CheckItem | tuple[str, str]],
+                  client_address: str) -> authz_pb2.BatchCheckRequest:
+    return authz_pb2.BatchCheckRequest(api_key=key, client_address=client_address, items=[
+        authz_pb2.BatchCheckItem(resource=item.resource, action=item.action, workspace_id=item.workspace_id,
+                                 cost=item.cost)
         for item in (CheckItem(*raw) for raw in items)])
 
 
@@ -117,13 +117,15 @@ class Authorizer(_Client):
         return self._stub_of_channel
 
     async def check(self, key: str, resource: str, action: str, *, workspace_id: str = "",
-                    client_address: str = "") -> Decision:
-        request = check_request(key, resource, action, workspace_id, client_address)
+                    client_address: str = "", cost: int = 1) -> Decision:
+        request = check_request(key, resource, action, workspace_id, client_address, cost)
         return Decision.from_response(await self._call(self._stub().Check, request))
 
-    async def check_many(self, key: str, items: Iterable[CheckItem | tuple[str, str]]) -> list[Decision]:
+    async def check_many(self, key: str, items: Iterable[CheckItem | tuple[str, str]], *,
+                         client_address: str = "") -> list[Decision]:
         """One BatchCheck: a Decision per item, in order (at most 100 items)."""
-        return _decisions(await self._call(self._stub().BatchCheck, batch_request(key, items)))
+        request = batch_request(key, items, client_address)
+        return _decisions(await self._call(self._stub().BatchCheck, request))
 
     async def _call(self, method: grpc.aio.UnaryUnaryMultiCallable[Any, _R], request: object) -> _R:
         deadline = time.monotonic() + self.settings.timeout
@@ -156,12 +158,13 @@ class SyncAuthorizer(_Client):
         self._stub = authz_pb2_grpc.AuthzServiceStub(self._channel)
 
     def check(self, key: str, resource: str, action: str, *, workspace_id: str = "",
-              client_address: str = "") -> Decision:
-        request = check_request(key, resource, action, workspace_id, client_address)
+              client_address: str = "", cost: int = 1) -> Decision:
+        request = check_request(key, resource, action, workspace_id, client_address, cost)
         return Decision.from_response(self._call(self._stub.Check, request))
 
-    def check_many(self, key: str, items: Iterable[CheckItem | tuple[str, str]]) -> list[Decision]:
-        return _decisions(self._call(self._stub.BatchCheck, batch_request(key, items)))
+    def check_many(self, key: str, items: Iterable[CheckItem | tuple[str, str]], *,
+                   client_address: str = "") -> list[Decision]:
+        return _decisions(self._call(self._stub.BatchCheck, batch_request(key, items, client_address)))
 
     def _call(self, method: grpc.UnaryUnaryMultiCallable[Any, _R], request: object) -> _R:
         deadline = time.monotonic() + self.settings.timeout

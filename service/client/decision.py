@@ -1,9 +1,10 @@
-"""What keygate answered, as a typed, immutable value: `Decision`, its `DecisionCode`, its limits."""
+"""What keygate answered, as a typed, immutable value: `Decision`, its `DecisionCode`, its rate-limit state."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from ..v1 import authz_pb2
 
@@ -36,19 +37,22 @@ class DecisionCode(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Limit:
-    """One limit's state after this request (a rate limit or the credits), when the server reports it."""
+class RateLimitState:
+    """The tightest of the key's rate limits after this request: what keygate's `RateLimit` header says."""
 
     name: str
-    remaining: int
     limit: int
+    remaining: int  # at most this many more requests in this window (an estimate across replicas)
+    reset_time: datetime | None  # when the window ends
+    window: timedelta
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
     """keygate's answer to one (key, resource, action). `allowed` is the only field to act on; the rest
     says why and for whom. `http_status` is what an HTTP service should answer (200, 401, 403, 429).
-    `limits` stays empty until the server reports limit state in its CheckResponse."""
+    `rate_limit` and `credits_remaining` are set for a key with rate limits or credits, once every other
+    rule allowed the request."""
 
     allowed: bool
     code: DecisionCode
@@ -57,10 +61,19 @@ class Decision:
     key_id: str
     key_name: str
     workspace_id: str
-    limits: tuple[Limit, ...] = ()
+    rate_limit: RateLimitState | None = None
+    credits_remaining: int | None = None
 
     @classmethod
     def from_response(cls, response: authz_pb2.CheckResponse) -> Decision:
+        rate_limit = None
+        if response.HasField("rate_limit"):
+            state = response.rate_limit
+            rate_limit = RateLimitState(
+                name=state.name, limit=state.limit, remaining=state.remaining,
+                reset_time=state.reset_time.ToDatetime(UTC) if state.HasField("reset_time") else None,
+                window=state.window.ToTimedelta())
         return cls(allowed=response.allowed, code=DecisionCode.from_wire(response.code), reason=response.reason,
                    http_status=response.http_status, key_id=response.key_id, key_name=response.key_name,
-                   workspace_id=response.workspace_id)
+                   workspace_id=response.workspace_id, rate_limit=rate_limit,
+                   credits_remaining=response.credits_remaining if response.HasField("credits_remaining") else None)

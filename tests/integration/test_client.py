@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
 import pytest
 import trustme
+from google.protobuf import duration_pb2
 
 from keygate.client import (
     Authorizer,
@@ -24,6 +26,7 @@ from keygate.client import (
 )
 from keygate.config import Settings
 from keygate.server import App
+from keygate.v1 import keys_pb2
 
 from ..certs import SecretVolume, server_cert, write
 from .processes import free_port
@@ -114,3 +117,25 @@ async def test_mtls_settings_from_the_cli_environment(database_url: str, tmp_pat
                 await without_certificate.check(root, "", "chatflows:view", workspace_id="ws1")
     finally:
         await app.stop(grace=0)
+
+
+async def test_limits_and_allow_lists_reach_the_client(app: App, client: Client) -> None:
+    """A key with a rate limit, credits and an IP allow-list: the Decision carries the limit state, `cost`
+    spends it, and the client address decides."""
+    created = await client.create(
+        rate_limits=[keys_pb2.RateLimit(name="minute", limit=10, window=duration_pb2.Duration(seconds=60))],
+        credits=keys_pb2.Credits(remaining=5), allowed_cidrs=["10.0.0.0/8"])
+    async with Authorizer(settings_of(app)) as authz:
+        first = await authz.check(created.api_key, "chatflows/a", "chatflows:view", client_address="10.1.2.3",
+                                  cost=2)
+        outside = await authz.check(created.api_key, "chatflows/a", "chatflows:view", client_address="192.0.2.1")
+        many = await authz.check_many(created.api_key, [CheckItem("chatflows/a", "chatflows:view", cost=3)],
+                                      client_address="10.1.2.3")
+        spent = await authz.check(created.api_key, "chatflows/a", "chatflows:view", client_address="10.1.2.3")
+    assert first.allowed and first.rate_limit is not None and first.credits_remaining == 3
+    # rate limits count requests (one each, whatever the cost); credits count the cost
+    assert (first.rate_limit.name, first.rate_limit.limit, first.rate_limit.remaining) == ("minute", 10, 9)
+    assert first.rate_limit.window == timedelta(seconds=60) and first.rate_limit.reset_time is not None
+    assert (outside.allowed, outside.code, outside.rate_limit) == (False, DecisionCode.IP_NOT_ALLOWED, None)
+    assert [(d.allowed, d.credits_remaining) for d in many] == [(True, 0)]
+    assert (spent.allowed, spent.code, spent.http_status) == (False, DecisionCode.USAGE_EXCEEDED, 429)

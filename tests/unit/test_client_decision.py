@@ -19,7 +19,8 @@ def test_a_response_becomes_a_frozen_decision() -> None:
     response = authz_pb2.CheckResponse(allowed=False, code=authz_pb2.PERMISSION_DENIED, reason="no", key_id="k",
                                        key_name="n", workspace_id="w", http_status=403)
     decision = Decision.from_response(response)
-    assert decision == Decision(False, DecisionCode.PERMISSION_DENIED, "no", 403, "k", "n", "w", ())
+    assert decision == Decision(False, DecisionCode.PERMISSION_DENIED, "no", 403, "k", "n", "w")
+    assert (decision.rate_limit, decision.credits_remaining) == (None, None)  # no limits reported
     assert decision.code == "PERMISSION_DENIED"  # a str enum: compares, logs and serializes as its name
     with pytest.raises(dataclasses.FrozenInstanceError):
         decision.allowed = True  # type: ignore[misc]
