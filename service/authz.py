@@ -65,6 +65,7 @@ class Authorizer:
             return _MALFORMED
         key_digest = key_digest or digest(api_key)
         credential = self._cache.peek(key_digest)
+        # MISS is a plain sentinel, which mypy cannot narrow away: hence the ignores on MISS below
         if credential is MISS:
             credential = await self._cache.credential(key_digest)
         return _NOT_FOUND if credential is None else credential  # type: ignore[return-value]
@@ -98,7 +99,7 @@ class Authorizer:
         if decision is not None and pipeline.keyed(decision.credential):  # remembered per address too
             decision = self._cache.recall(pipeline.full_key(key_digest, item), now)
         if decision is not None and decision.allowed:
-            self._usage.record(decision.credential.key_id, now)  # type: ignore[union-attr]
+            self._usage.record(decision.credential.key_id, now)  # type: ignore[union-attr]  # allowed: has one
         return decision
 
     async def check(self, api_key: str, item: CheckItem, cost: int = 1) -> Decision:
@@ -131,7 +132,7 @@ class Authorizer:
                 self._cache.remember(pipeline.full_key(key_digest, item), decision, key_digest, bindings_slot)
             self._cache.remember(pipeline.base_key(key_digest, item), decision, key_digest, bindings_slot)
         if decision.allowed:
-            self._usage.record(decision.credential.key_id, now)  # type: ignore[union-attr]
+            self._usage.record(decision.credential.key_id, now)  # type: ignore[union-attr]  # allowed: has one
         return decision
 
     async def check_batch(self, api_key: str, items: Sequence[CheckItem],

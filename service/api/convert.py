@@ -32,13 +32,13 @@ def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     return out
 
 
-def from_timestamp(message: object, field: str) -> datetime | None:
+def from_timestamp(message: Message, field: str) -> datetime | None:
     """The field as an aware UTC datetime, or None when it is not set.
 
     InvalidArgument naming the field for a value outside the Timestamp range (years 1 to 9999, nanos
     0 to 999,999,999): the wire carries any 64-bit seconds and 32-bit nanos.
     """
-    if not message.HasField(field):  # type: ignore[attr-defined]
+    if not message.HasField(field):
         return None
     try:
         return getattr(message, field).ToDatetime(tzinfo=UTC)
@@ -60,9 +60,9 @@ def from_rate_limits(message: object, field: str = "rate_limits") -> tuple[RateL
     return tuple(RateLimit(r.name, r.limit, from_duration(r, "window")) for r in getattr(message, field))
 
 
-def from_credits(message: object, field: str = "credits") -> Credits | None:
+def from_credits(message: Message, field: str = "credits") -> Credits | None:
     """The credits the caller set (unset: none); `refill_time` is read only and ignored."""
-    if not message.HasField(field):  # type: ignore[attr-defined]
+    if not message.HasField(field):
         return None
     value = getattr(message, field)
     return Credits(value.remaining, value.refill_amount, from_duration(value, "refill_interval"))
@@ -87,7 +87,7 @@ def _id(value: object) -> str:
     return "" if value is None else str(value)
 
 
-def spec_fields(message: Message) -> dict[str, object]:
+def spec_fields(message: Message) -> dict[str, Any]:
     """The KeySpec fields `message` (an ApiKey or a CreateKeyRequest) carries, by KEY_FIELDS: one loop
     for every request that sets key fields."""
     carried = message.DESCRIPTOR.fields_by_name

@@ -14,7 +14,7 @@ it cannot decide. Decision metadata goes into dynamic_metadata for access logs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, unquote_plus
 
@@ -222,9 +222,9 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
             dynamic_metadata=metadata,
         )
 
-    def _take_key(self, headers: object, query: str, query_allowed: bool) -> _Presented:
+    def _take_key(self, headers: Mapping[str, str], query: str, query_allowed: bool) -> _Presented:
         """The presented key: Bearer first, then the key header, then (where allowed) the query."""
-        get = headers.get  # type: ignore[attr-defined]
+        get = headers.get
         presented = _Presented()
         scheme, _, token = get("authorization", "").partition(" ")
         if scheme.lower() == "bearer":

@@ -57,7 +57,7 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
 
     async def CreateKey(self, request: keys_pb2.CreateKeyRequest, context: Any) -> keys_pb2.CreateKeyResponse:
         caller = await self._caller(context)
-        spec = KeySpec(**convert.spec_fields(request))  # type: ignore[arg-type]
+        spec = KeySpec(**convert.spec_fields(request))
         record, api_key = await self._admin.create_key(caller, spec)
         return keys_pb2.CreateKeyResponse(key=convert.api_key(record), api_key=api_key)
 

@@ -206,7 +206,7 @@ def ensure_limits_within(rate_limits: Sequence[RateLimit], credits: Credits | No
     """
     problems = [_looser(rate_limits, credits, *holder) for holder in holders]
     if all(problems):
-        raise PermissionDenied(problems[0])  # type: ignore[arg-type]
+        raise PermissionDenied(str(problems[0]))
 
 
 def _looser(rate_limits: Sequence[RateLimit], credits: Credits | None,

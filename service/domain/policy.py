@@ -229,7 +229,7 @@ def parse_id(value: str, field_name: str = "id") -> uuid.UUID:
 
 def _latest(limits: list[datetime | None]) -> datetime | None:
     """The furthest of several expiries, None (never) beating any date."""
-    return None if None in limits else max(limits)  # type: ignore[type-var]
+    return None if None in limits else max(t for t in limits if t is not None)
 
 
 def _later(a: datetime | None, b: datetime | None) -> bool:
@@ -289,6 +289,7 @@ def _ensure_networks_within(caller: Credential, spec: KeySpec, baseline: Credent
     if not networks:
         raise PermissionDenied("allowed_cidrs must be set, each within the calling key's own allowed_cidrs")
     for i, network in enumerate(networks):
+        # subnet_of's stub wants both sides of one IP version, which the version test ensures
         if not any(network.version == own.version and network.subnet_of(own)  # type: ignore[arg-type]
                    for s in sources for own in s.networks):
             raise PermissionDenied(f"cannot allow allowed_cidrs[{i}] {network}: it is not within the calling "

@@ -130,7 +130,7 @@ class LimitsMeter:
         background. Past MAX_KEYS, the longest-held key's leases go back too. Synchronous, so two
         requests cannot both replace (and both give back) one key's leases."""
         key_id = credential.key_id
-        limits: Limits = credential.limits  # type: ignore[assignment]
+        limits: Limits = credential.limits  # type: ignore[assignment]  # the meter applies only to a key with limits
         old = self._keys.pop(key_id, None)
         if old is not None and _terms(old.limits) == _terms(limits):
             old.limits = limits

@@ -122,7 +122,7 @@ def _column_value(kind: Kind, value: Any) -> object:
     return json.dumps(dict(value)) if kind is Kind.MAP else value
 
 
-def _spec_value(kind: Kind, value: Any) -> object:
+def _spec_value(kind: Kind, value: Any) -> Any:
     """An api_keys column as the KeySpec holds it (arrays of cidr read back as their text)."""
     if kind is Kind.LIST:
         return tuple(str(v) for v in value)
@@ -140,7 +140,7 @@ def _spec_values(spec: KeySpec) -> list[object]:
 def _key(row: asyncpg.Record) -> KeyRecord:
     return KeyRecord(
         id=row["id"],
-        spec=KeySpec(**{f.name: _spec_value(f.kind, row[f.name]) for f in KEY_FIELDS}),  # type: ignore[arg-type]
+        spec=KeySpec(**{f.name: _spec_value(f.kind, row[f.name]) for f in KEY_FIELDS}),
         display=row["display"],
         create_time=row["create_time"],
         update_time=row["update_time"],
