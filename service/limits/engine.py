@@ -30,8 +30,8 @@ from ..domain.decision import Code, Credential, Decision
 from ..domain.errors import Unavailable
 from ..domain.evaluators.base import Question
 from ..domain.limits import Limits, LimitState, Usage, window_start_ms
-from ..store import limits as sql
-from ..store.postgres import Store
+from ..store.interface import LeaseStore
+from ..store.limits import CreditGrant
 
 log = structlog.get_logger(__name__)
 _MS = timedelta(milliseconds=1)
@@ -77,7 +77,7 @@ class LimitsMeter:
     facts: ClassVar[frozenset[str]] = frozenset()  # reads Question.cost, never remembered
     key_data: ClassVar[frozenset[str]] = frozenset({"limits", "key_id"})
 
-    def __init__(self, store: Store, outage: Outage = Outage.CLOSED) -> None:
+    def __init__(self, store: LeaseStore, outage: Outage = Outage.CLOSED) -> None:
         self._store = store
         self._outage = outage
         self._keys: dict[UUID, _KeyLeases] = {}  # in the order first seen (or changed): the oldest go first
@@ -177,13 +177,12 @@ class LimitsMeter:
 
     async def _refill(self, key_id: UUID, leases: _KeyLeases, cost: int, now: datetime, now_ms: int) -> None:
         """New leases for every limit short of one request (or of `cost`, for credits), in one connection."""
-        async with self._store.lookup() as tx:
-            conn = tx.connection
+        async with self._store.leases() as book:
             for limit, lease in zip(leases.limits.rate_limits, leases.rates, strict=True):
                 start = window_start_ms(now_ms, limit.window_ms)
                 if lease.window_start == start and (lease.left >= 1 or lease.exhausted):
                     continue
-                grant = await sql.grant_rate(conn, key_id, limit, start, 1)
+                grant = await book.grant_rate(key_id, limit, start, 1)
                 if lease.window_start != grant.window_start_ms:
                     lease.left = 0
                 lease.window_start, lease.used = grant.window_start_ms, grant.used
@@ -191,9 +190,9 @@ class LimitsMeter:
                 lease.exhausted = grant.granted == 0
             credit = leases.credits
             if credit is not None and credit.left < cost:
-                found = await sql.grant_credits(conn, key_id, cost - credit.left, now)
+                found = await book.grant_credits(key_id, cost - credit.left, now)
                 if found is None:  # the credits were removed; the key reloads without them
-                    found = sql.CreditGrant(0, 0, credit.epoch, None)
+                    found = CreditGrant(0, 0, credit.epoch, None)
                 if found.epoch != credit.epoch:
                     credit.left = 0  # leftovers of the balance before a refill or an owner's set
                 credit.left += found.granted
@@ -217,11 +216,11 @@ class LimitsMeter:
         if not rates and credits is None:
             return
         with contextlib.suppress(Unavailable):
-            async with self._store.lookup() as tx:
+            async with self._store.leases() as book:
                 for name, start, unused in rates:
-                    await sql.return_rate(tx.connection, key_id, name, start, unused)
+                    await book.return_rate(key_id, name, start, unused)
                 if credits is not None:
-                    await sql.return_credits(tx.connection, key_id, *credits)
+                    await book.return_credits(key_id, *credits)
 
     async def close(self) -> None:
         """Give back every lease's unused part (on shutdown): a failure loses only leased budget."""

@@ -21,8 +21,10 @@ from uuid import UUID
 
 from ..domain import changes
 from ..domain.decision import Binding
+from ..domain.limits import RateLimit
 from ..domain.policy import KeySpec
 from ..domain.records import AuditEvent, AuditQuery, BindingRecord, KeyRecord
+from .limits import CreditGrant, RateGrant
 
 Slot = tuple[str, str]  # (workspace, resource): where bindings are kept
 
@@ -161,3 +163,22 @@ class UsageStore(Protocol):
     """What the usage recorder needs: a transaction that adds usage."""
 
     def transaction(self) -> AbstractAsyncContextManager[UsageWrites]: ...
+
+
+class LeaseBook(Protocol):
+    """The shared budget of rate limits and credits: atomic grants of leases, and returns of their unused
+    part (store/limits.py has what each statement guarantees)."""
+
+    async def grant_rate(self, key_id: UUID, limit: RateLimit, window_start_ms: int, want: int) -> RateGrant: ...
+
+    async def return_rate(self, key_id: UUID, name: str, window_start_ms: int, unused: int) -> None: ...
+
+    async def grant_credits(self, key_id: UUID, want: int, now: datetime) -> CreditGrant | None: ...
+
+    async def return_credits(self, key_id: UUID, epoch: int, unused: int) -> None: ...
+
+
+class LeaseStore(Protocol):
+    """What the limits engine needs: the lease book, bounded like a Check's lookup."""
+
+    def leases(self) -> AbstractAsyncContextManager[LeaseBook]: ...

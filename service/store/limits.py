@@ -64,30 +64,37 @@ WHERE key_id = $1
 RETURNING remaining, granted, epoch, refill_time"""
 
 
-async def grant_rate(conn: Conn, key_id: UUID, limit: RateLimit, window_start_ms: int,
-                     want: int) -> RateGrant:
-    row = await conn.fetchrow(_GRANT_RATE, key_id, limit.name, window_start_ms, limit.limit, want)
-    if row is None:  # an upsert always returns its row
-        raise RuntimeError("a rate-limit grant returned no row")
-    return RateGrant(row["window_start"], row["used"], row["granted"])
+class Leases:
+    """The lease statements, on one connection that `Store.leases` bounds as a Check's lookup: the limits
+    engine's only way to the budget (it holds no connection, and nothing else of the store)."""
 
+    __slots__ = ("_conn",)
 
-async def return_rate(conn: Conn, key_id: UUID, name: str, window_start_ms: int, unused: int) -> None:
-    """Give back a lease's unused part, if its window is still the current one (else it has lapsed)."""
-    await conn.execute("UPDATE rate_windows SET used = GREATEST(0, used - $4) "
-                       "WHERE key_id = $1 AND name = $2 AND window_start = $3", key_id, name, window_start_ms, unused)
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
 
+    async def grant_rate(self, key_id: UUID, limit: RateLimit, window_start_ms: int, want: int) -> RateGrant:
+        row = await self._conn.fetchrow(_GRANT_RATE, key_id, limit.name, window_start_ms, limit.limit, want)
+        if row is None:  # an upsert always returns its row
+            raise RuntimeError("a rate-limit grant returned no row")
+        return RateGrant(row["window_start"], row["used"], row["granted"])
 
-async def grant_credits(conn: Conn, key_id: UUID, want: int, now: datetime) -> CreditGrant | None:
-    """A credit lease, after any refill due by `now`; None if the key has no credits (any more)."""
-    row = await conn.fetchrow(_GRANT_CREDITS, key_id, want, now)
-    return None if row is None else CreditGrant(row["remaining"], row["granted"], row["epoch"], row["refill_time"])
+    async def return_rate(self, key_id: UUID, name: str, window_start_ms: int, unused: int) -> None:
+        """Give back a lease's unused part, if its window is still the current one (else it has lapsed)."""
+        await self._conn.execute("UPDATE rate_windows SET used = GREATEST(0, used - $4) "
+                                 "WHERE key_id = $1 AND name = $2 AND window_start = $3",
+                                 key_id, name, window_start_ms, unused)
 
+    async def grant_credits(self, key_id: UUID, want: int, now: datetime) -> CreditGrant | None:
+        """A credit lease, after any refill due by `now`; None if the key has no credits (any more)."""
+        row = await self._conn.fetchrow(_GRANT_CREDITS, key_id, want, now)
+        return None if row is None else CreditGrant(row["remaining"], row["granted"], row["epoch"],
+                                                    row["refill_time"])
 
-async def return_credits(conn: Conn, key_id: UUID, epoch: int, unused: int) -> None:
-    """Give back a lease's unused credits, unless a refill or an owner's set has happened since."""
-    await conn.execute("UPDATE key_credits SET remaining = remaining + $3 WHERE key_id = $1 AND epoch = $2",
-                       key_id, epoch, unused)
+    async def return_credits(self, key_id: UUID, epoch: int, unused: int) -> None:
+        """Give back a lease's unused credits, unless a refill or an owner's set has happened since."""
+        await self._conn.execute("UPDATE key_credits SET remaining = remaining + $3 WHERE key_id = $1 AND epoch = $2",
+                                 key_id, epoch, unused)
 
 
 async def reset_windows(conn: Conn, key_id: UUID) -> None:

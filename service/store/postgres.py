@@ -170,11 +170,6 @@ class Reader:
     def __init__(self, conn: _Conn) -> None:
         self._conn = conn
 
-    @property
-    def connection(self) -> _Conn:
-        """For store/limits.py, whose statements run on a lookup's (or a transaction's) connection."""
-        return self._conn
-
 
     async def key_by_digest(self, digest: bytes) -> tuple[KeyRecord, datetime | None] | None:
         """The key a secret belongs to, with the secret's own expiry (set after rotation)."""
@@ -536,6 +531,12 @@ class Store:
             yield Reader(conn)
 
     @asynccontextmanager
+    async def leases(self) -> AsyncIterator[limits.Leases]:
+        """The limits engine's lease statements, bounded like a lookup: a refill is on a Check's path."""
+        async with self._connection(self.settings.lookup_timeout) as conn:
+            yield limits.Leases(conn)
+
+    @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
         """One transaction: everything inside commits together or not at all."""
         async with self._connection(None) as conn:
@@ -619,8 +620,9 @@ class Store:
 
 if TYPE_CHECKING:  # `make lint` (mypy) checks that this store implements every interface it is used through
 
-    def _implements(store: Store, reader: Reader, tx: Tx, listening: Listening) -> None:
+    def _implements(store: Store, reader: Reader, tx: Tx, listening: Listening, book: limits.Leases) -> None:
         uses: tuple[interface.KeySource, interface.ChangeFeed, interface.AdminStore, interface.UsageStore,
-                    interface.Reads, interface.Writes, interface.Listening] = (
-            store, store, store, store, reader, tx, listening)
+                    interface.LeaseStore, interface.Reads, interface.Writes, interface.Listening,
+                    interface.LeaseBook] = (
+            store, store, store, store, store, reader, tx, listening, book)
         del uses
