@@ -47,8 +47,9 @@ class Route:
         object.__setattr__(self, "regex", re.compile(f"^{pattern}/?\\Z", re.IGNORECASE))
 
     def resolve(self, method: str, path: str) -> str | None:
-        """The resource this request names, or None if the rule does not match it."""
-        if self.method not in ("*", method):
+        """The resource this request names, or None if the rule does not match it. A GET rule covers HEAD too,
+        as Express's router does (a HEAD rule earlier in the table still wins): the same permission."""
+        if self.method not in ("*", method) and not (method == "HEAD" and self.method == "GET"):
             return None
         match = self.regex.match(path)
         if match is None:

@@ -174,3 +174,16 @@ def test_memoized_and_long_paths_match_exactly_as_the_rules_do(method: str, part
     found = FLOWISE.match(method, path)
     assert (found.resource if found else None) == first
     assert FLOWISE.match(method, path) == found  # asked again (from the memo when short enough)
+
+
+def test_head_is_matched_by_the_get_rule_unless_a_head_rule_comes_first() -> None:
+    """Express answers HEAD with a GET route: keygate asks for the same permission, never refuses it unmatched."""
+    match = FLOWISE.match("HEAD", "/api/v1/chatflows/abc")
+    assert match is not None and (match.resource, match.route.action) == ("chatflows/abc", "chatflows:view")
+    table = RouteTable.parse({"routes": [
+        {"method": "HEAD", "path": "/x/{id}", "action": "tools:view", "resource": "tools/{id}"},
+        {"method": "GET", "path": "/x/{id}", "action": "tools:update", "resource": "tools/{id}"},
+    ]}, CATALOG)
+    assert table.match("HEAD", "/x/1").route.action == "tools:view"
+    assert table.match("GET", "/x/1").route.action == "tools:update"
+    assert FLOWISE.match("HEAD", "/api/v1/prediction/abc") is None  # a POST rule does not cover HEAD
