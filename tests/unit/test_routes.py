@@ -47,11 +47,14 @@ def test_requests_no_rule_covers_do_not_match(method: str, path: str) -> None:
     assert not FLOWISE.allow_unmatched  # and are therefore denied by default
 
 
+def tools_table(*rules: tuple[str, str]) -> RouteTable:
+    """A table of (method, action) rules, all for `/x/{id}` -> `tools/{id}`, in this order."""
+    return RouteTable.parse({"routes": [{"method": method, "path": "/x/{id}", "resource": "tools/{id}",
+                                         "action": action} for method, action in rules]}, CATALOG)
+
+
 def test_first_matching_rule_wins_and_wildcard_methods_match_any() -> None:
-    table = RouteTable.parse({"routes": [
-        {"method": "GET", "path": "/x/{id}", "resource": "tools/{id}", "action": "tools:view"},
-        {"method": "*", "path": "/x/{id}", "resource": "tools/{id}", "action": "tools:update"},
-    ]}, CATALOG)
+    table = tools_table(("GET", "tools:view"), ("*", "tools:update"))
     assert table.match("GET", "/x/1").route.action == "tools:view"
     assert table.match("PATCH", "/x/1").route.action == "tools:update"
 
@@ -180,10 +183,7 @@ def test_head_is_matched_by_the_get_rule_unless_a_head_rule_comes_first() -> Non
     """Express answers HEAD with a GET route: keygate asks for the same permission, never refuses it unmatched."""
     match = FLOWISE.match("HEAD", "/api/v1/chatflows/abc")
     assert match is not None and (match.resource, match.route.action) == ("chatflows/abc", "chatflows:view")
-    table = RouteTable.parse({"routes": [
-        {"method": "HEAD", "path": "/x/{id}", "action": "tools:view", "resource": "tools/{id}"},
-        {"method": "GET", "path": "/x/{id}", "action": "tools:update", "resource": "tools/{id}"},
-    ]}, CATALOG)
+    table = tools_table(("HEAD", "tools:view"), ("GET", "tools:update"))
     assert table.match("HEAD", "/x/1").route.action == "tools:view"
     assert table.match("GET", "/x/1").route.action == "tools:update"
     assert FLOWISE.match("HEAD", "/api/v1/prediction/abc") is None  # a POST rule does not cover HEAD
