@@ -208,3 +208,14 @@ def test_the_mesh_variant_is_valid_and_its_migration_job_can_finish() -> None:
     assert job["annotations"] == {"sidecar.istio.io/inject": "false"}  # a sidecar would outlive `migrate`
     egress = objects[("NetworkPolicy", "keygate")]["spec"]["egress"]
     assert {p["port"] for rule in egress for p in rule["ports"]} == {5432, 53, 15012}
+
+
+def test_the_upstream_variant_is_valid_and_mounts_the_credentials_it_names() -> None:
+    objects = overlay("k8s/upstream")
+    served = container(objects[("Deployment", "keygate")])
+    path = Path(objects[("ConfigMap", "keygate")]["data"]["KEYGATE_UPSTREAM_CREDENTIALS"])
+    (mount,) = [m for m in served["volumeMounts"] if m["name"] == "upstream"]
+    assert mount["readOnly"] and path.parent == Path(mount["mountPath"])
+    volumes = objects[("Deployment", "keygate")]["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "upstream", "secret": {"secretName": "keygate-upstream", "defaultMode": 0o440}} in volumes
+    assert set(objects[("ConfigMap", "keygate")]["data"]) - variables_read() == set()
