@@ -98,15 +98,17 @@ class Result:
 
 
 def run(executable: str, url: str, body: Path, *, clients: int, streams: int, duration: float,
-        warm_up: float) -> Result:
-    """Closed-loop load: `clients` connections with `streams` calls in flight on each.
+        warm_up: float, rate: float | None = None) -> Result:
+    """Closed-loop load: `clients` connections with `streams` calls in flight on each; with `rate`,
+    at most that many calls/s in all (h2load's --rps, split evenly over the clients).
 
     The warm-up is a separate run: h2load's own --warm-up-time leaves the warm-up's reply bytes in
     the traffic total, which would spoil `Result.verify`.
     """
+    extra = () if rate is None else (f"--rps={rate / clients:g}",)
     if warm_up > 0:
-        _run(executable, url, body, clients, streams, warm_up, GRPC_HEADERS)
-    return _run(executable, url, body, clients, streams, duration, GRPC_HEADERS)
+        _run(executable, url, body, clients, streams, warm_up, GRPC_HEADERS, extra=extra)
+    return _run(executable, url, body, clients, streams, duration, GRPC_HEADERS, extra=extra)
 
 
 def run_http(executable: str, url: str, body: Path, headers: Sequence[str], *, clients: int, streams: int,
@@ -134,8 +136,8 @@ def read_log(path: Path) -> tuple[list[float], Counter[int]]:
 
 
 def _run(executable: str, url: str, body: Path, clients: int, streams: int, duration: float,
-         headers: Sequence[str], log_file: Path | None = None) -> Result:
-    command = [executable, url, "-d", str(body)]
+         headers: Sequence[str], log_file: Path | None = None, extra: Sequence[str] = ()) -> Result:
+    command = [executable, url, "-d", str(body), *extra]
     for header in headers:
         command += ["-H", header]
     command += ["-c", str(clients), "-m", str(streams), "-t", "1", "-D", f"{round(duration * 1000)}ms"]
