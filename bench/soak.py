@@ -13,9 +13,13 @@ Verdicts (exit status 1 if any fails), with the samples split into thirds by tim
 - the offered rate was sustained: every window's rate within 10% of the target;
 - RSS flat: the last third's median within RSS_GROWTH of the second third's (the first third is
   warm-up: caches, allocator arenas and connection pools fill there);
-- fds bounded: no sample of the last third above the second third's maximum (each window
-  reconnects the load generator, so the count moves by its connections but must reach no new high),
-  and once the load stops the count returns to at most what it was before the load started.
+- fds bounded, counted in three kinds, as each has its own bound:
+  - the load generator's connections (TCP sockets on the server's port): once the load stops, none
+    is left but the listening sockets, exactly as before the load;
+  - other sockets (the PostgreSQL pool and the change listener, which grow and shrink with demand):
+    never more than DATABASE_SOCKETS per process;
+  - everything else (files, pipes, eventfds, epoll): no new high in the last third against the second
+    third's, and once the load stops, no more than before it.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -47,14 +52,24 @@ SATURATION_SECONDS, SATURATION_WARM_UP = 10.0, 2.0
 RSS_GROWTH = 0.05  # the last third's median RSS may exceed the second third's by this fraction
 RATE_TOLERANCE = 0.10
 FD_SETTLE_SECONDS = 15.0  # how long closed connections may take to leave the server's fd table
+# store.postgres.Store.connect's pool (max_size 10), the change listener's own connection, and the
+# reachability probe's: what one keygate process may hold open to PostgreSQL at most.
+DATABASE_SOCKETS = 12
 
 
 @dataclass(frozen=True, slots=True)
 class Sample:
     at: float  # seconds since the soak started
     rss: int  # bytes, summed over the server's processes
-    fds: int
+    fds: int  # all of them
+    clients: int  # TCP sockets on the server's port: listening, and the load generator's connections
+    sockets: int  # every other socket (PostgreSQL)
     processes: int
+
+    @property
+    def files(self) -> int:
+        """Open descriptors that are not sockets: files, pipes, eventfds, epoll."""
+        return self.fds - self.clients - self.sockets
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,30 +104,34 @@ def session_processes(session: int) -> list[psutil.Process]:
     return found
 
 
-def sample(session: int, at: float) -> Sample:
-    rss = fds = 0
+def sample(session: int, port: int, at: float) -> Sample:
+    rss = fds = clients = sockets = 0
     processes = session_processes(session)
     for process in processes:
         try:
             rss += process.memory_info().rss
             fds += process.num_fds()
+            connections = process.net_connections(kind="all")
         except psutil.NoSuchProcess:
             continue
-    return Sample(at, rss, fds, len(processes))
+        ours = sum(1 for c in connections if c.laddr and getattr(c.laddr, "port", None) == port)
+        clients += ours
+        sockets += len(connections) - ours
+    return Sample(at, rss, fds, clients, sockets, len(processes))
 
 
 class Sampler(threading.Thread):
     """Samples the server every `interval` seconds until stopped."""
 
-    def __init__(self, session: int, started: float, interval: float) -> None:
+    def __init__(self, session: int, port: int, started: float, interval: float) -> None:
         super().__init__(daemon=True)
         self.samples: list[Sample] = []
-        self._session, self._t0, self._interval = session, started, interval
+        self._session, self._port, self._t0, self._interval = session, port, started, interval
         self._halt = threading.Event()
 
     def run(self) -> None:
         while not self._halt.wait(self._interval):
-            self.samples.append(sample(self._session, time.monotonic() - self._t0))
+            self.samples.append(sample(self._session, self._port, time.monotonic() - self._t0))
 
     def stop(self) -> list[Sample]:
         self._halt.set()
@@ -127,14 +146,16 @@ def thirds(samples: list[Sample]) -> tuple[list[Sample], list[Sample], list[Samp
             [s for s in samples if s.at > 2 * span / 3])
 
 
-def verdicts(samples: list[Sample], windows: list[Window], target: float, idle_fds: int,
-             settled_fds: int) -> list[tuple[str, str, bool]]:
+def verdicts(samples: list[Sample], windows: list[Window], target: float, before: Sample,
+             after: Sample) -> list[tuple[str, str, bool]]:
     """(rule, figures, held) for each of the module docstring's rules."""
     _, second, last = thirds(samples)
     errors = sum(w.errors for w in windows)
     slowest = min(w.rate for w in windows)
     rss_2, rss_3 = statistics.median(s.rss for s in second), statistics.median(s.rss for s in last)
-    fd_2, fd_3 = max(s.fds for s in second), max(s.fds for s in last)
+    files_2, files_3 = max(s.files for s in second), max(s.files for s in last)
+    database = max(s.sockets for s in samples)
+    database_bound = DATABASE_SOCKETS * before.processes
     mib = 1024 * 1024
     return [
         ("no errors", f"{errors} of {sum(w.done for w in windows):,} calls", errors == 0),
@@ -143,27 +164,39 @@ def verdicts(samples: list[Sample], windows: list[Window], target: float, idle_f
         (f"RSS flat (median, last third <= second third + {RSS_GROWTH:.0%})",
          f"{rss_2 / mib:.1f} -> {rss_3 / mib:.1f} MiB ({(rss_3 - rss_2) / rss_2:+.1%})",
          rss_3 <= rss_2 * (1 + RSS_GROWTH)),
-        ("fds bounded (max, last third <= second third)", f"{fd_2} -> {fd_3}", fd_3 <= fd_2),
-        ("fds back after the load (<= before it)", f"{idle_fds} before, {settled_fds} after", settled_fds <= idle_fds),
+        ("client sockets back after the load (= before it)", f"{before.clients} before, {after.clients} after",
+         after.clients == before.clients),
+        (f"database sockets bounded (<= {DATABASE_SOCKETS} per process)", f"at most {database}",
+         database <= database_bound),
+        ("other fds: no new high (max, last third <= second third)", f"{files_2} -> {files_3}", files_3 <= files_2),
+        ("other fds back after the load (<= before it)", f"{before.files} before, {after.files} after",
+         after.files <= before.files),
     ]
 
 
-def settle_fds(session: int, ceiling: int) -> int:
-    """The server's fd count once it falls to `ceiling`, or after FD_SETTLE_SECONDS, whichever is first."""
+def settled(session: int, port: int, listening: int) -> Sample:
+    """A sample once only the listening sockets are left on the server's port (the load generator's
+    connections closed), or after FD_SETTLE_SECONDS, whichever is first."""
     deadline = time.monotonic() + FD_SETTLE_SECONDS
-    fds = sample(session, 0).fds
-    while fds > ceiling and time.monotonic() < deadline:
+    now = sample(session, port, 0)
+    while now.clients > listening and time.monotonic() < deadline:
         time.sleep(0.5)
-        fds = sample(session, 0).fds
-    return fds
+        now = sample(session, port, 0)
+    return now
+
+
+def span(values: Iterable[int]) -> str:
+    ordered = sorted(values)
+    return f"{ordered[0]}" if ordered[0] == ordered[-1] else f"{ordered[0]}-{ordered[-1]}"
 
 
 def render(header: list[str], samples: list[Sample], windows: list[Window],
            rules: list[tuple[str, str, bool]]) -> str:
     mib = 1024 * 1024
     lines = ["## keygate soak", "", *header, "",
-             "| minute | calls | errors | rate /s | RSS MiB (median) | fds (min-max) | processes |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+             "| minute | calls | errors | rate /s | RSS MiB (median) | fds (min-max) | of which client sockets "
+             "| database sockets | other fds | processes |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for minute in range(int(samples[-1].at // 60) + 1):
         in_minute = [s for s in samples if minute * 60 < s.at <= (minute + 1) * 60] or [samples[-1]]
         ws = [w for w in windows if minute * 60 < w.end <= (minute + 1) * 60]
@@ -171,7 +204,8 @@ def render(header: list[str], samples: list[Sample], windows: list[Window],
         rate = statistics.mean(w.rate for w in ws) if ws else 0.0
         lines.append(f"| {minute + 1} | {calls:,} | {sum(w.errors for w in ws)} | {rate:,.0f} | "
                      f"{statistics.median(s.rss for s in in_minute) / mib:.1f} | "
-                     f"{min(s.fds for s in in_minute)}-{max(s.fds for s in in_minute)} | "
+                     f"{span(s.fds for s in in_minute)} | {span(s.clients for s in in_minute)} | "
+                     f"{span(s.sockets for s in in_minute)} | {span(s.files for s in in_minute)} | "
                      f"{max(s.processes for s in in_minute)} |")
     lines += ["", "| rule | figures | result |", "|---|---|---|"]
     lines += [f"| {rule} | {figures} | {'pass' if held else '**FAIL**'} |" for rule, figures, held in rules]
@@ -196,9 +230,10 @@ def soak(args: argparse.Namespace, pg: postgres.Postgres, executable: str, workd
         saturation.verify(reply_size)
         rate = args.fraction * saturation.rps
         report.progress(f"saturation {saturation.rps:,.0f} Check/s; soaking at {rate:,.0f}/s for {args.duration:g} s")
-        idle_fds = settle_fds(session, 0)  # the saturation run's connections closed: the idle count
+        listening = server.workers  # one listening socket per worker (SO_REUSEPORT)
+        before = settled(session, server.port, listening)  # the saturation run's connections closed
         started = time.monotonic()
-        sampler = Sampler(session, started, args.interval)
+        sampler = Sampler(session, server.port, started, args.interval)
         sampler.start()
         windows: list[Window] = []
         try:
@@ -217,8 +252,8 @@ def soak(args: argparse.Namespace, pg: postgres.Postgres, executable: str, workd
                                 f"{sampler.samples[-1].fds if sampler.samples else 0} fds")
         finally:
             samples = sampler.stop()
-        settled = settle_fds(session, idle_fds)
-    rules = verdicts(samples, windows, rate, idle_fds, settled)
+        after = settled(session, server.port, listening)
+    rules = verdicts(samples, windows, rate, before, after)
     header = report.machine({"PostgreSQL": pg.version(), "h2load": h2load.version(executable)})
     header.append(f"- settings: {workers} worker(s); saturation {saturation.rps:,.0f} Check/s "
                   f"(h2load -c{CLIENTS} -m{STREAMS}, {SATURATION_SECONDS:g} s); soak at {args.fraction:.0%} of it, "
