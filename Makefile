@@ -36,6 +36,18 @@ lint: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench
 
+## Every RPC fuzzed at length (tests/fuzz, hypothesis profile fuzz-long: thousands of examples per service
+## instead of `make test`'s few dozen; no per-test timeout). Add --hypothesis-seed=N to replay a run.
+.PHONY: fuzz soak
+fuzz: $(VENV)/.installed-dev
+	KEYGATE_FUZZ_PROFILE=fuzz-long $(BIN)/python -m pytest -q -p no:randomly --timeout=0 \
+		--hypothesis-show-statistics tests/fuzz
+
+## 10 minutes of Check at half the saturation it measures first, watching RSS, file descriptors and errors
+## (bench/soak.py; `$(BIN)/python -m bench.soak --duration 60` for a short one). Prints a table; fails on a leak.
+soak: $(VENV)/.installed-dev
+	$(BIN)/python -m bench.soak
+
 ## keygate + Envoy (the shipped deploy/envoy/envoy.yaml) in front of a Flowise, until Ctrl-C:
 ##   make gateway FLOWISE_URL=http://127.0.0.1:3000     (clients call 127.0.0.1:10000)
 .PHONY: gateway e2e-flowise

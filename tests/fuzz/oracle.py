@@ -67,24 +67,24 @@ class Keys:
     """The keys the fuzz calls with, and the values (pools) it draws plausible fields from."""
 
     root: str
-    narrow: str  # chatflows:view in ws1
+    narrow: str  # a ws1 key manager below root: the no-escalation rules apply to it
     target: str  # chatflows:update + predictions:create in ws1, bound to chatflows/bound
     target_id: str
-    narrow_id: str
     sentinel: str  # in ws1, its id given to no request: must still check OK after everything
     secret: bytes  # the page-token secret
     permissions: list[str]
 
     @classmethod
     async def make(cls, client: Client, db: asyncpg.Connection) -> Keys:
-        narrow = await client.create(name="narrow")
+        narrow = await client.create(name="narrow", permissions=["chatflows:view", "apikeys:view", "apikeys:create",
+                                                                  "apikeys:update"])
         target = await client.create(name="target", permissions=["chatflows:update", "predictions:create"])
         await client.keys.BindResource(keys_pb2.BindResourceRequest(resource="chatflows/bound", key_id=target.key.id),
                                        metadata=auth(client.root))
         sentinel = await client.create(name="sentinel")
         catalog = await client.authz.ListPermissions(authz_pb2.ListPermissionsRequest(), metadata=auth(client.root))
         secret = await db.fetchval("SELECT value FROM server_secrets LIMIT 1")
-        return cls(client.root, narrow.api_key, target.api_key, target.key.id, narrow.key.id, sentinel.api_key,
+        return cls(client.root, narrow.api_key, target.api_key, target.key.id, sentinel.api_key,
                    bytes(secret), [p.name for p in catalog.permissions])
 
     @property
@@ -107,7 +107,7 @@ class Keys:
 
     def pools(self) -> dict[str, list[str]]:
         """Plausible values by field name, so that a request gets past the first check."""
-        ids = [self.target_id, self.narrow_id, UNKNOWN_ID]
+        ids = [self.target_id, UNKNOWN_ID]  # not the narrow key's: deleted or rotated, it would call no more
         resources = ["chatflows/a", "chatflows/bound", "chatflows/x", "apikeys/x", "tools/t1"]
         bearer = [f"Bearer {key}" for key in (self.root, self.narrow, self.target)]
         return {
@@ -215,8 +215,9 @@ class Fuzzed:
             "SELECT count(*) FROM api_keys k WHERE NOT EXISTS (SELECT 1 FROM key_secrets s WHERE s.key_id = k.id)")
         assert orphans == 0, "a key without a secret: a half-written change"
         unaudited = await self.db.fetch(
-            "SELECT id, name FROM api_keys k WHERE NOT EXISTS (SELECT 1 FROM audit_events a"
-            " WHERE a.target_key_id = k.id AND a.outcome = 'OK' AND a.action IN ('Bootstrap', 'CreateKey', 'CreateApiKey'))")
+            "SELECT id, name FROM api_keys k WHERE NOT EXISTS ("
+            "  SELECT 1 FROM audit_events a WHERE a.target_key_id = k.id"
+            "   AND a.outcome = 'OK' AND a.action IN ('Bootstrap', 'CreateKey', 'CreateApiKey'))")
         assert unaudited == [], f"keys without the audited call that made them: {unaudited}"
 
 

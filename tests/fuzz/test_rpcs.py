@@ -31,7 +31,7 @@ SERVICES: list[ServiceDescriptor] = [
     external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"],  # Envoy ext_authz
     health_pb2.DESCRIPTOR.services_by_name["Health"],
 ]
-CALLERS = ["root", "root", "root", "narrow", "narrow", "unknown", "malformed", "basic", "none"]  # mostly past auth
+CALLERS = ["root"] * 5 + ["narrow"] * 2 + ["unknown", "malformed", "basic", "none"]  # mostly past authentication
 NOT_SERVED = {"grpc.health.v1.Health.List"}  # grpc's aio HealthServicer has none (test_hostile: UNIMPLEMENTED)
 
 
