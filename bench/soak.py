@@ -14,8 +14,9 @@ Verdicts (exit status 1 if any fails), with the samples split into thirds by tim
 - RSS flat: the last third's median within RSS_GROWTH of the second third's (the first third is
   warm-up: caches, allocator arenas and connection pools fill there);
 - fds bounded, counted in three kinds, as each has its own bound:
-  - the load generator's connections (TCP sockets on the server's port): once the load stops, none
-    is left but the listening sockets, exactly as before the load;
+  - the load generator's connections (TCP sockets on the server's port), and sockets whose peer has
+    gone but that the server has not closed yet (in no connection table): once the load stops, none is
+    left but the listening sockets, exactly as before the load;
   - other sockets (the PostgreSQL pool and the change listener, which grow and shrink with demand):
     never more than DATABASE_SOCKETS per process;
   - everything else (files, pipes, eventfds, epoll): no new high in the last third against the second
@@ -25,6 +26,7 @@ Verdicts (exit status 1 if any fails), with the samples split into thirds by tim
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -63,13 +65,14 @@ class Sample:
     rss: int  # bytes, summed over the server's processes
     fds: int  # all of them
     clients: int  # TCP sockets on the server's port: listening, and the load generator's connections
-    sockets: int  # every other socket (PostgreSQL)
+    sockets: int  # every other socket in a connection table (PostgreSQL)
+    closing: int  # socket descriptors in no connection table: the peer has gone, the server not closed it yet
     processes: int
 
     @property
     def files(self) -> int:
         """Open descriptors that are not sockets: files, pipes, eventfds, epoll."""
-        return self.fds - self.clients - self.sockets
+        return self.fds - self.clients - self.sockets - self.closing
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,20 +107,30 @@ def session_processes(session: int) -> list[psutil.Process]:
     return found
 
 
+def _socket_fds(pid: int) -> int:
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            count += os.readlink(fd).startswith("socket:")
+    return count
+
+
 def sample(session: int, port: int, at: float) -> Sample:
-    rss = fds = clients = sockets = 0
+    rss = fds = clients = sockets = closing = 0
     processes = session_processes(session)
     for process in processes:
         try:
             rss += process.memory_info().rss
             fds += process.num_fds()
             connections = process.net_connections(kind="all")
-        except psutil.NoSuchProcess:
+            socket_fds = _socket_fds(process.pid)
+        except (psutil.NoSuchProcess, FileNotFoundError):
             continue
         ours = sum(1 for c in connections if c.laddr and getattr(c.laddr, "port", None) == port)
         clients += ours
         sockets += len(connections) - ours
-    return Sample(at, rss, fds, clients, sockets, len(processes))
+        closing += max(0, socket_fds - len(connections))
+    return Sample(at, rss, fds, clients, sockets, closing, len(processes))
 
 
 class Sampler(threading.Thread):
@@ -164,8 +177,9 @@ def verdicts(samples: list[Sample], windows: list[Window], target: float, before
         (f"RSS flat (median, last third <= second third + {RSS_GROWTH:.0%})",
          f"{rss_2 / mib:.1f} -> {rss_3 / mib:.1f} MiB ({(rss_3 - rss_2) / rss_2:+.1%})",
          rss_3 <= rss_2 * (1 + RSS_GROWTH)),
-        ("client sockets back after the load (= before it)", f"{before.clients} before, {after.clients} after",
-         after.clients == before.clients),
+        ("client sockets back after the load (= before it, none closing)",
+         f"{before.clients} before, {after.clients} after, {after.closing} closing",
+         after.clients == before.clients and after.closing == 0),
         (f"database sockets bounded (<= {DATABASE_SOCKETS} per process)", f"at most {database}",
          database <= database_bound),
         ("other fds: no new high (max, last third <= second third)", f"{files_2} -> {files_3}", files_3 <= files_2),
@@ -175,11 +189,11 @@ def verdicts(samples: list[Sample], windows: list[Window], target: float, before
 
 
 def settled(session: int, port: int, listening: int) -> Sample:
-    """A sample once only the listening sockets are left on the server's port (the load generator's
-    connections closed), or after FD_SETTLE_SECONDS, whichever is first."""
+    """A sample once only the listening sockets are left on the server's port and none is closing (the
+    load generator's connections are all gone), or after FD_SETTLE_SECONDS, whichever is first."""
     deadline = time.monotonic() + FD_SETTLE_SECONDS
     now = sample(session, port, 0)
-    while now.clients > listening and time.monotonic() < deadline:
+    while (now.clients > listening or now.closing) and time.monotonic() < deadline:
         time.sleep(0.5)
         now = sample(session, port, 0)
     return now
@@ -195,8 +209,8 @@ def render(header: list[str], samples: list[Sample], windows: list[Window],
     mib = 1024 * 1024
     lines = ["## keygate soak", "", *header, "",
              "| minute | calls | errors | rate /s | RSS MiB (median) | fds (min-max) | of which client sockets "
-             "| database sockets | other fds | processes |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| closing | database sockets | other fds | processes |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for minute in range(int(samples[-1].at // 60) + 1):
         in_minute = [s for s in samples if minute * 60 < s.at <= (minute + 1) * 60] or [samples[-1]]
         ws = [w for w in windows if minute * 60 < w.end <= (minute + 1) * 60]
@@ -205,6 +219,7 @@ def render(header: list[str], samples: list[Sample], windows: list[Window],
         lines.append(f"| {minute + 1} | {calls:,} | {sum(w.errors for w in ws)} | {rate:,.0f} | "
                      f"{statistics.median(s.rss for s in in_minute) / mib:.1f} | "
                      f"{span(s.fds for s in in_minute)} | {span(s.clients for s in in_minute)} | "
+                     f"{span(s.closing for s in in_minute)} | "
                      f"{span(s.sockets for s in in_minute)} | {span(s.files for s in in_minute)} | "
                      f"{max(s.processes for s in in_minute)} |")
     lines += ["", "| rule | figures | result |", "|---|---|---|"]
