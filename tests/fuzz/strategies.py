@@ -129,7 +129,7 @@ def _scalar(field: FieldDescriptor, pools: Pools, level: int) -> st.SearchStrate
     if level == PLAUSIBLE:
         return st.integers(0, 100)
     return st.one_of(st.sampled_from([0, 1, -1 if low else 2, low, high]), st.integers(low, high),
-                     st.integers(-1000, 1000).filter(lambda n: low <= n <= high))
+                     st.integers(max(low, -1000), min(high, 1000)))
 
 
 def _value(field: FieldDescriptor, pools: Pools, level: int, depth: int) -> st.SearchStrategy[Any]:
