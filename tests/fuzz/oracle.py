@@ -39,8 +39,12 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 CALL_TIMEOUT = 10.0  # far above any answer's milliseconds: reaching it is a hang, which fails the example
 STREAM_FIRST_MESSAGE = 1.0  # a server stream (Health.Watch, a watch of changes) answers or stays open this long
 UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
-STATE = {  # what a refused call must not change: every row, as text
-    table: f"SELECT coalesce(md5(string_agg(t::text, ',' ORDER BY t::text)), '') FROM {table} t"
+# What a refused call must not change: every row, as text, but for the usage columns, which the
+# write-behind usage recorder fills in for earlier allowed calls whenever it flushes (once a second).
+WRITTEN_BEHIND = "- 'last_used_time' - 'usage_count'"
+STATE = {
+    table: f"SELECT coalesce(md5(string_agg((to_jsonb(t) {WRITTEN_BEHIND})::text, ',' ORDER BY t::text)), '')"
+           f" FROM {table} t"
     for table in ("api_keys", "key_secrets", "resource_bindings")
 }
 
