@@ -110,6 +110,12 @@ class Keys:
                 "malformed": (("authorization", "Bearer not-a-key"),), "basic": (("authorization", "Basic eA=="),),
                 "none": ()}
 
+    @property
+    def chatflow_actions(self) -> list[str]:
+        """The actions a Check on the pools' resources (chatflows, mostly) can be allowed for: a Check
+        with a random catalog action is almost always INVALID_ARGUMENT (no such action on that collection)."""
+        return [p for p in self.permissions if p.startswith(("chatflows:", "predictions:")) and not p.endswith("*")]
+
     def pools(self) -> dict[str, list[str]]:
         """Plausible values by field name, so that a request gets past the first check."""
         ids = [self.target_id, UNKNOWN_ID]  # not the narrow key's: deleted or rotated, it would call no more
@@ -118,7 +124,7 @@ class Keys:
         return {
             "id": ids, "key_id": ids, "actor_key_id": ids, "workspace_id": ["ws1", "ws2"],
             "api_key": [self.root, self.narrow, self.target, ""], "permissions": self.permissions,
-            "actions": self.permissions, "action": [*self.permissions, "CreateKey", "UpdateKey"],
+            "actions": self.permissions, "action": [*self.chatflow_actions, "CreateKey", "UpdateKey"],
             "resource": resources, "resources": resources, "name": ["n", "key-1"], "key_name": ["n"],
             "description": ["d"], "etag": [""], "page_token": [""], "allowed_cidrs": ["10.0.0.0/8", "::1/128"],
             "client_address": ["127.0.0.1", "10.1.2.3", "::1"],
