@@ -1,0 +1,84 @@
+"""A primary that stops accepting writes: demoted, or fenced with default_transaction_read_only as some
+failover managers do before a switchover. Its connections stay open, so nothing reports them lost: the
+first write refused as read-only must fail closed (UNAVAILABLE, never INTERNAL), and every pooled
+connection opened before must be replaced, so that the URL's target_session_attrs=read-write picks the
+writable server again (asyncpg refuses a server that reports default_transaction_read_only=on, so the
+store stays unreachable until there is one). (The whole failover, under load: tests/chaos, `primary failed over`.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from keygate.domain.errors import Unavailable
+from keygate.domain.permissions import Catalog
+from keygate.domain.records import AuditEvent
+from keygate.store.postgres import PROBE_INTERVAL_SECONDS, Store
+
+from .private_postgres import PrivatePostgres, on_private_postgres
+
+POOL = 3
+NAME = "keygate-fenced"
+EVENT = AuditEvent(action="test.write", outcome="OK", workspace_id="ws1")
+
+
+async def write(store: Store) -> None:
+    async with store.transaction() as tx:
+        await tx.audit(EVENT)
+
+
+async def backends(store: Store, pg: PrivatePostgres) -> set[int]:
+    """The server pids of the pool's POOL connections, each acquired (an expired one is replaced then)."""
+    async with contextlib.AsyncExitStack() as held:
+        for _ in range(POOL):
+            await held.enter_async_context(store.read())
+        conn = await asyncpg.connect(pg.url)
+        try:
+            return {r["pid"] for r in await conn.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = $1", NAME)}
+        finally:
+            await conn.close()
+
+
+async def fenced(pg: PrivatePostgres) -> None:
+    store = await Store.connect(f"{pg.url}&target_session_attrs=read-write&application_name={NAME}",
+                                min_size=POOL, max_size=POOL)
+    try:
+        await store.migrate(Catalog.build())
+        before = await backends(store, pg)
+        await fence(pg, True)
+        with pytest.raises(Unavailable, match="ReadOnlySQLTransactionError"):
+            await write(store)
+        assert store.errors["connection_lost"] == 1
+        await asyncio.sleep(2 * PROBE_INTERVAL_SECONDS)
+        assert not store.reachable, "the probe took a read-only server for the primary"
+        await fence(pg, False)
+        deadline = asyncio.get_running_loop().time() + 5
+        while not store.reachable:
+            assert asyncio.get_running_loop().time() < deadline, "the store did not find a writable server again"
+            await asyncio.sleep(PROBE_INTERVAL_SECONDS / 5)
+        await write(store)
+        assert not before & await backends(store, pg), "a connection to the read-only server was kept"
+    finally:
+        await store.close()
+
+
+async def fence(pg: PrivatePostgres, on: bool) -> None:
+    """default_transaction_read_only for every session, the open ones included (a reload applies it)."""
+    conn = await asyncpg.connect(pg.url, server_settings={"default_transaction_read_only": "off"})
+    try:
+        await conn.execute(f"ALTER SYSTEM SET default_transaction_read_only = {'on' if on else 'off'}")
+        await conn.execute("SELECT pg_reload_conf()")
+    finally:
+        await conn.close()
+
+
+def test_a_write_on_a_read_only_primary_is_unavailable_and_its_connections_are_replaced(
+        pg_dirs: Callable[[str], Path]) -> None:
+    on_private_postgres(pg_dirs, "fenced", fenced)
