@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ..e2e.conftest import upstream  # noqa: F401 (a fixture: the echoing upstream behind Envoy)
 from .harness import ROWS, table
 
 

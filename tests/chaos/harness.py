@@ -30,13 +30,30 @@ import grpc
 
 from keygate.v1 import keys_pb2
 
-from ..integration.load import BOUND, FORMAT, RPC_TIMEOUT, UNAVAILABLE, Load, check, disable, eventually, load, outcome
+from ..e2e.conftest import _http as request
+from ..e2e.test_envoy import bearer
+from ..integration.load import (
+    BOUND,
+    FORMAT,
+    POLL,
+    RPC_TIMEOUT,
+    UNAVAILABLE,
+    Load,
+    check,
+    disable,
+    eventually,
+    load,
+    outcome,
+)
 from ..integration.processes import Served, assert_no_failures, bootstrap, connect, finish, start
 from ..integration.support import Client, auth
 
 RECOVERY = 5.0  # seconds from the repair within which writes and Checks must work again
 WARM_UP = 0.5  # seconds of load before the fault
 SETTLE = 0.5  # seconds of load after the recovery
+# A write's deadline: above the server's own bounds (pool acquire 2 s, a statement 5 s), so that a write
+# caught by a hung database answers UNAVAILABLE rather than leaving its outcome unknown.
+WRITE_TIMEOUT = 8.0
 FALSE_ALLOW_NAMES = ("revoked", "unknown", "written")
 # Every answer a Check may give in a run: an allowed or refused key, or fail closed. Never INTERNAL, never
 # a deadline (every wait is bounded), never KEY_NOT_FOUND for a key that exists (a failed lookup is
@@ -97,7 +114,7 @@ class Writer:
             try:
                 made = await self.client.keys.CreateKey(
                     keys_pb2.CreateKeyRequest(name="chaos", workspace_id="ws1", permissions=["chatflows:view"]),
-                    metadata=auth(self.client.root), timeout=RPC_TIMEOUT)
+                    metadata=auth(self.client.root), timeout=WRITE_TIMEOUT)
             except grpc.aio.AioRpcError as error:
                 self.answers.append(error.code().name)
                 await asyncio.sleep(0.05)
@@ -105,7 +122,7 @@ class Writer:
             self.answers.append("OK")
             self.created[made.key.id] = made.api_key
             while not self._stopping.is_set():  # the same key until its disable is acknowledged
-                got = await outcome(disable(self.client, made))
+                got = await outcome(disable(self.client, made, WRITE_TIMEOUT))
                 self.answers.append(got)
                 if got == "OK":
                     self.disabled[made.key.id] = (made.api_key, time.monotonic())
@@ -131,6 +148,40 @@ class Writer:
 
 
 @dataclass
+class HttpLoad:
+    """Requests through Envoy (GET /api/v1/chatflows), one loop per key, each status kept with when it was sent."""
+
+    port: int
+    keys: dict[str, str]  # name -> api key
+    seen: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        stopping = asyncio.Event()
+
+        async def loop(name: str, api_key: str) -> None:
+            seen = self.seen.setdefault(name, [])
+            while not stopping.is_set():
+                asked = time.monotonic()
+                answer = await asyncio.to_thread(request, self.port, "GET", "/api/v1/chatflows", bearer(api_key))
+                seen.append((asked, answer.status))
+                await asyncio.sleep(POLL)
+
+        tasks = [asyncio.create_task(loop(name, api_key)) for name, api_key in self.keys.items()]
+        try:
+            yield
+        finally:
+            stopping.set()
+            await asyncio.gather(*tasks)
+
+    def statuses(self, name: str, start: float, end: float = float("inf")) -> set[int]:
+        return {status for asked, status in self.seen[name] if start <= asked < end}
+
+    def count(self, name: str, status: int, start: float = 0.0, end: float = float("inf")) -> int:
+        return sum(s == status and start <= asked < end for asked, s in self.seen[name])
+
+
+@dataclass
 class Scene:
     """The processes a fault acts on: A (admin load), B (Checks, named in pg_stat_activity), their database."""
 
@@ -142,17 +193,21 @@ class Scene:
 
 
 @contextlib.asynccontextmanager
-async def scene(url: str, name: str, *, b_workers: int = 1, env: dict[str, str] | None = None
-                ) -> AsyncIterator[Scene]:
-    """A and B serving `url` (B named `name`), stopped afterwards; neither may log a traceback or INTERNAL."""
+async def scene(url: str, name: str, *, b_workers: int = 1, b_address: str | None = None) -> AsyncIterator[Scene]:
+    """A and B serving `url` (B named `name`, on `b_address` if given), stopped afterwards; neither may log a
+    traceback or INTERNAL."""
     root = bootstrap(url)
-    a = start("--database-url", url, "--workers", "1", env=env)
-    b = start("--database-url", f"{url}&application_name={name}", "--workers", str(b_workers), env=env)
+    made = Scene(start("--database-url", url, "--workers", "1"), start_b(url, name, b_workers, b_address),
+                 root, url, name)
     try:
-        yield Scene(a, b, root, url, name)
+        yield made
     finally:
-        for served in (a, b):
+        for served in (made.a, made.b):
             assert_no_failures(finish(served))
+
+
+def start_b(url: str, name: str, workers: int = 1, address: str | None = None) -> Served:
+    return start("--database-url", f"{url}&application_name={name}", "--workers", str(workers), address=address)
 
 
 

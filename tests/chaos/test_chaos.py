@@ -21,11 +21,13 @@ from google.protobuf import duration_pb2
 
 from keygate.v1 import keys_pb2
 
+from ..e2e.conftest import Upstream, running_envoy
+from ..integration.load import FORMAT, disable
 from ..integration.private_postgres import PrivatePostgres, postgres_processes, stopped
-from ..integration.processes import the_listener, worker_pids
+from ..integration.processes import connect, the_listener, worker_pids
 from ..integration.support import Client
 from ..pgcluster import Cluster
-from .harness import UNAVAILABLE, Extra, Load, Scene, assert_holds, run, scene
+from .harness import UNAVAILABLE, Extra, HttpLoad, Load, Scene, assert_holds, run, scene, start_b
 
 FULL = os.environ.get("KEYGATE_CHAOS") == "full"
 SHORT = {"listener terminated", "postgres hung", "worker killed", "primary failed over"}
@@ -182,3 +184,43 @@ async def test_a_failover_under_load_allows_nothing_revoked_and_loses_no_acknowl
 
             row, running = await run(fault, scene_, failover, verify_url=lambda: cluster.primary.url("chaos"))
     assert_holds(row, running)
+
+
+# --- keygate killed behind Envoy ----------------------------------------------------------------
+
+
+async def test_keygate_killed_behind_envoy_lets_no_request_through(pg: PrivatePostgres, upstream: Upstream) -> None:
+    """B is Envoy's ext_authz (the shipped envoy.yaml: failure_mode_allow false). B is SIGKILLed under HTTP
+    load through Envoy as well as the gRPC load, and started again: while it is down Envoy lets no request
+    through (it answers 503), and a revoked or unknown key is never let through."""
+    fault = "keygate killed behind Envoy"
+    long_only(fault)
+    with running_envoy(upstream) as envoy:
+        async with scene(await fresh(pg), B, b_address=f"127.0.0.1:{envoy.keygate_port}") as scene_:
+            down: list[float] = []
+
+            async def killed() -> None:
+                scene_.b.process.kill()
+                scene_.b.process.wait()
+                down.append(time.monotonic())
+                await asyncio.sleep(HOLD)
+                down.append(time.monotonic())
+                scene_.b = start_b(scene_.url, scene_.name, address=scene_.b.address)
+
+            admin = connect(scene_.a, scene_.root)
+            try:
+                live, revoked = await admin.create(), await admin.create()
+                await disable(admin, revoked)()
+            finally:
+                await admin.channel.close()
+            http = HttpLoad(envoy.port, {"live": live.api_key, "revoked": revoked.api_key,
+                                         "unknown": FORMAT.generate()})
+            async with http.running():
+                row, running = await run(fault, scene_, killed)
+    let_through = (http.count("live", 200, down[0], down[1]) + http.count("revoked", 200)
+                   + http.count("unknown", 200))
+    row.false_allows += let_through  # the row in the table too
+    assert let_through == 0, f"Envoy let {let_through} requests through"
+    assert http.statuses("live", down[0], down[1]) == {503}
+    assert http.statuses("live", down[1] + (row.recovery or 0) + 0.5) == {200}
+    assert_holds(row, running, cached_always_ok=False)  # B's own gRPC callers lose it too while it is down

@@ -101,10 +101,10 @@ def check(client: Client, api_key: str) -> Callable[[], object]:
                                       timeout=RPC_TIMEOUT)
 
 
-def disable(client: Client, key: keys_pb2.CreateKeyResponse) -> Callable[[], object]:
+def disable(client: Client, key: keys_pb2.CreateKeyResponse, timeout: float = RPC_TIMEOUT) -> Callable[[], object]:
     request = keys_pb2.UpdateKeyRequest(key=keys_pb2.ApiKey(id=key.key.id, disabled=True))
     request.update_mask.paths.append("disabled")
-    return lambda: client.keys.UpdateKey(request, metadata=auth(client.root), timeout=RPC_TIMEOUT)
+    return lambda: client.keys.UpdateKey(request, metadata=auth(client.root), timeout=timeout)
 
 
 def delete(client: Client, key: keys_pb2.CreateKeyResponse) -> Callable[[], object]:

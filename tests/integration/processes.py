@@ -70,13 +70,14 @@ class Served:
         return self.log_path.read_text()
 
 
-def start(*serve_args: str, env: Mapping[str, str] | None = None) -> Served:
-    """`keygate serve --listen 127.0.0.1:<free port> *serve_args`, returned once it says it is listening.
+def start(*serve_args: str, env: Mapping[str, str] | None = None, address: str | None = None) -> Served:
+    """`keygate serve --listen <address> *serve_args` (default 127.0.0.1:<free port>), returned once it says
+    it is listening.
 
     The environment carries no KEYGATE_* setting or DATABASE_URL but those in `env`, and metrics on a
     free port unless `env` or `serve_args` say otherwise.
     """
-    address = f"127.0.0.1:{free_port()}"
+    address = address or f"127.0.0.1:{free_port()}"
     fd, log_name = tempfile.mkstemp(prefix="keygate-serve-", suffix=".log")
     with os.fdopen(fd, "w") as log:
         process = subprocess.Popen([KEYGATE, "serve", "--listen", address, *serve_args], stdout=subprocess.PIPE,
