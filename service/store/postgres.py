@@ -480,7 +480,11 @@ class Store:
         with _unreachable_is_unavailable():
             conn = await asyncpg.connect(self._url, timeout=self.settings.connect_timeout,
                                          command_timeout=self.settings.statement_timeout)
-            await conn.add_listener(changes.CHANNEL, lambda _c, _pid, _ch, payload: on_change(payload))
+            try:  # a standby refuses LISTEN (read-only): the listener retries, so never leave the connection open
+                await conn.add_listener(changes.CHANNEL, lambda _c, _pid, _ch, payload: on_change(payload))
+            except BaseException:
+                conn.terminate()
+                raise
             conn.add_termination_listener(lambda _c: on_lost())
             return Listening(conn)
 

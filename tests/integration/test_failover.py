@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,10 +23,12 @@ from keygate.domain.permissions import Catalog
 from keygate.domain.records import AuditEvent
 from keygate.store.postgres import PROBE_INTERVAL_SECONDS, Store
 
+from ..pgcluster import Cluster
 from .private_postgres import PrivatePostgres, on_private_postgres
 
 POOL = 3
 NAME = "keygate-fenced"
+CONNECTIONS = "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
 EVENT = AuditEvent(action="test.write", outcome="OK", workspace_id="ws1")
 
 
@@ -46,6 +50,20 @@ async def backends(store: Store, pg: PrivatePostgres) -> set[int]:
             await conn.close()
 
 
+async def refused(store: Store) -> None:
+    """Write until a write is refused as read-only (UNAVAILABLE): each backend applies the reloaded setting
+    on its own, at some point after the reload."""
+    deadline = asyncio.get_running_loop().time() + 5
+    while True:
+        try:
+            await write(store)
+        except Unavailable as exc:
+            assert "ReadOnlySQLTransactionError" in str(exc)
+            return
+        assert asyncio.get_running_loop().time() < deadline, "writes still accepted 5 s after the fence"
+        await asyncio.sleep(0.05)
+
+
 async def fenced(pg: PrivatePostgres) -> None:
     store = await Store.connect(f"{pg.url}&target_session_attrs=read-write&application_name={NAME}",
                                 min_size=POOL, max_size=POOL)
@@ -53,8 +71,7 @@ async def fenced(pg: PrivatePostgres) -> None:
         await store.migrate(Catalog.build())
         before = await backends(store, pg)
         await fence(pg, True)
-        with pytest.raises(Unavailable, match="ReadOnlySQLTransactionError"):
-            await write(store)
+        await refused(store)
         assert store.errors["connection_lost"] == 1
         await asyncio.sleep(2 * PROBE_INTERVAL_SECONDS)
         assert not store.reachable, "the probe took a read-only server for the primary"
@@ -82,3 +99,28 @@ async def fence(pg: PrivatePostgres, on: bool) -> None:
 def test_a_write_on_a_read_only_primary_is_unavailable_and_its_connections_are_replaced(
         pg_dirs: Callable[[str], Path]) -> None:
     on_private_postgres(pg_dirs, "fenced", fenced)
+
+
+async def test_a_standby_refuses_the_change_listener_which_leaves_no_connection_behind(
+        pg_dirs: Callable[[str], Path]) -> None:
+    """Reached without target_session_attrs, a standby refuses LISTEN: the listener retries every few
+    seconds, so each refused connection must be closed at once, not left for the standby to count."""
+    async with Cluster.running(pg_dirs("standby"), replicas=1) as cluster:
+        await cluster.create_database("keygate")
+        standby = cluster.replicas[0]
+        store = await Store.connect(f"{standby.url('keygate')}?application_name={NAME}", min_size=1, max_size=1)
+        try:
+            with warnings.catch_warnings(record=True) as warned:
+                warnings.simplefilter("always", ResourceWarning)
+                for _ in range(3):
+                    with pytest.raises(Unavailable, match="ReadOnlySQLTransactionError"):
+                        await store.listen(lambda _payload: None, lambda: None)
+                gc.collect()
+            # Closed by keygate, not left to the garbage collector (which warns, and may run late).
+            assert not [w for w in warned if "unclosed connection" in str(w.message)]
+            deadline = asyncio.get_running_loop().time() + 5
+            while (left := await standby.execute(CONNECTIONS, NAME)) != 1:  # the pool's one connection
+                assert asyncio.get_running_loop().time() < deadline, f"{left} connections left on the standby"
+                await asyncio.sleep(0.05)
+        finally:
+            await store.close()
