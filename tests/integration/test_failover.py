@@ -21,10 +21,10 @@ import pytest
 from keygate.domain.errors import Unavailable
 from keygate.domain.permissions import Catalog
 from keygate.domain.records import AuditEvent
-from keygate.store.postgres import PROBE_INTERVAL_SECONDS, Store
+from keygate.store.postgres import PROBE_INTERVAL_SECONDS, DatabaseSettings, Store
 
 from ..pgcluster import Cluster
-from .private_postgres import PrivatePostgres, on_private_postgres
+from .private_postgres import PrivatePostgres, on_private_postgres, stopped
 
 POOL = 3
 NAME = "keygate-fenced"
@@ -124,3 +124,30 @@ async def test_a_standby_refuses_the_change_listener_which_leaves_no_connection_
                 await asyncio.sleep(0.05)
         finally:
             await store.close()
+
+
+@pytest.mark.parametrize("synchronous", [False, True], ids=["asynchronous", "synchronous"])
+async def test_a_failover_keeps_every_acknowledged_write_only_with_a_synchronous_standby(
+        pg_dirs: Callable[[str], Path], synchronous: bool) -> None:
+    """Why the README asks for synchronous replication: the primary's WAL sender stalls (a slow network),
+    a write is made, the primary dies and the standby is promoted. Asynchronous: the write was acknowledged
+    and is lost. Synchronous: it was never acknowledged (it waited for the standby until the statement
+    bound, then UNAVAILABLE), so nothing keygate acknowledged is lost."""
+    async with Cluster.running(pg_dirs("lost-write"), replicas=1, synchronous=synchronous) as cluster:
+        await cluster.create_database("keygate")
+        store = await Store.connect(cluster.url("keygate"), DatabaseSettings(statement_timeout=1.0))
+        try:
+            sender = await cluster.primary.execute("SELECT pid FROM pg_stat_replication")
+            assert isinstance(sender, int)
+            with stopped([sender]):
+                try:
+                    await write(store)
+                    acknowledged = True
+                except Unavailable:
+                    acknowledged = False
+                await cluster.failover()
+        finally:
+            await store.close()
+        kept = await cluster.primary.execute("SELECT count(*) FROM audit_events WHERE action = $1", EVENT.action,
+                                             database="keygate")
+    assert (acknowledged, kept) == ((False, 0) if synchronous else (True, 0))
