@@ -202,6 +202,7 @@ async def test_keygate_killed_behind_envoy_lets_no_request_through(pg: PrivatePo
             async def killed() -> None:
                 scene_.b.process.kill()
                 scene_.b.process.wait()
+                scene_.b.log_path.unlink()
                 down.append(time.monotonic())
                 await asyncio.sleep(HOLD)
                 down.append(time.monotonic())
