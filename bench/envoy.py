@@ -464,8 +464,8 @@ def _notes(duration: float, rounds: int, reply_bytes: dict[str, int]) -> list[st
         "4 in flight; p50/p99 from h2load's per-request log, request start to end of response). Before each: "
         "200 with the key, 401 with a wrong key (b, c); every response 2xx with the direct response's body, "
         "and Envoy's filter counters show every request authorized. The c / c0 ratio is the median of the "
-        "rounds' ratios, each of two runs back to back (three busy processes share two cores, so runs "
-        "far apart differ more than keygate does).",
+        "rounds' ratios, each of two runs back to back (three busy processes share two cores: a slow "
+        "patch of the machine then hits both runs of a pair).",
         "- CPU per request: utime + stime of Envoy's process and of the authz server's process session, "
         "over the throughput run, divided by the requests it completed. On 2 cores a Python ext_authz round "
         "trip costs ~150 µs of CPU per request (Envoy ~50-60, a do-nothing grpc.aio server ~90), so c / a is "
