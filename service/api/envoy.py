@@ -132,9 +132,8 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         # The OK templates, by the identity of the Decision they render (see `_allowed`).
         self._templates: dict[int, _Template] = {}
         bearer, custom = ("authorization",), (routes.key_header,)
-        # The carrier tuples by (Bearer, key header) present: `_take_key` hands out these very objects.
-        self._carriers = {(False, False): (), (True, False): bearer, (False, True): custom,
-                          (True, True): (*bearer, *custom)}
+        # The carrier tuples, made once: `_take_key` hands out these very objects.
+        self._bearer, self._custom, self._both = bearer, custom, (*bearer, *custom)
         self._query_carrier = (routes.query_parameter,)
 
     async def Check(self, request: external_auth_pb2.CheckRequest,
@@ -169,7 +168,7 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         workspace = headers.get(self._routes.workspace_header, "") if self._routes.workspace_header else ""
         # Without the client address: reading it walks three more wrappers, and only a key with
         # allowed_cidrs needs it (then `recall` asks, and `check` always gets it).
-        item = CheckItem(match.resource, match.route.action, workspace)
+        item = CheckItem(match.resource, match.route.action, workspace) if workspace else match.item
 
         def address() -> str:
             return _client_address(attributes)
@@ -274,7 +273,7 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         custom = get(self._routes.key_header, "")
         if custom:
             key = key or custom.strip()
-        carriers = self._carriers[bearer, bool(custom)]
+        carriers = (self._both if custom else self._bearer) if bearer else (self._custom if custom else ())
         if not query:
             return _Presented(key, carriers, ())
         name, in_query = self._routes.query_parameter, False
