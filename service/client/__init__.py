@@ -20,6 +20,7 @@ from .authorizer import (
     KeygateUnavailable,
     SyncAuthorizer,
 )
+from .cache import LocalCache
 from .decision import Decision, DecisionCode, RateLimitState
 from .settings import DEFAULT_SERVER, SERVER_ENV, ClientSettings, Retry
 
@@ -35,6 +36,7 @@ __all__ = [
     "KeygateClientError",
     "KeygateRequestError",
     "KeygateUnavailable",
+    "LocalCache",
     "RateLimitState",
     "Retry",
     "SyncAuthorizer",
