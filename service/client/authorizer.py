@@ -129,16 +129,17 @@ class Authorizer(_Client):
 
     async def check(self, key: str, resource: str, action: str, *, workspace_id: str = "",
                     client_address: str = "", cost: int = 1) -> Decision:
-        request = check_request(key, resource, action, workspace_id, client_address, cost)
         decisions = self.decisions
         if decisions is None or cost != 1:
+            request = check_request(key, resource, action, workspace_id, client_address, cost)
             return Decision.from_response(await self._call(self._stub().Check, request))
         asked = question(key, resource, action, workspace_id, client_address)
         found = decisions.get(asked)
         if found is not None:
             return found
         sent = decisions.now()
-        response = await self._call(self._stub().Check, request)
+        response = await self._call(self._stub().Check, check_request(key, resource, action, workspace_id,
+                                                                      client_address, cost))
         decision = Decision.from_response(response)
         decisions.keep(asked, response, decision, sent)
         return decision
@@ -189,16 +190,17 @@ class SyncAuthorizer(_Client):
 
     def check(self, key: str, resource: str, action: str, *, workspace_id: str = "",
               client_address: str = "", cost: int = 1) -> Decision:
-        request = check_request(key, resource, action, workspace_id, client_address, cost)
         decisions = self.decisions
         if decisions is None or cost != 1:
+            request = check_request(key, resource, action, workspace_id, client_address, cost)
             return Decision.from_response(self._call(self._stub.Check, request))
         asked = question(key, resource, action, workspace_id, client_address)
         found = decisions.get(asked)
         if found is not None:
             return found
         sent = decisions.now()
-        response = self._call(self._stub.Check, request)
+        response = self._call(self._stub.Check, check_request(key, resource, action, workspace_id, client_address,
+                                                              cost))
         decision = Decision.from_response(response)
         decisions.keep(asked, response, decision, sent)
         return decision
