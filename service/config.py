@@ -19,6 +19,7 @@ from .domain.routes import RouteTable
 from .logs import ACCESS_POLICIES
 from .metrics import DEFAULT_ADDRESS as DEFAULT_METRICS
 from .metrics import parse_address
+from .store.failover import check_primary_url
 from .store.postgres import DatabaseSettings
 from .tls import ServerFiles
 from .upstream import UpstreamCredentials
@@ -138,7 +139,7 @@ class Settings:
         cache, database = CacheSettings(), DatabaseSettings()
         values: dict[str, object] = {
             "listen": _address(env, "KEYGATE_LISTEN", DEFAULT_LISTEN),
-            "database_url": env.get("DATABASE_URL", ""),
+            "database_url": check_primary_url("DATABASE_URL", env.get("DATABASE_URL", "")),
             "data_dir": Path(env.get("KEYGATE_DATA_DIR", str(DEFAULT_DATA_DIR))),
             "key_prefix": env.get("KEYGATE_KEY_PREFIX", DEFAULT_PREFIX),
             "catalog_file": _path(env, "KEYGATE_CATALOG"),
