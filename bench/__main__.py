@@ -7,7 +7,9 @@
    round), with 10k and with 1M keys in the table;
 3. Flowise's per-request verification (scan for the plaintext, then scrypt) at 10k keys vs keygate;
 4. Envoy in front (issue 4), route answering `direct_response`: no auth filter, Envoy's static
-   `api_key_auth`, ext_authz to a constant-allow Python server, ext_authz to keygate (`envoy.py`).
+   `api_key_auth`, ext_authz to a constant-allow Python server, ext_authz to keygate (`envoy.py`);
+5. keygate.client's local decision cache (issue 11): a cached check vs a remote Check, and the time
+   from DeleteKey to the client refusing the key under load (`client_cache.py`).
 
 Variants are measured in interleaved rounds (A, B, A, B, ...) and each figure is the median of
 the rounds, so a slow patch of the machine hits both sides alike.
@@ -29,7 +31,7 @@ from types import FrameType
 from keygate import logs
 from keygate.v1 import authz_pb2
 
-from . import envoy, flowise_baseline, h2load, keys, latency, postgres, report, servers
+from . import client_cache, envoy, flowise_baseline, h2load, keys, latency, postgres, report, servers
 from .stats import median
 
 METHOD_PATH = "/keygate.v1.AuthzService/Check"
@@ -53,6 +55,7 @@ class Plan:
     envoy_duration: float  # seconds per measured Envoy run (throughput, then latency)
     envoy_warm_up: float
     envoy_rounds: int  # interleaved Envoy rounds: more than the others, as three busy processes share the cores
+    quick: bool = False
 
     @property
     def h2load_shape(self) -> str:
@@ -108,6 +111,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         envoy_duration=args.envoy_duration or (1.5 if args.quick else 4.0),
         envoy_warm_up=0.5 if args.quick else 1.0,
         envoy_rounds=envoy_rounds,
+        quick=args.quick,
     )
 
 
@@ -258,6 +262,10 @@ def run(ctx: Context, pg: postgres.Postgres) -> Findings:
                         duration=plan.envoy_duration, warm_up=plan.envoy_warm_up)
     found.figures += outcome.figures
     found.notes += outcome.notes
+    report.progress("5. client library's local cache: cached vs remote check, revocation latency under load ...")
+    measured = client_cache.measure(small_url, plan.workers, ctx.workdir, **client_cache.sizes(plan.quick))
+    found.figures += measured.figures(plan.workers)
+    found.notes.append(client_cache.NOTE)
     return found
 
 
