@@ -1,8 +1,8 @@
 """Every RPC keygate serves, fuzzed through a real gRPC channel against a real server on PostgreSQL.
 
 Methods come from the service descriptors and requests from the message descriptors (strategies.py),
-so a new method or field is fuzzed without editing this file: AuthzService's coming WatchChanges (a
-server stream) is picked up as it lands, read by `Fuzzed._stream` (its first message or its status;
+so a new method or field is fuzzed without editing this file: AuthzService's WatchChanges (a server
+stream) was picked up as it landed, and is read by `Fuzzed._stream` (its first message or its status;
 a stream still open after a second is an answer too). Each example is one call with one of the
 credentials of `Keys.credentials` and is checked by `Fuzzed.assert_answer`; the examples of a test
 share one server, so they are also a random sequence of changes, after which the fixture checks the
@@ -25,7 +25,7 @@ from .oracle import Fuzzed
 from .strategies import requests
 
 SERVICES: list[ServiceDescriptor] = [
-    authz_pb2.DESCRIPTOR.services_by_name["AuthzService"],  # Check, BatchCheck, ListPermissions (+ WatchChanges)
+    authz_pb2.DESCRIPTOR.services_by_name["AuthzService"],  # Check, BatchCheck, ListPermissions, WatchChanges
     keys_pb2.DESCRIPTOR.services_by_name["KeyService"],
     flowise_pb2.DESCRIPTOR.services_by_name["FlowiseApiKeyService"],
     external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"],  # Envoy ext_authz
