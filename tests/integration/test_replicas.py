@@ -22,7 +22,6 @@ from keygate.server import App
 from keygate.store.postgres import DatabaseSettings, Store
 from keygate.store.replicas import Replicated
 from keygate.v1 import authz_pb2, keys_pb2
-
 from tests.pgcluster import Cluster
 
 from .private_postgres import stopped
