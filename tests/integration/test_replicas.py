@@ -108,9 +108,9 @@ async def test_a_revocation_is_not_undone_by_a_replica_that_has_not_replayed_it(
         await settled(app)
         assert (await reader.check(key.api_key)).allowed
         await cluster.replicas[0].pause_replay()  # the replica keeps the key from here on
-        await writer.keys.UpdateKey(keys_pb2.UpdateKeyRequest(
-            key=keys_pb2.ApiKey(id=key.key.id, disabled=True), update_mask=field_mask_pb2.FieldMask(paths=["disabled"])),
-            metadata=auth(writer.root))
+        disable = keys_pb2.UpdateKeyRequest(key=keys_pb2.ApiKey(id=key.key.id, disabled=True),
+                                            update_mask=field_mask_pb2.FieldMask(paths=["disabled"]))
+        await writer.keys.UpdateKey(disable, metadata=auth(writer.root))
         deadline = time.monotonic() + 2  # the NOTIFY reaches the reader within its bound (1 s)
         while (await reader.check(key.api_key)).code != authz_pb2.KEY_DISABLED:
             assert time.monotonic() < deadline, "the revocation never reached the reader"
