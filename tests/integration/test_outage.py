@@ -27,6 +27,7 @@ import grpc
 import pytest
 
 from keygate.domain.keys import KeyFormat
+from keygate.store.postgres import PING
 from keygate.v1 import authz_pb2, keys_pb2
 
 from .private_postgres import PrivatePostgres, on_private_postgres, postgres_processes, stopped
@@ -135,7 +136,7 @@ LISTENER_TTL = 3.0  # B's cache TTL: well above BOUND, so a listener that never 
 REPLICA_B = "keygate-replica-b"
 # The listener's connection is the only one whose last statement is its LISTEN or its keepalive.
 LISTENER_BACKENDS = """SELECT pid FROM pg_stat_activity
-    WHERE application_name = $1 AND (query LIKE 'LISTEN%' OR query = 'SELECT 1')"""
+    WHERE application_name = $1 AND (query LIKE 'LISTEN%' OR query = $2)"""  # $2: store.postgres.PING
 
 
 @dataclass
@@ -178,7 +179,7 @@ async def admin(replicas: Replicas) -> AsyncIterator[asyncpg.Connection]:
 
 
 async def listener_pids(admin: asyncpg.Connection) -> list[int]:
-    return [r["pid"] for r in await admin.fetch(LISTENER_BACKENDS, REPLICA_B)]
+    return [r["pid"] for r in await admin.fetch(LISTENER_BACKENDS, REPLICA_B, PING)]
 
 
 async def the_listener(admin: asyncpg.Connection, within: float = 5.0) -> int:
@@ -278,7 +279,7 @@ async def test_a_stalled_listener_is_noticed_within_the_bound(
 
 REPLICA_C = "keygate-replica-c"
 POOL_BACKENDS = """SELECT pid FROM pg_stat_activity
-    WHERE application_name = $1 AND NOT (query LIKE 'LISTEN%' OR query = 'SELECT 1')"""
+    WHERE application_name = $1 AND NOT (query LIKE 'LISTEN%' OR query = $2)"""
 
 
 @pytest.fixture
@@ -297,7 +298,7 @@ async def terminated(replicas: Replicas, admin: asyncpg.Connection) -> AsyncIter
     async def kill() -> None:
         nonlocal killed
         while True:
-            for row in await admin.fetch(POOL_BACKENDS, REPLICA_C):
+            for row in await admin.fetch(POOL_BACKENDS, REPLICA_C, PING):
                 killed += await admin.fetchval("SELECT pg_terminate_backend($1)", row["pid"])
             await asyncio.sleep(0.02)
 

@@ -28,7 +28,6 @@ from keygate.domain.errors import InvalidArgument
 from keygate.server import App
 from keygate.store.postgres import DatabaseSettings
 from keygate.v1 import authz_pb2, keys_pb2
-
 from tests.pgcluster import SYSTEM_USER, Cluster
 
 from .support import Client, auth, connect
