@@ -76,7 +76,7 @@ class KeyCache:
         self._entries = Entries(settings.max_keys, settings.max_negative, settings.max_bindings)
         flight = Flight(self._freshness)
         self._flood = Flood(settings.unknown_key_lookups, self._freshness)
-        self.replay = Replay(self._flood)  # the floor a read replica's answer must reach (store/replicas.py)
+        self.replay = Replay(self._flood, self._freshness)  # what a read replica must reach (store/replicas.py)
         credentials = Credentials(source, catalog, self._entries, self._freshness, flight, self._flood,
                                   self.hits, self.misses)
         bindings = Bindings(source, self._entries, self._freshness, flight, self.hits, self.misses)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from ..domain.keys import fingerprint
 from .flood import Flood
+from .freshness import Freshness
 
 
 class Replay:
-    def __init__(self, flood: Flood) -> None:
+    def __init__(self, flood: Flood, freshness: Freshness) -> None:
         self._flood = flood
+        self._freshness = freshness
         self._heard = 1  # changes (and losses) heard so far; unsettled until a first ping
         self._settled = 0  # the `mark` of the last ping that settled the floor
         self._since = 1  # pings marked before this (the last loss) say nothing about this connection
@@ -44,8 +46,11 @@ class Replay:
             self._floor = max(self._floor, position)
 
     def floor(self) -> int | None:
-        """The position a replica must have replayed; None while a change is unsettled."""
-        return self._floor if self._settled == self._heard else None
+        """The position a replica must have replayed; None while a change is unsettled, or while the
+        listener is silent past its deadline (changes since its last answer may be unheard)."""
+        if self._settled != self._heard or self._freshness.clock() >= self._freshness.trusted_until:
+            return None
+        return self._floor
 
     def vouches(self, digest: bytes) -> bool:
         """A replica at the floor found no such key: that stands if the complete filter of known keys

@@ -12,7 +12,8 @@ would not do: read inside the writing transaction it lies before the commit reco
 - A key not found where the guard does not vouch for its absence (the known-keys filter does not hold it:
   it may have been created a moment ago, its NOTIFY not yet here): the primary confirms. Such lookups
   passed the flood guard's budget first (cache/flood.py), so a flood of made-up keys stays on the replica.
-- The replica unreachable or slow: the primary answers, within the same lookup bound. The replica gets
+- The replica unreachable, slow or failing a query (a conflict with recovery): the primary answers, within
+  the same lookup bound. The replica gets
   at most half of it; once it fails it is skipped at once until its background probe gets through.
 The replica's position is read before the lookup's query (a separate statement): the query's snapshot is
 then at least that new, never older than the position that vouched for it.
@@ -26,6 +27,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, TypeVar
 
+import asyncpg
+
 from ..domain import changes
 from ..domain.decision import Binding
 from ..domain.errors import Unavailable
@@ -36,7 +39,7 @@ from .postgres import Reader, Store
 T = TypeVar("T")
 
 REPLICA_SHARE = 0.5  # of the lookup bound, at most, before the primary is asked instead
-FALLBACKS = ("unsettled", "behind", "absent", "unreachable")  # why the primary answered: metric labels
+FALLBACKS = ("unsettled", "behind", "absent", "unreachable", "error")  # why the primary answered: metric labels
 
 
 class Replicated:
@@ -113,6 +116,8 @@ class _ReplicaFirst:
                         reason = "absent"
             except Unavailable:
                 reason = "unreachable"
+            except asyncpg.PostgresError:  # e.g. a query cancelled by a conflict with recovery
+                reason = "error"
         source.fallbacks[reason] += 1
         async with source.primary.lookup(max(0.0, self._deadline - loop.time())) as reader:
             return await query(reader)

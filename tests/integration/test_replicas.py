@@ -247,5 +247,5 @@ async def test_metrics_count_replica_reads_and_fallbacks_without_per_key_labels(
         snapshot = app.metrics.snapshot()
         assert snapshot.counters[("keygate_replica_reads", ())] >= 1
         assert {labels for name, labels in snapshot.counters if name == "keygate_replica_fallbacks"} == {
-            ("unsettled",), ("behind",), ("absent",), ("unreachable",)}
+            ("unsettled",), ("behind",), ("absent",), ("unreachable",), ("error",)}
         assert snapshot.gauges[("keygate_replica_unreachable", ())] == 0

@@ -8,7 +8,7 @@ import uuid
 from keygate.cache.keys import KeyCache
 from keygate.domain import changes
 
-from .conftest import add_key
+from .conftest import Clock, add_key
 from .fakes import MemoryStore
 
 
@@ -65,3 +65,11 @@ async def test_only_the_complete_filter_vouches_for_a_missing_key(cache: KeyCach
     await cache.rebuild_filter()
     assert cache.replay.vouches(secret)  # the filter holds it: a replica at the floor has it (or it is gone)
     assert not cache.replay.vouches(os.urandom(32))  # unknown: maybe created a moment ago, ask the primary
+
+
+def test_a_silent_listener_past_its_deadline_settles_nothing(cache: KeyCache, clock: Clock) -> None:
+    cache.synchronize(clock.now + 1)
+    cache.trust(clock.now + 1, cache.mark(), 5)
+    assert cache.replay.floor() == 5
+    clock.now += 1  # no ping answered since: changes may be going unheard
+    assert cache.replay.floor() is None
