@@ -34,6 +34,12 @@ pgbouncer:
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq pgbouncer >/dev/null; \
 		else echo "make: PgBouncer is missing, its tests will skip (as root: apt-get install -y pgbouncer)"; fi
 
+## Every fault of the chaos suite (tests/chaos) under Check and admin load, held longer than in `make test`
+## (which runs four of them briefly), and the table of what each did (README, "The chaos suite").
+.PHONY: chaos
+chaos: $(VENV)/.installed-dev
+	KEYGATE_CHAOS=full $(BIN)/python -m pytest -q tests/chaos
+
 ## ruff on the code, tests and benchmarks (not the generated service/v1); mypy on the service (pyproject.toml).
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check service tests bench

@@ -19,6 +19,7 @@ from .domain.routes import RouteTable
 from .logs import ACCESS_POLICIES
 from .metrics import DEFAULT_ADDRESS as DEFAULT_METRICS
 from .metrics import parse_address
+from .store.failover import check_primary_url
 from .store.postgres import POOLERS, DatabaseSettings
 from .tls import ServerFiles
 from .upstream import UpstreamCredentials
@@ -146,7 +147,7 @@ class Settings:
         cache, database = CacheSettings(), DatabaseSettings()
         values: dict[str, object] = {
             "listen": _address(env, "KEYGATE_LISTEN", DEFAULT_LISTEN),
-            "database_url": env.get("DATABASE_URL", ""),
+            "database_url": check_primary_url("DATABASE_URL", env.get("DATABASE_URL", "")),
             "data_dir": Path(env.get("KEYGATE_DATA_DIR", str(DEFAULT_DATA_DIR))),
             "key_prefix": env.get("KEYGATE_KEY_PREFIX", DEFAULT_PREFIX),
             "catalog_file": _path(env, "KEYGATE_CATALOG"),
@@ -176,7 +177,7 @@ class Settings:
                 statement_timeout=_float(env, "KEYGATE_DB_STATEMENT_TIMEOUT", database.statement_timeout),
                 lookup_timeout=_float(env, "KEYGATE_DB_LOOKUP_TIMEOUT", database.lookup_timeout),
                 read_url=env.get("KEYGATE_DATABASE_READ_URL", ""),
-                listen_url=_listen_url(env),
+                listen_url=check_primary_url("KEYGATE_DATABASE_LISTEN_URL", _listen_url(env)),
                 pooler=_choice(env, "KEYGATE_DATABASE_POOLER", POOLERS, POOLERS[0]),
             ),
         }

@@ -82,6 +82,7 @@ _UNREACHABLE = (
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.exceptions.ObjectNotInPrerequisiteStateError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,  # a demoted primary (or a replica): not the database to write to
 )
 # After these a connection is terminated, never reset or rolled back: either would wait on the server
 # again (asyncpg first waits for the cancellation of a timed-out statement). The server rolls back.
@@ -114,8 +115,9 @@ def _error_kind(exc: BaseException) -> str:
     """How a call failed to reach the database, for metrics: timeout, connection_lost or other."""
     if isinstance(exc, TimeoutError):
         return "timeout"
-    if isinstance(exc, OSError | asyncpg.InterfaceError | asyncpg.PostgresConnectionError):
-        return "connection_lost"
+    if isinstance(exc, OSError | asyncpg.InterfaceError | asyncpg.PostgresConnectionError
+                  | asyncpg.exceptions.ReadOnlySQLTransactionError):
+        return "connection_lost"  # read-only: connected to a server that is no longer the primary
     return "other"
 
 
@@ -506,7 +508,11 @@ class Store:
         with _unreachable_is_unavailable():
             conn = await asyncpg.connect(self._direct_url, timeout=self.settings.connect_timeout,
                                          command_timeout=self.settings.statement_timeout)
-            await conn.add_listener(changes.CHANNEL, lambda _c, _pid, _ch, payload: on_change(payload))
+            try:  # a standby refuses LISTEN (read-only): the listener retries, so never leave the connection open
+                await conn.add_listener(changes.CHANNEL, lambda _c, _pid, _ch, payload: on_change(payload))
+            except BaseException:
+                conn.terminate()
+                raise
             conn.add_termination_listener(lambda _c: on_lost())
             return Listening(conn)
 
@@ -595,6 +601,10 @@ class Store:
                 yield conn
         except _UNREACHABLE as exc:
             self.errors[_error_kind(exc)] += 1
+            if isinstance(exc, asyncpg.exceptions.ReadOnlySQLTransactionError):
+                # After a failover every pooled connection may be to the demoted server: replace them all
+                # (the URL's target_session_attrs=read-write then finds the new primary).
+                await self._pool.expire_connections()
             self._unreachable()
             raise _unavailable(exc) from None
 

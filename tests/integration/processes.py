@@ -6,6 +6,7 @@ nobody reads fills up under load and blocks the server.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -14,12 +15,15 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import grpc
 
+from keygate.store.postgres import PING
 from keygate.v1 import authz_pb2_grpc, keys_pb2_grpc
 
 from .support import Client
@@ -67,13 +71,14 @@ class Served:
         return self.log_path.read_text()
 
 
-def start(*serve_args: str, env: Mapping[str, str] | None = None) -> Served:
-    """`keygate serve --listen 127.0.0.1:<free port> *serve_args`, returned once it says it is listening.
+def start(*serve_args: str, env: Mapping[str, str] | None = None, address: str | None = None) -> Served:
+    """`keygate serve --listen <address> *serve_args` (default 127.0.0.1:<free port>), returned once it says
+    it is listening.
 
     The environment carries no KEYGATE_* setting or DATABASE_URL but those in `env`, and metrics on a
     free port unless `env` or `serve_args` say otherwise.
     """
-    address = f"127.0.0.1:{free_port()}"
+    address = address or f"127.0.0.1:{free_port()}"
     fd, log_name = tempfile.mkstemp(prefix="keygate-serve-", suffix=".log")
     with os.fdopen(fd, "w") as log:
         process = subprocess.Popen([KEYGATE, "serve", "--listen", address, *serve_args], stdout=subprocess.PIPE,
@@ -88,6 +93,34 @@ def start(*serve_args: str, env: Mapping[str, str] | None = None) -> Served:
             return served
     process.wait()
     raise AssertionError(f"serve exited early: {''.join(lines)} {served.logs()}")
+
+
+# A keygate process's change listener is the only connection of its application_name whose last statement is
+# its LISTEN or its keepalive ping.
+LISTENER_BACKENDS = """SELECT pid FROM pg_stat_activity
+    WHERE application_name = $1 AND (query LIKE 'LISTEN%' OR query = $2)"""  # $2: store.postgres.PING
+
+
+async def listener_pids(admin: asyncpg.Connection, application_name: str) -> list[int]:
+    """The backends of the change listeners of the processes connected as `application_name`."""
+    return [r["pid"] for r in await admin.fetch(LISTENER_BACKENDS, application_name, PING)]
+
+
+async def the_listener(admin: asyncpg.Connection, application_name: str, within: float = 5.0) -> int:
+    """The one listener backend of the process connected as `application_name`. Waited for: on a loaded
+    machine a ping may have been late, so the listener may be reconnecting (as it should) at the moment
+    a test looks for it."""
+    deadline = time.monotonic() + within
+    while len(pids := await listener_pids(admin, application_name)) != 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert len(pids) == 1, f"expected {application_name}'s one listener connection, found {pids}"
+    return pids[0]
+
+
+def worker_pids(supervisor: int) -> set[int]:
+    """The spawned workers of `serve --workers N` (not multiprocessing's resource tracker)."""
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    return {int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()}
 
 
 def assert_no_failures(logs: str) -> None:

@@ -29,7 +29,7 @@ from keygate.metrics import FAMILIES, LATENCY_BUCKETS, Exporter
 from keygate.server import App
 from keygate.v1 import authz_pb2, authz_pb2_grpc
 
-from .processes import KEYGATE, Served, bootstrap, clean_environment, start, stop
+from .processes import KEYGATE, Served, bootstrap, clean_environment, start, stop, worker_pids
 from .support import Client
 
 FORMAT = KeyFormat()
@@ -130,12 +130,6 @@ async def test_a_change_reaches_the_lag_histogram(database_url: str) -> None:
         stop(served)
     lag = value(text, "keygate_invalidation_lag_seconds_sum") / value(text, "keygate_invalidation_lag_seconds_count")
     assert 0 <= lag < 1
-
-
-def worker_pids(supervisor: int) -> set[int]:
-    """The supervisor's spawned workers (not multiprocessing's resource tracker)."""
-    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
-    return {int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()}
 
 
 async def test_workers_are_summed_and_a_restart_does_not_go_backwards(database_url: str) -> None:

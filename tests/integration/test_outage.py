@@ -19,124 +19,36 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
-import grpc
 import pytest
 
-from keygate.domain.keys import KeyFormat
 from keygate.store.postgres import PING
-from keygate.v1 import authz_pb2, keys_pb2
+from keygate.v1 import keys_pb2
 
+from .load import (
+    BOUND,
+    FORMAT,
+    RPC_TIMEOUT,
+    UNAVAILABLE,
+    Load,
+    check,
+    delete,
+    disable,
+    eventually,
+    load,
+    outcome,
+)
 from .private_postgres import PrivatePostgres, on_private_postgres, postgres_processes, stopped
 from .processes import Served, assert_no_failures, bootstrap, connect, finish, start, stop
+from .processes import listener_pids as listener_backends
+from .processes import the_listener as one_listener
 from .support import Client, auth
-
-BOUND = 1.0  # seconds: how fast a change reaches another replica while the listener is up
-POLL = 0.005
-RPC_TIMEOUT = 2.0  # a Check that hangs this long is a failure too (it shows as DEADLINE_EXCEEDED)
-FORMAT = KeyFormat()
-UNAVAILABLE = "UNAVAILABLE"  # an RPC error's status, as Answer.outcome
-
-
-# --- recording answers ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Answer:
-    asked: float  # time.monotonic() when the Check was sent
-    outcome: str  # the decision code's name, or the RPC error's status name
-    took: float  # seconds until it was answered
-
-
-async def outcome(call: Callable[[], object]) -> str:
-    try:
-        response = await call()
-    except grpc.aio.AioRpcError as error:
-        return error.code().name
-    return authz_pb2.DecisionCode.Name(response.code) if hasattr(response, "code") else "OK"
-
-
-@dataclass
-class Load:
-    """Concurrent loops Checking keys through one client, every answer recorded."""
-
-    client: Client
-    answers: dict[str, list[Answer]] = field(default_factory=dict)
-    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
-    def add(self, name: str, api_key: Callable[[], str], loops: int = 1) -> None:
-        self.answers[name] = []
-        self._tasks += [asyncio.create_task(self._loop(name, api_key)) for _ in range(loops)]
-
-    async def _loop(self, name: str, api_key: Callable[[], str]) -> None:
-        while not self._stopping.is_set():
-            asked = time.monotonic()
-            got = await outcome(check(self.client, api_key()))
-            self.answers[name].append(Answer(asked, got, time.monotonic() - asked))
-            await asyncio.sleep(POLL)
-
-    async def stop(self) -> None:
-        self._stopping.set()
-        await asyncio.gather(*self._tasks)
-
-    def between(self, name: str, start: float, end: float = float("inf")) -> set[str]:
-        """The outcomes of the Checks of `name` sent in [start, end)."""
-        return {a.outcome for a in self.answers[name] if start <= a.asked < end}
-
-    def slowest(self, name: str, start: float, end: float = float("inf")) -> float:
-        """The longest wait for an answer among the Checks of `name` sent in [start, end)."""
-        return max((a.took for a in self.answers[name] if start <= a.asked < end), default=0.0)
-
-    def last(self, name: str, wanted: str, before: float = float("inf")) -> float:
-        """When the last Check of `name` sent before `before` that answered `wanted` was sent."""
-        return max((a.asked for a in self.answers[name] if a.outcome == wanted and a.asked < before), default=-1.0)
-
-
-@contextlib.asynccontextmanager
-async def load(client: Client) -> AsyncIterator[Load]:
-    running = Load(client)
-    try:
-        yield running
-    finally:
-        await running.stop()
-
-
-async def eventually(check: Callable[[], object], want: str, within: float) -> float:
-    """Seconds until `check` (an RPC) gives `want`; fails after `within`."""
-    started = time.monotonic()
-    while (got := await outcome(check)) != want:
-        assert time.monotonic() - started < within, f"still {got} after {within}s (want {want})"
-        await asyncio.sleep(POLL)
-    return time.monotonic() - started
-
-
-def check(client: Client, api_key: str) -> Callable[[], object]:
-    return lambda: client.authz.Check(authz_pb2.CheckRequest(api_key=api_key, action="chatflows:view"),
-                                      timeout=RPC_TIMEOUT)
-
-
-def disable(client: Client, key: keys_pb2.CreateKeyResponse) -> Callable[[], object]:
-    request = keys_pb2.UpdateKeyRequest(key=keys_pb2.ApiKey(id=key.key.id, disabled=True))
-    request.update_mask.paths.append("disabled")
-    return lambda: client.keys.UpdateKey(request, metadata=auth(client.root), timeout=RPC_TIMEOUT)
-
-
-def delete(client: Client, key: keys_pb2.CreateKeyResponse) -> Callable[[], object]:
-    request = keys_pb2.DeleteKeyRequest(id=key.key.id)
-    return lambda: client.keys.DeleteKey(request, metadata=auth(client.root), timeout=RPC_TIMEOUT)
-
-
-# --- the change listener killed ---------------------------------------------------------
 
 LISTENER_TTL = 3.0  # B's cache TTL: well above BOUND, so a listener that never came back would show
 REPLICA_B = "keygate-replica-b"
-# The listener's connection is the only one whose last statement is its LISTEN or its keepalive.
-LISTENER_BACKENDS = """SELECT pid FROM pg_stat_activity
-    WHERE application_name = $1 AND (query LIKE 'LISTEN%' OR query = $2)"""  # $2: store.postgres.PING
 
 
 @dataclass
@@ -179,17 +91,11 @@ async def admin(replicas: Replicas) -> AsyncIterator[asyncpg.Connection]:
 
 
 async def listener_pids(admin: asyncpg.Connection) -> list[int]:
-    return [r["pid"] for r in await admin.fetch(LISTENER_BACKENDS, REPLICA_B, PING)]
+    return await listener_backends(admin, REPLICA_B)
 
 
-async def the_listener(admin: asyncpg.Connection, within: float = 5.0) -> int:
-    """B's one listener backend. Waited for: on a loaded machine a ping may have been late, so the listener
-    may be reconnecting (as it should) at the moment a test looks for it."""
-    deadline = time.monotonic() + within
-    while len(pids := await listener_pids(admin)) != 1 and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert len(pids) == 1, f"expected B's one listener connection, found {pids}"
-    return pids[0]
+async def the_listener(admin: asyncpg.Connection) -> int:
+    return await one_listener(admin, REPLICA_B)
 
 
 async def kill_listener(admin: asyncpg.Connection) -> None:
@@ -279,7 +185,7 @@ async def test_a_stalled_listener_is_noticed_within_the_bound(
 
 REPLICA_C = "keygate-replica-c"
 POOL_BACKENDS = """SELECT pid FROM pg_stat_activity
-    WHERE application_name = $1 AND NOT (query LIKE 'LISTEN%' OR query = $2)"""
+    WHERE application_name = $1 AND NOT (query LIKE 'LISTEN%' OR query = $2)"""  # $2: store.postgres.PING
 
 
 @pytest.fixture

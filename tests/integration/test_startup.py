@@ -50,6 +50,10 @@ BAD_SETTINGS = {
                             "KEYGATE_LISTEN (--listen): must be host:port (e.g. 0.0.0.0:50051), not '0.0.0.0:70000'"),
     "an unreadable catalog": ({}, ("--catalog", "{dir}"),
                               "KEYGATE_CATALOG (--catalog): cannot read {dir}: [Errno 21] Is a directory: '{dir}'"),
+    "several hosts, no session attribute": (
+        {}, ("--database-url", "postgresql://keygate@127.0.0.1:1,127.0.0.1:2/keygate"),
+        "DATABASE_URL (--database-url): names several hosts: add target_session_attrs=read-write so that keygate "
+        "connects to the primary, and finds the new one after a failover"),
     "a missing routes file": ({"KEYGATE_ROUTES": "{dir}/routes.yaml"}, (),
                               "KEYGATE_ROUTES (--routes): cannot read {dir}/routes.yaml: [Errno 2] No such file or "
                               "directory: '{dir}/routes.yaml'"),
