@@ -7,7 +7,9 @@
    round), with 10k and with 1M keys in the table;
 3. Flowise's per-request verification (scan for the plaintext, then scrypt) at 10k keys vs keygate;
 4. Envoy in front (issue 4), route answering `direct_response`: no auth filter, Envoy's static
-   `api_key_auth`, ext_authz to a constant-allow Python server, ext_authz to keygate (`envoy.py`).
+   `api_key_auth`, ext_authz to a constant-allow Python server, ext_authz to keygate (`envoy.py`);
+5. keygate.client's local decision cache (issue 11): a cached check vs a remote Check, and the time
+   from DeleteKey to the client refusing the key under load (`client_cache.py`).
 
 Variants are measured in interleaved rounds (A, B, A, B, ...) and each figure is the median of
 the rounds, so a slow patch of the machine hits both sides alike.
@@ -29,7 +31,7 @@ from types import FrameType
 from keygate import logs
 from keygate.v1 import authz_pb2
 
-from . import envoy, flowise_baseline, h2load, keys, latency, postgres, report, servers
+from . import client_cache, envoy, flowise_baseline, h2load, keys, latency, postgres, report, servers
 from .stats import median
 
 METHOD_PATH = "/keygate.v1.AuthzService/Check"
@@ -52,6 +54,8 @@ class Plan:
     connections: int  # the latency client's connections
     envoy_duration: float  # seconds per measured Envoy run (throughput, then latency)
     envoy_warm_up: float
+    envoy_rounds: int  # interleaved Envoy rounds: more than the others, as three busy processes share the cores
+    quick: bool = False
 
     @property
     def h2load_shape(self) -> str:
@@ -76,6 +80,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, help="worker processes per server (default: keygate's default)")
     parser.add_argument("--duration", type=float, help="seconds per measured round (default 10; --quick 3)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per figure (median; default 3)")
+    parser.add_argument("--envoy-rounds", type=int,
+                        help="interleaved Envoy rounds (median of the paired ratios; default 7; --quick 3)")
     parser.add_argument("--envoy-duration", type=float,
                         help="seconds per measured Envoy run, each of throughput and latency (default 4; --quick 1.5)")
     return parser.parse_args(argv)
@@ -87,8 +93,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if help_text is None and workers != 1:
         report.progress(f"note: `keygate serve` has no --workers yet; running 1 process of each server, not {workers}")
         workers = 1
-    if workers < 1 or args.rounds < 1:
-        raise SystemExit("bench: --workers and --rounds must be at least 1")
+    envoy_rounds = args.envoy_rounds or (3 if args.quick else 7)
+    if workers < 1 or args.rounds < 1 or envoy_rounds < 1:
+        raise SystemExit("bench: --workers, --rounds and --envoy-rounds must be at least 1")
     duration = args.duration or (3.0 if args.quick else 10.0)
     return Plan(
         duration=duration,
@@ -103,6 +110,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         connections=max(4, 2 * workers),
         envoy_duration=args.envoy_duration or (1.5 if args.quick else 4.0),
         envoy_warm_up=0.5 if args.quick else 1.0,
+        envoy_rounds=envoy_rounds,
+        quick=args.quick,
     )
 
 
@@ -249,10 +258,14 @@ def run(ctx: Context, pg: postgres.Postgres) -> Findings:
     flowise(ctx, found, pg.create_database("flowise", migrate=False), "keygate (cached)", _cold(small_label))
     report.progress("4. Envoy: no auth filter, api_key_auth, ext_authz to a constant-allow server, to keygate ...")
     outcome = envoy.run(h2load_exe=ctx.h2load, envoy_exe=ctx.envoy, workdir=ctx.workdir, database_url=small_url,
-                        api_key=small.keep[0], workers_flag=plan.workers_flag, rounds=plan.rounds,
+                        api_key=small.keep[0], workers_flag=plan.workers_flag, rounds=plan.envoy_rounds,
                         duration=plan.envoy_duration, warm_up=plan.envoy_warm_up)
     found.figures += outcome.figures
     found.notes += outcome.notes
+    report.progress("5. client library's local cache: cached vs remote check, revocation latency under load ...")
+    measured = client_cache.measure(small_url, plan.workers, ctx.workdir, **client_cache.sizes(plan.quick))
+    found.figures += measured.figures(plan.workers)
+    found.notes.append(client_cache.NOTE)
     return found
 
 
@@ -315,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     header.append(
         f"- settings: {plan.workers} worker(s) per server{no_flag}, "
         f"{plan.rounds} interleaved rounds of {plan.duration:g} s (+{plan.warm_up:g} s warm-up), medians; "
-        f"Envoy runs of {plan.envoy_duration:g} s (+{plan.envoy_warm_up:g} s warm-up); "
+        f"{plan.envoy_rounds} interleaved Envoy rounds of {plan.envoy_duration:g} s "
+        f"(+{plan.envoy_warm_up:g} s warm-up); "
         f"keygate log level {os.environ.get('KEYGATE_LOG_LEVEL', 'info')}, "
         f"access log {os.environ.get('KEYGATE_ACCESS_LOG', logs.ACCESS_POLICIES[0])}"
         + ("; --quick" if args.quick else "")

@@ -147,7 +147,7 @@ def _create(stub: keys_pb2_grpc.KeyServiceStub, root: str, **fields: object) -> 
 
 def checks_through_a_server(url: str, n: int, logdir: Path) -> dict[str, tuple[float, float]]:
     """p50/p99 µs of a Check, one at a time, by kind of key, the kinds interleaved call by call."""
-    root = asyncio.run(_root_key(url))
+    root = asyncio.run(root_key(url))
     probe = authz_pb2.CheckRequest(api_key=root, action="chatflows:view")
     with servers.running(servers.start_keygate(url, 1, True, logdir, "limits"), probe) as server, \
             grpc.insecure_channel(server.target) as channel:
@@ -173,7 +173,7 @@ def checks_through_a_server(url: str, n: int, logdir: Path) -> dict[str, tuple[f
     return {name: _percentiles(s) for name, s in samples.items()}
 
 
-async def _root_key(url: str) -> str:
+async def root_key(url: str) -> str:
     store = await Store.connect(url)
     try:
         settings = Settings()

@@ -10,3 +10,8 @@ Clock = Callable[[], datetime]
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def utc(seconds: float) -> datetime:
+    """The UTC datetime of a `time.time()` reading: the hot path keeps time as a float, the rules as this."""
+    return datetime.fromtimestamp(seconds, UTC)

@@ -30,6 +30,7 @@ from .api.envoy import EnvoyAuthzServicer
 from .api.flowise_keys import FlowiseKeyServicer
 from .api.health import HealthServicer
 from .api.keys import KeyServicer
+from .api.watch import WatchServicer
 from .authz import Authorizer
 from .cache.keys import KeyCache
 from .cache.listener import ChangeListener
@@ -166,6 +167,7 @@ class App:
         # their allowed answers are counted, not logged (unless KEYGATE_ACCESS_LOG=all).
         boundary.register(server, AuthzServicer(authorizer, catalog), _service(authz_pb2, "AuthzService"),
                           quiet=frozenset({"Check", "BatchCheck"}))
+        boundary.register(server, WatchServicer(authorizer, cache.feed), _service(authz_pb2, "AuthzService"))
         boundary.register(server, EnvoyAuthzServicer(authorizer, routes, upstream),
                           _service(external_auth_pb2, "Authorization"), quiet=frozenset({"Check"}))
         boundary.register(server, health, HEALTH_SERVICE, quiet=frozenset({"Check"}))
@@ -192,13 +194,15 @@ class App:
                    metrics, upstream_watch)
 
     async def stop(self, grace: float) -> None:
-        """Drain within `grace` seconds: every service NOT_SERVING first (Watch streams say so and end), and
+        """Drain within `grace` seconds: every service NOT_SERVING first (Watch streams say so and end, as do
+        WatchChanges streams), and
         calls still served until callers have gone; then no new connection or call is accepted, and calls
         in flight get the rest of the grace to finish (then they are cancelled); then the usage counted so
         far is written, the pool closed and the log flushed."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         self.health.drain()
+        self.cache.feed.close()  # WatchChanges streams end now (UNAVAILABLE: resubscribe elsewhere)
         await self._until_quiet(min(grace / 3, LAME_DUCK_SECONDS))
         await self.server.stop(max(0.0, deadline - loop.time()))
         self.log_flusher.cancel()

@@ -8,11 +8,11 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
 from uuid import UUID
 
 import structlog
 
+from .clock import utc
 from .domain.errors import Unavailable
 from .store.interface import UsageStore
 
@@ -24,11 +24,12 @@ class UsageRecorder:
         self._store = store
         self._interval = interval
         # Keyed by the UUID's 128-bit integer: UUID.__hash__ is a Python-level call, twice per Check.
-        self._pending: dict[int, tuple[int, datetime]] = {}
+        self._pending: dict[int, tuple[int, float]] = {}  # the latest use as time.time()
         self._task: asyncio.Task[None] | None = None
 
-    def record(self, key_id: UUID, when: datetime) -> None:
-        """On the Check path: calls arrive in time order, so the latest `when` is simply the last."""
+    def record(self, key_id: UUID, when: float) -> None:
+        """On the Check path: calls arrive in time order, so the latest `when` (`time.time()`: a datetime per
+        call was a visible share of a cached Check) is simply the last."""
         number = key_id.int
         entry = self._pending.get(number)
         self._pending[number] = (1, when) if entry is None else (entry[0] + 1, when)
@@ -57,7 +58,7 @@ class UsageRecorder:
             return
         try:
             async with self._store.transaction() as tx:
-                await tx.add_usage({UUID(int=number): usage for number, usage in batch.items()})
+                await tx.add_usage({UUID(int=number): (count, utc(last)) for number, (count, last) in batch.items()})
         except Unavailable:
             for number, (count, last) in batch.items():
                 now_count, now_last = self._pending.get(number, (0, last))

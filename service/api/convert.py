@@ -214,7 +214,11 @@ def check_response(decision: Decision) -> authz_pb2.CheckResponse:
         key_id=credential.key_id_text,
         key_name=credential.key_name,
         workspace_id=credential.workspace_id,
+        limited=credential.limits is not None,
     )
+    ends = credential.ends
+    if ends is not None:
+        response.key_expire_time.FromDatetime(ends)
     if decision.usage is not None:
         _add_usage(response, decision.usage)
     return response

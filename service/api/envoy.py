@@ -15,24 +15,23 @@ it cannot decide. Decision metadata goes into dynamic_metadata for access logs.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from typing import NamedTuple
 from urllib.parse import quote, unquote, unquote_plus
 
 import grpc
 import orjson
 from envoy.config.core.v3 import base_pb2
-from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from .. import metrics
 from ..authz import Authorizer, CheckItem
-from ..cache.lru import LRU
 from ..clock import utcnow
 from ..domain.decision import CODES, Answer, Code, Credential, Decision
 from ..domain.errors import InvalidArgument, Unavailable, redact
-from ..domain.limits import Limits, Usage
+from ..domain.limits import Limits
 from ..domain.routes import KEY, PUBLIC, RouteTable
 from ..limits.edge import limit_headers, limits_metadata, retry_after
 from ..upstream import UpstreamCredentials
@@ -45,6 +44,7 @@ _PRINTABLE_ASCII = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 IDENTITY_HEADERS = ("x-keygate-key-id", "x-keygate-workspace-id", "x-keygate-key-name")
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _OK = Code.OK.value  # read once: an Enum's `.value` is a Python-level property
+_OK_CODE = Code.OK
 # The door's own refusals, words rather than decision codes (whose answers are domain.decision.CODES).
 _BAD_REQUEST = Answer(400, "INVALID_ARGUMENT")
 _NOT_ROUTED = Answer(403, "PERMISSION_DENIED")
@@ -99,13 +99,28 @@ class DisguisedKey(Exception):
     parameters by their literal name, so such a key would travel upstream."""
 
 
-@dataclass(slots=True)
-class _Presented:
-    """The key a request presents, and every header and query parameter that carried one."""
+class _Presented(NamedTuple):
+    """The key a request presents, and every header and query parameter that carried one. The carriers
+    are tuples the servicer made once (see `EnvoyAuthzServicer._carriers`), so the usual request shares
+    them: a template is found again by their identity, without hashing or building anything."""
 
-    key: str = ""
-    headers: list[str] = field(default_factory=list)
-    query: list[str] = field(default_factory=list)
+    key: str
+    headers: tuple[str, ...]
+    query: tuple[str, ...]
+
+
+class _Template(NamedTuple):
+    """A prebuilt OK and what it was built for (see `EnvoyAuthzServicer._allowed`)."""
+
+    decision: Decision
+    headers: tuple[str, ...]
+    query: tuple[str, ...]
+    upstream: str
+    response: external_auth_pb2.CheckResponse
+
+
+def _client_address(attributes: attribute_context_pb2.AttributeContext) -> str:
+    return attributes.source.address.socket_address.address
 
 
 class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
@@ -114,16 +129,22 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         self._authorizer = authorizer
         self._routes = routes
         self._upstream = upstream  # None: allowed requests travel on without a credential
-        self._templates: LRU[tuple[object, ...], external_auth_pb2.CheckResponse] = LRU(MAX_TEMPLATES)
+        # The OK templates, by the identity of the Decision they render (see `_allowed`).
+        self._templates: dict[int, _Template] = {}
+        bearer, custom = ("authorization",), (routes.key_header,)
+        # The carrier tuples, made once: `_take_key` hands out these very objects.
+        self._bearer, self._custom, self._both = bearer, custom, (*bearer, *custom)
+        self._query_carrier = (routes.query_parameter,)
 
     async def Check(self, request: external_auth_pb2.CheckRequest,
                     context: grpc.aio.ServicerContext) -> external_auth_pb2.CheckResponse:
         attributes = request.attributes  # each step into the request is a wrapper object made: read it once
         http = attributes.request.http
+        headers = http.headers
         path, _, query = http.path.partition("?")
         match = self._routes.match(http.method, path)
         try:
-            presented = self._take_key(http.headers, query, match is not None and match.route.query_key)
+            presented = self._take_key(headers, query, match is not None and match.route.query_key)
         except DisguisedKey:
             return _denied(_BAD_REQUEST, "INVALID_ARGUMENT",
                            f"percent-encode no part of the {self._routes.query_parameter!r} parameter's name")
@@ -140,21 +161,28 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
             # REFUSED; the path itself may hold a key, so it is not echoed
             return _denied(_NOT_ROUTED, "ROUTE_REFUSED", "keygate does not pass this route on (see its route rules)")
 
-        if not presented.key and self._routes.session_call(http.headers):  # the upstream verifies its session
+        key = presented.key
+        if not key and self._routes.session_call(headers):  # the upstream verifies its session
             return self._pass(UPSTREAM_SESSION, presented)
 
-        workspace = http.headers.get(self._routes.workspace_header, "") if self._routes.workspace_header else ""
-        item = CheckItem(match.resource, match.route.action, workspace,
-                         attributes.source.address.socket_address.address)
+        workspace = headers.get(self._routes.workspace_header, "") if self._routes.workspace_header else ""
+        # Without the client address: reading it walks three more wrappers, and only a key with
+        # allowed_cidrs needs it (then `recall` asks, and `check` always gets it).
+        item = CheckItem(match.resource, match.route.action, workspace) if workspace else match.item
+
+        def address() -> str:
+            return _client_address(attributes)
+
         try:
-            decision = self._authorizer.recall(presented.key, item) or await self._authorizer.check(presented.key, item)
+            decision = (self._authorizer.recall(key, item, address)
+                        or await self._authorizer.check(key, item._replace(client_address=address())))
         except InvalidArgument as exc:
             return _denied(_BAD_REQUEST, "INVALID_ARGUMENT", exc.message)
         except Unavailable:
             return _denied(_CANNOT_DECIDE, "UNAVAILABLE", "keygate cannot decide right now; retry shortly")
         credential = decision.credential
-        if not decision.allowed or credential is None:
-            return self._refuse(decision, presented.key)
+        if decision.code is not _OK_CODE or credential is None:
+            return self._refuse(decision, key)
         upstream = ""
         if self._upstream is not None:
             upstream = self._upstream.for_workspace(credential.workspace_id) or ""
@@ -162,31 +190,31 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
                 return _denied(_NO_CREDENTIAL, "UPSTREAM_CREDENTIAL_MISSING",
                                "keygate has no upstream credential for this key's workspace",
                                key_id=credential.key_id_text, workspace_id=credential.workspace_id)
-        return self._allowed(credential, presented, upstream, decision.usage)
+        return self._allowed(decision, credential, presented, upstream)
 
-    def _allowed(self, credential: Credential, presented: _Presented, upstream: str,
-                 usage: Usage | None = None) -> external_auth_pb2.CheckResponse:
-        """The OK for this key: built once per key, upstream credential and set of stripped carriers (building
-        it afresh was most of this servicer's time) and sent as is, or copied with the decision id filled in
-        when keygate logs the call (`KEYGATE_ACCESS_LOG=all`). Replies are never mutated once built. A
-        rotated credential is a new slot; the old one ages out of the LRU. A limited key's reply carries its
-        limits in the metadata, and (copied per request) the RateLimit headers for the client."""
-        slot = (credential.key_id_text, credential.key_name, credential.workspace_id, upstream,
-                tuple(presented.headers), tuple(presented.query))
-        template = self._templates.get(slot)
-        if template is None:
-            identity = [
-                _header("x-keygate-key-id", credential.key_id_text),
-                _header("x-keygate-workspace-id", credential.workspace_id),
-                _header("x-keygate-key-name", quote(credential.key_name, safe=_PRINTABLE_ASCII)),
-            ]
-            if upstream:
-                identity.append(_header("authorization", upstream))
-            template = self._ok(identity, presented, _metadata(Code.OK.value, credential.key_id_text,
-                                                               credential.workspace_id, limits=credential.limits))
-            self._templates.put(slot, template)
+    def _allowed(self, decision: Decision, credential: Credential, presented: _Presented,
+                 upstream: str) -> external_auth_pb2.CheckResponse:
+        """The OK for this decision: built once per Decision object (a remembered decision is the very
+        object the cache holds, one per credential and question), upstream credential and set of stripped
+        carriers (building it afresh was most of this servicer's time) and sent as is, or copied with the
+        decision id filled in when keygate logs the call (`KEYGATE_ACCESS_LOG=all`). Replies are never
+        mutated once built. Keyed by identity (a Decision's hash walks its credential); the entry holds
+        the Decision, so its id cannot be reused while the entry lives. A rotated credential is a new
+        Decision; the old entry goes when the table is full. A limited key's reply carries its limits in
+        the metadata, and (copied per request) the RateLimit headers for the client."""
+        held = self._templates.get(id(decision))
+        if (held is not None and held.decision is decision and held.headers is presented.headers
+                and held.query is presented.query and held.upstream == upstream):
+            template = held.response
+        else:
+            template = self._template(credential, presented, upstream)
+            if len(self._templates) >= MAX_TEMPLATES:
+                self._templates.clear()
+            self._templates[id(decision)] = _Template(decision, presented.headers, presented.query, upstream,
+                                                      template)
         metrics.decision.set(_OK)
         decision_id = assigned_request_id()
+        usage = decision.usage
         if not decision_id and usage is None:
             return template
         response = external_auth_pb2.CheckResponse()
@@ -197,6 +225,18 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
             response.ok_response.response_headers_to_add.extend(
                 _header(name, value) for name, value in limit_headers(usage, utcnow()))
         return response
+
+    def _template(self, credential: Credential, presented: _Presented,
+                  upstream: str) -> external_auth_pb2.CheckResponse:
+        identity = [
+            _header("x-keygate-key-id", credential.key_id_text),
+            _header("x-keygate-workspace-id", credential.workspace_id),
+            _header("x-keygate-key-name", quote(credential.key_name, safe=_PRINTABLE_ASCII)),
+        ]
+        if upstream:
+            identity.append(_header("authorization", upstream))
+        return self._ok(identity, presented, _metadata(_OK, credential.key_id_text, credential.workspace_id,
+                                                       limits=credential.limits))
 
     def _pass(self, word: str, presented: _Presented) -> external_auth_pb2.CheckResponse:
         """Passed on without a key decision (`word` says why: a public route or page, the upstream's own
@@ -225,26 +265,27 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
     def _take_key(self, headers: Mapping[str, str], query: str, query_allowed: bool) -> _Presented:
         """The presented key: Bearer first, then the key header, then (where allowed) the query."""
         get = headers.get
-        presented = _Presented()
+        key = ""
         scheme, _, token = get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer":
-            presented.key = token.strip()
-            presented.headers.append("authorization")
+        bearer = scheme.lower() == "bearer"
+        if bearer:
+            key = token.strip()
         custom = get(self._routes.key_header, "")
         if custom:
-            presented.key = presented.key or custom.strip()
-            presented.headers.append(self._routes.key_header)
-        name = self._routes.query_parameter
-        for part in query.split("&") if query else ():
+            key = key or custom.strip()
+        carriers = (self._both if custom else self._bearer) if bearer else (self._custom if custom else ())
+        if not query:
+            return _Presented(key, carriers, ())
+        name, in_query = self._routes.query_parameter, False
+        for part in query.split("&"):
             raw_name, _, value = part.partition("=")
             if raw_name == name:
-                if name not in presented.query:
-                    presented.query.append(name)  # stripped even where not accepted: keep it out of upstream logs
-                if query_allowed and not presented.key:
-                    presented.key = unquote_plus(value)
+                in_query = True  # stripped even where not accepted: keep it out of upstream logs
+                if query_allowed and not key:
+                    key = unquote_plus(value)
             elif unquote(raw_name) == name:
                 raise DisguisedKey
-        return presented
+        return _Presented(key, carriers, self._query_carrier if in_query else ())
 
     @staticmethod
     def _refuse(decision: Decision, key: str) -> external_auth_pb2.CheckResponse:

@@ -9,7 +9,7 @@ neither the key nor its secret has expired since.
 from __future__ import annotations
 
 from collections.abc import Hashable
-from datetime import datetime
+from math import inf
 from typing import NamedTuple
 
 from ..domain.decision import Decision
@@ -22,7 +22,7 @@ class Remembered(NamedTuple):
     decision: Decision
     epoch: int
     fresh_until: float  # monotonic: when the oldest cache entry behind it goes stale
-    expires: datetime | None  # wall clock: when the key (or its rotated secret) expires
+    expires: float  # wall clock (time.time()): when the key (or its rotated secret) expires; inf: never
 
 
 class Decisions:
@@ -35,15 +35,16 @@ class Decisions:
         self._hits = hits
         self._misses = misses
 
-    def recall(self, slot: Hashable, now: datetime) -> Decision | None:
-        """A decision made for exactly this question, if nothing it rests on has changed or aged."""
+    def recall(self, slot: Hashable, now: float) -> Decision | None:
+        """A decision made for exactly this question, if nothing it rests on has changed or aged (`now`:
+        `time.time()`)."""
         remembered = self.remembered.get(slot)
         if remembered is None or remembered.epoch != self._freshness.epoch:
             self._misses["decisions"] += 1
             return None
         at = self._clock()
         if (at >= remembered.fresh_until or at >= self._freshness.trusted_until
-                or (remembered.expires is not None and now >= remembered.expires)):
+                or now >= remembered.expires):
             self._misses["decisions"] += 1
             return None
         self._hits["decisions"] += 1
@@ -57,8 +58,8 @@ class Decisions:
         fresh_until = self._fresh_until(self._entries.credentials.peek(digest))
         if bindings is not None:
             fresh_until = min(fresh_until, self._fresh_until(self._entries.bindings.peek(bindings)))
-        expiries = [t for t in (credential.expire_time, credential.secret_expire_time) if t is not None]
-        self.remembered.put(slot, Remembered(decision, self._freshness.epoch, fresh_until, min(expiries, default=None)))
+        expiries = [t.timestamp() for t in (credential.expire_time, credential.secret_expire_time) if t is not None]
+        self.remembered.put(slot, Remembered(decision, self._freshness.epoch, fresh_until, min(expiries, default=inf)))
 
     def _fresh_until(self, entry: Entry[object] | None) -> float:
         return self._freshness.fresh_until(None if entry is None else entry.fetched_at)

@@ -40,6 +40,7 @@ from .bindings import Bindings
 from .credentials import Credentials
 from .decisions import Decisions
 from .entries import MISS, Entries, Miss
+from .feed import Feed
 from .flight import Flight
 from .flood import Flood
 from .freshness import Freshness
@@ -91,6 +92,7 @@ class KeyCache:
         self.remember = self._decisions.remember
         # The change listener's side.
         self.mark = self.replay.mark
+        self.feed = Feed()  # what the listener hears, handed on to WatchChanges streams
         source.on_commit(self.apply)
 
     # --- sizes, for tests and metrics ------------------------------------------------
@@ -119,8 +121,10 @@ class KeyCache:
         except (ValueError, TypeError, KeyError):
             log.warning("change_unreadable_cache_cleared")
             self.clear()
+            self.feed.resync(self.feed.listening)
             return
         self.apply(change)
+        self.feed.publish(change)
         if sent is not None:
             self.lag.observe(max(0.0, time.time() - sent))
 
@@ -156,12 +160,14 @@ class KeyCache:
         self._freshness.restart(math.inf)
         self._flood.forget()
         self.replay.lost()
+        self.feed.resync(listening=False)
 
     def synchronize(self, trusted_until: float) -> None:
         """The listener is (back) up: everything read before now may have missed a change. From now on
         entries are trusted until `trusted_until`, which `trust` moves on. The filter of known keys is
         loaded separately (`rebuild_filter`), while the listener keeps proving it is alive."""
         self._freshness.restart(trusted_until)
+        self.feed.resync(listening=True)
 
     async def rebuild_filter(self) -> None:
         """Load every stored digest into a new filter of known keys, then swap it in. Must run while listening."""

@@ -9,6 +9,8 @@
 Fail closed: `check` returns a Decision only when keygate answered; when it cannot be reached it raises
 `KeygateUnavailable` (answer 503), never an allowed Decision. Middleware: `keygate.client.grpc_interceptor`
 and `keygate.client.asgi`. Needs only grpcio and protobuf (`pip install keygate`, no server extra).
+`Authorizer(..., cache=LocalCache(watch_key=...))` answers repeated checks in-process, kept honest by
+keygate's WatchChanges stream (off by default; see cache.py).
 """
 
 from ..tls import ClientTLS
@@ -20,6 +22,7 @@ from .authorizer import (
     KeygateUnavailable,
     SyncAuthorizer,
 )
+from .cache import LocalCache
 from .decision import Decision, DecisionCode, RateLimitState
 from .settings import DEFAULT_SERVER, SERVER_ENV, ClientSettings, Retry
 
@@ -35,6 +38,7 @@ __all__ = [
     "KeygateClientError",
     "KeygateRequestError",
     "KeygateUnavailable",
+    "LocalCache",
     "RateLimitState",
     "Retry",
     "SyncAuthorizer",

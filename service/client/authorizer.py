@@ -16,8 +16,10 @@ from typing import Any, NamedTuple, Self, TypeVar
 import grpc
 
 from ..v1 import authz_pb2, authz_pb2_grpc
+from .cache import DecisionCache, LocalCache, question
 from .decision import Decision
 from .settings import ClientSettings, Retry
+from .watch import AsyncWatcher, ThreadWatcher
 
 
 class KeygateClientError(Exception):
@@ -81,32 +83,38 @@ def _decisions(response: authz_pb2.BatchCheckResponse) -> list[Decision]:
 
 
 class _Client:
-    """What both clients share: their settings, and building them from the environment."""
+    """What both clients share: their settings, the local decision cache if one is wanted (`cache`), and
+    building them from the environment."""
 
-    def __init__(self, settings: ClientSettings | None = None) -> None:
+    def __init__(self, settings: ClientSettings | None = None, *, cache: LocalCache | None = None) -> None:
         self.settings = settings or ClientSettings()
+        self._cache = cache
+        # The decisions kept in-process; None: the local cache is off (the default), every check asks keygate.
+        self.decisions = None if cache is None else DecisionCache(cache.max_entries, cache.ttl)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, timeout: float = 1.0,
-                 retry: Retry | None = None) -> Self:
+                 retry: Retry | None = None, cache: LocalCache | None = None) -> Self:
         """Settings from KEYGATE_SERVER and KEYGATE_TLS*, as the `keygate` command line reads them."""
-        return cls(ClientSettings.from_env(env, timeout=timeout, retry=retry))
+        return cls(ClientSettings.from_env(env, timeout=timeout, retry=retry), cache=cache)
 
 
 class Authorizer(_Client):
     """asyncio client; one per process, shared by all requests (it holds one HTTP/2 channel, opened on the
-    first check so that it belongs to the event loop that serves, whenever the Authorizer was made).
+    first check so that it belongs to the event loop that serves, whenever the Authorizer was made; with
+    a local cache, the WatchChanges subscription starts then too).
 
         async with Authorizer.from_env() as authz:
             decision = await authz.check(key, "chatflows/abc", "predictions:create")
     """
 
-    def __init__(self, settings: ClientSettings | None = None) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: ClientSettings | None = None, *, cache: LocalCache | None = None) -> None:
+        super().__init__(settings, cache=cache)
         tls = self.settings.tls
         self._credentials = tls.credentials() if tls.enabled else None  # TLS files read and checked now
         self._channel: grpc.aio.Channel | None = None
         self._stub_of_channel: authz_pb2_grpc.AuthzServiceStub | None = None
+        self._watcher: AsyncWatcher | None = None
 
     def _stub(self) -> authz_pb2_grpc.AuthzServiceStub:
         if self._channel is None or self._stub_of_channel is None:
@@ -114,12 +122,27 @@ class Authorizer(_Client):
             self._channel = (grpc.aio.insecure_channel(server) if self._credentials is None else
                              grpc.aio.secure_channel(server, self._credentials, options=self.settings.tls.options()))
             self._stub_of_channel = authz_pb2_grpc.AuthzServiceStub(self._channel)
+            if self._cache is not None and self.decisions is not None:
+                self._watcher = AsyncWatcher(self._stub_of_channel, self.decisions, self._cache)
+                self._watcher.start()
         return self._stub_of_channel
 
     async def check(self, key: str, resource: str, action: str, *, workspace_id: str = "",
                     client_address: str = "", cost: int = 1) -> Decision:
-        request = check_request(key, resource, action, workspace_id, client_address, cost)
-        return Decision.from_response(await self._call(self._stub().Check, request))
+        decisions = self.decisions
+        if decisions is None or cost != 1:
+            request = check_request(key, resource, action, workspace_id, client_address, cost)
+            return Decision.from_response(await self._call(self._stub().Check, request))
+        asked = question(key, resource, action, workspace_id, client_address)
+        found = decisions.get(asked)
+        if found is not None:
+            return found
+        sent = decisions.now()
+        response = await self._call(self._stub().Check, check_request(key, resource, action, workspace_id,
+                                                                      client_address, cost))
+        decision = Decision.from_response(response)
+        decisions.keep(asked, response, decision, sent)
+        return decision
 
     async def check_many(self, key: str, items: Iterable[CheckItem | tuple[str, str]], *,
                          client_address: str = "") -> list[Decision]:
@@ -138,6 +161,9 @@ class Authorizer(_Client):
                 await asyncio.sleep(after_failure(error.code(), error.details(), failed, deadline, self.settings.retry))
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            await self._watcher.stop()
+            self._watcher = None
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
@@ -150,17 +176,34 @@ class Authorizer(_Client):
 
 
 class SyncAuthorizer(_Client):
-    """Blocking client for threaded services (WSGI, grpc's thread-pool server); same API as Authorizer."""
+    """Blocking client for threaded services (WSGI, grpc's thread-pool server); same API as Authorizer.
+    With a local cache, a daemon thread holds the WatchChanges subscription from construction on."""
 
-    def __init__(self, settings: ClientSettings | None = None) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: ClientSettings | None = None, *, cache: LocalCache | None = None) -> None:
+        super().__init__(settings, cache=cache)
         self._channel = self.settings.tls.channel(self.settings.server)
         self._stub = authz_pb2_grpc.AuthzServiceStub(self._channel)
+        self._watcher = None
+        if cache is not None and self.decisions is not None:
+            self._watcher = ThreadWatcher(self._stub, self.decisions, cache)
+            self._watcher.start()
 
     def check(self, key: str, resource: str, action: str, *, workspace_id: str = "",
               client_address: str = "", cost: int = 1) -> Decision:
-        request = check_request(key, resource, action, workspace_id, client_address, cost)
-        return Decision.from_response(self._call(self._stub.Check, request))
+        decisions = self.decisions
+        if decisions is None or cost != 1:
+            request = check_request(key, resource, action, workspace_id, client_address, cost)
+            return Decision.from_response(self._call(self._stub.Check, request))
+        asked = question(key, resource, action, workspace_id, client_address)
+        found = decisions.get(asked)
+        if found is not None:
+            return found
+        sent = decisions.now()
+        response = self._call(self._stub.Check, check_request(key, resource, action, workspace_id, client_address,
+                                                              cost))
+        decision = Decision.from_response(response)
+        decisions.keep(asked, response, decision, sent)
+        return decision
 
     def check_many(self, key: str, items: Iterable[CheckItem | tuple[str, str]], *,
                    client_address: str = "") -> list[Decision]:
@@ -179,6 +222,9 @@ class SyncAuthorizer(_Client):
                 time.sleep(after_failure(code, details, failed, deadline, self.settings.retry))
 
     def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
         self._channel.close()
 
     def __enter__(self) -> Self:

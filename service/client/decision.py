@@ -63,6 +63,7 @@ class Decision:
     workspace_id: str
     rate_limit: RateLimitState | None = None
     credits_remaining: int | None = None
+    key_expire_time: datetime | None = None  # when the key (or this rotated-out secret) stops working
 
     @classmethod
     def from_response(cls, response: authz_pb2.CheckResponse) -> Decision:
@@ -76,4 +77,6 @@ class Decision:
         return cls(allowed=response.allowed, code=DecisionCode.from_wire(response.code), reason=response.reason,
                    http_status=response.http_status, key_id=response.key_id, key_name=response.key_name,
                    workspace_id=response.workspace_id, rate_limit=rate_limit,
-                   credits_remaining=response.credits_remaining if response.HasField("credits_remaining") else None)
+                   credits_remaining=response.credits_remaining if response.HasField("credits_remaining") else None,
+                   key_expire_time=(response.key_expire_time.ToDatetime(UTC) if response.HasField("key_expire_time")
+                                    else None))

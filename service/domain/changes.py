@@ -20,6 +20,7 @@ class KeyChanged:
     key_id: UUID
     new_fingerprints: tuple[bytes, ...] = ()  # secrets that now exist (create, rotate)
     bindings_removed: bool = False  # deleted: its bindings went with it
+    workspace_id: str | None = None  # the key's ("" for root); None from a writer that did not say
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,8 @@ def encode(change: Change, sent: float) -> str:
             data["f"] = [f.hex() for f in change.new_fingerprints]
         if change.bindings_removed:
             data["b"] = 1
+        if change.workspace_id is not None:
+            data["w"] = change.workspace_id  # read only beside "k": older readers ignore it
     else:
         data = {"w": change.workspace_id, "r": change.resource}
     data["t"] = round(sent, 6)
@@ -52,7 +55,9 @@ def decode(payload: str) -> tuple[Change, float | None]:
     sent = data.get("t")
     sent = float(sent) if isinstance(sent, int | float) else None
     if "k" in data:
-        key = KeyChanged(UUID(data["k"]), tuple(bytes.fromhex(f) for f in data.get("f", ())), bool(data.get("b")))
+        workspace = data.get("w")
+        key = KeyChanged(UUID(data["k"]), tuple(bytes.fromhex(f) for f in data.get("f", ())), bool(data.get("b")),
+                         workspace if isinstance(workspace, str) else None)
         return key, sent
     if "w" in data and "r" in data:
         return BindingChanged(str(data["w"]), str(data["r"])), sent

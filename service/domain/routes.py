@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from .errors import InvalidArgument
+from .evaluators.base import CheckItem
 from .permissions import Catalog
 from .resources import target
 
@@ -61,6 +62,12 @@ class Route:
 class Match:
     route: Route
     resource: str
+    # The question it asks, before any workspace header or client address: matches are remembered per
+    # (method, path), so the door builds no CheckItem per request for them.
+    item: CheckItem = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "item", CheckItem(self.resource, self.route.action))
 
 
 @dataclass(frozen=True, slots=True)

@@ -350,7 +350,7 @@ class Tx(Reader):
             key_id, *_spec_values(spec), display, created_by,
         )
         await self._conn.execute("INSERT INTO key_secrets (digest, key_id) VALUES ($1, $2)", digest, key_id)
-        await self._notify(changes.KeyChanged(key_id, (fingerprint(digest),)))
+        await self._notify(changes.KeyChanged(key_id, (fingerprint(digest),), workspace_id=spec.workspace_id))
         if spec.credits is None:
             return _key(_returned(row))
         await limits.set_credits(self._conn, key_id, spec.credits)
@@ -370,12 +370,12 @@ class Tx(Reader):
                 WHERE id = $1 RETURNING {_KEY_COLUMNS}""",
             key_id, *_spec_values(spec),
         )
-        await self._notify(changes.KeyChanged(key_id))
+        await self._notify(changes.KeyChanged(key_id, workspace_id=spec.workspace_id))
         return _key(_returned(row))
 
     async def delete_key(self, key_id: UUID) -> None:
-        await self._conn.execute("DELETE FROM api_keys WHERE id = $1", key_id)
-        await self._notify(changes.KeyChanged(key_id, bindings_removed=True))
+        workspace = await self._conn.fetchval("DELETE FROM api_keys WHERE id = $1 RETURNING workspace_id", key_id)
+        await self._notify(changes.KeyChanged(key_id, bindings_removed=True, workspace_id=workspace))
 
     async def replace_secret(self, key_id: UUID, digest: bytes, display: str,
                              old_secrets_expire: datetime) -> KeyRecord:
@@ -390,8 +390,9 @@ class Tx(Reader):
                 WHERE id = $1 RETURNING {_KEY_COLUMNS}""",
             key_id, display,
         )
-        await self._notify(changes.KeyChanged(key_id, (fingerprint(digest),)))
-        return _key(_returned(row))
+        record = _key(_returned(row))
+        await self._notify(changes.KeyChanged(key_id, (fingerprint(digest),), workspace_id=record.spec.workspace_id))
+        return record
 
     async def lock_imports(self) -> None:
         """Serialise imports until this transaction ends: two at once would both find a key absent."""

@@ -26,33 +26,39 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16keygate/v1/authz.proto\x12\nkeygate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"}\n\x0c\x43heckRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x10\n\x08resource\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x04 \x01(\t\x12\x16\n\x0e\x63lient_address\x18\x05 \x01(\t\x12\x0c\n\x04\x63ost\x18\x06 \x01(\x03\"\x97\x01\n\nLimitState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x03\x12\x11\n\tremaining\x18\x03 \x01(\x03\x12.\n\nreset_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06window\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x87\x02\n\rCheckResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12&\n\x04\x63ode\x18\x02 \x01(\x0e\x32\x18.keygate.v1.DecisionCode\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12\x10\n\x08key_name\x18\x05 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x06 \x01(\t\x12\x13\n\x0bhttp_status\x18\x07 \x01(\x05\x12*\n\nrate_limit\x18\x08 \x01(\x0b\x32\x16.keygate.v1.LimitState\x12\x1e\n\x11\x63redits_remaining\x18\t \x01(\x03H\x00\x88\x01\x01\x42\x14\n\x12_credits_remaining\"V\n\x0e\x42\x61tchCheckItem\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x03 \x01(\t\x12\x0c\n\x04\x63ost\x18\x04 \x01(\x03\"g\n\x11\x42\x61tchCheckRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12)\n\x05items\x18\x02 \x03(\x0b\x32\x1a.keygate.v1.BatchCheckItem\x12\x16\n\x0e\x63lient_address\x18\x03 \x01(\t\"@\n\x12\x42\x61tchCheckResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.keygate.v1.CheckResponse\"\x18\n\x16ListPermissionsRequest\"U\n\nPermission\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0f\n\x07implies\x18\x03 \x03(\t\x12\x13\n\x0b\x63ollections\x18\x04 \x03(\t\"F\n\x17ListPermissionsResponse\x12+\n\x0bpermissions\x18\x01 \x03(\x0b\x32\x16.keygate.v1.Permission*\xb4\x02\n\x0c\x44\x65\x63isionCode\x12\x1d\n\x19\x44\x45\x43ISION_CODE_UNSPECIFIED\x10\x00\x12\x06\n\x02OK\x10\x01\x12\x0f\n\x0bKEY_MISSING\x10\x02\x12\x11\n\rKEY_MALFORMED\x10\x03\x12\x11\n\rKEY_NOT_FOUND\x10\x04\x12\x0f\n\x0bKEY_EXPIRED\x10\x05\x12\x10\n\x0cKEY_DISABLED\x10\x06\x12\x1f\n\x1bRESOURCE_BOUND_TO_OTHER_KEY\x10\x07\x12\x15\n\x11PERMISSION_DENIED\x10\x08\x12\x19\n\x15RESOURCE_OUT_OF_SCOPE\x10\t\x12\x16\n\x12WORKSPACE_MISMATCH\x10\n\x12\x10\n\x0cRATE_LIMITED\x10\x0b\x12\x12\n\x0eUSAGE_EXCEEDED\x10\x0c\x12\x12\n\x0eIP_NOT_ALLOWED\x10\r2\xf5\x01\n\x0c\x41uthzService\x12<\n\x05\x43heck\x12\x18.keygate.v1.CheckRequest\x1a\x19.keygate.v1.CheckResponse\x12K\n\nBatchCheck\x12\x1d.keygate.v1.BatchCheckRequest\x1a\x1e.keygate.v1.BatchCheckResponse\x12Z\n\x0fListPermissions\x12\".keygate.v1.ListPermissionsRequest\x1a#.keygate.v1.ListPermissionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16keygate/v1/authz.proto\x12\nkeygate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"}\n\x0c\x43heckRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x10\n\x08resource\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x04 \x01(\t\x12\x16\n\x0e\x63lient_address\x18\x05 \x01(\t\x12\x0c\n\x04\x63ost\x18\x06 \x01(\x03\"\x97\x01\n\nLimitState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x03\x12\x11\n\tremaining\x18\x03 \x01(\x03\x12.\n\nreset_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06window\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xcd\x02\n\rCheckResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12&\n\x04\x63ode\x18\x02 \x01(\x0e\x32\x18.keygate.v1.DecisionCode\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12\x10\n\x08key_name\x18\x05 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x06 \x01(\t\x12\x13\n\x0bhttp_status\x18\x07 \x01(\x05\x12*\n\nrate_limit\x18\x08 \x01(\x0b\x32\x16.keygate.v1.LimitState\x12\x1e\n\x11\x63redits_remaining\x18\t \x01(\x03H\x00\x88\x01\x01\x12\x33\n\x0fkey_expire_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07limited\x18\x0b \x01(\x08\x42\x14\n\x12_credits_remaining\"V\n\x0e\x42\x61tchCheckItem\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x03 \x01(\t\x12\x0c\n\x04\x63ost\x18\x04 \x01(\x03\"g\n\x11\x42\x61tchCheckRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12)\n\x05items\x18\x02 \x03(\x0b\x32\x1a.keygate.v1.BatchCheckItem\x12\x16\n\x0e\x63lient_address\x18\x03 \x01(\t\"@\n\x12\x42\x61tchCheckResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.keygate.v1.CheckResponse\"\x18\n\x16ListPermissionsRequest\"U\n\nPermission\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0f\n\x07implies\x18\x03 \x03(\t\x12\x13\n\x0b\x63ollections\x18\x04 \x03(\t\"F\n\x17ListPermissionsResponse\x12+\n\x0bpermissions\x18\x01 \x03(\x0b\x32\x16.keygate.v1.Permission\"\x15\n\x13WatchChangesRequest\"~\n\x0b\x43hangeEvent\x12$\n\x04kind\x18\x01 \x01(\x0e\x32\x16.keygate.v1.ChangeKind\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x03 \x01(\t\x12\x10\n\x08resource\x18\x04 \x01(\t\x12\x11\n\tlistening\x18\x05 \x01(\x08*\xb4\x02\n\x0c\x44\x65\x63isionCode\x12\x1d\n\x19\x44\x45\x43ISION_CODE_UNSPECIFIED\x10\x00\x12\x06\n\x02OK\x10\x01\x12\x0f\n\x0bKEY_MISSING\x10\x02\x12\x11\n\rKEY_MALFORMED\x10\x03\x12\x11\n\rKEY_NOT_FOUND\x10\x04\x12\x0f\n\x0bKEY_EXPIRED\x10\x05\x12\x10\n\x0cKEY_DISABLED\x10\x06\x12\x1f\n\x1bRESOURCE_BOUND_TO_OTHER_KEY\x10\x07\x12\x15\n\x11PERMISSION_DENIED\x10\x08\x12\x19\n\x15RESOURCE_OUT_OF_SCOPE\x10\t\x12\x16\n\x12WORKSPACE_MISMATCH\x10\n\x12\x10\n\x0cRATE_LIMITED\x10\x0b\x12\x12\n\x0eUSAGE_EXCEEDED\x10\x0c\x12\x12\n\x0eIP_NOT_ALLOWED\x10\r*[\n\nChangeKind\x12\x1b\n\x17\x43HANGE_KIND_UNSPECIFIED\x10\x00\x12\x0f\n\x0bKEY_CHANGED\x10\x01\x12\x13\n\x0f\x42INDING_CHANGED\x10\x02\x12\n\n\x06RESYNC\x10\x03\x32\xc1\x02\n\x0c\x41uthzService\x12<\n\x05\x43heck\x12\x18.keygate.v1.CheckRequest\x1a\x19.keygate.v1.CheckResponse\x12K\n\nBatchCheck\x12\x1d.keygate.v1.BatchCheckRequest\x1a\x1e.keygate.v1.BatchCheckResponse\x12Z\n\x0fListPermissions\x12\".keygate.v1.ListPermissionsRequest\x1a#.keygate.v1.ListPermissionsResponse\x12J\n\x0cWatchChanges\x12\x1f.keygate.v1.WatchChangesRequest\x1a\x17.keygate.v1.ChangeEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'keygate.v1.authz_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DECISIONCODE']._serialized_start=1095
-  _globals['_DECISIONCODE']._serialized_end=1403
+  _globals['_DECISIONCODE']._serialized_start=1316
+  _globals['_DECISIONCODE']._serialized_end=1624
+  _globals['_CHANGEKIND']._serialized_start=1626
+  _globals['_CHANGEKIND']._serialized_end=1717
   _globals['_CHECKREQUEST']._serialized_start=103
   _globals['_CHECKREQUEST']._serialized_end=228
   _globals['_LIMITSTATE']._serialized_start=231
   _globals['_LIMITSTATE']._serialized_end=382
   _globals['_CHECKRESPONSE']._serialized_start=385
-  _globals['_CHECKRESPONSE']._serialized_end=648
-  _globals['_BATCHCHECKITEM']._serialized_start=650
-  _globals['_BATCHCHECKITEM']._serialized_end=736
-  _globals['_BATCHCHECKREQUEST']._serialized_start=738
-  _globals['_BATCHCHECKREQUEST']._serialized_end=841
-  _globals['_BATCHCHECKRESPONSE']._serialized_start=843
-  _globals['_BATCHCHECKRESPONSE']._serialized_end=907
-  _globals['_LISTPERMISSIONSREQUEST']._serialized_start=909
-  _globals['_LISTPERMISSIONSREQUEST']._serialized_end=933
-  _globals['_PERMISSION']._serialized_start=935
-  _globals['_PERMISSION']._serialized_end=1020
-  _globals['_LISTPERMISSIONSRESPONSE']._serialized_start=1022
-  _globals['_LISTPERMISSIONSRESPONSE']._serialized_end=1092
-  _globals['_AUTHZSERVICE']._serialized_start=1406
-  _globals['_AUTHZSERVICE']._serialized_end=1651
+  _globals['_CHECKRESPONSE']._serialized_end=718
+  _globals['_BATCHCHECKITEM']._serialized_start=720
+  _globals['_BATCHCHECKITEM']._serialized_end=806
+  _globals['_BATCHCHECKREQUEST']._serialized_start=808
+  _globals['_BATCHCHECKREQUEST']._serialized_end=911
+  _globals['_BATCHCHECKRESPONSE']._serialized_start=913
+  _globals['_BATCHCHECKRESPONSE']._serialized_end=977
+  _globals['_LISTPERMISSIONSREQUEST']._serialized_start=979
+  _globals['_LISTPERMISSIONSREQUEST']._serialized_end=1003
+  _globals['_PERMISSION']._serialized_start=1005
+  _globals['_PERMISSION']._serialized_end=1090
+  _globals['_LISTPERMISSIONSRESPONSE']._serialized_start=1092
+  _globals['_LISTPERMISSIONSRESPONSE']._serialized_end=1162
+  _globals['_WATCHCHANGESREQUEST']._serialized_start=1164
+  _globals['_WATCHCHANGESREQUEST']._serialized_end=1185
+  _globals['_CHANGEEVENT']._serialized_start=1187
+  _globals['_CHANGEEVENT']._serialized_end=1313
+  _globals['_AUTHZSERVICE']._serialized_start=1720
+  _globals['_AUTHZSERVICE']._serialized_end=2041
 # @@protoc_insertion_point(module_scope)

@@ -27,6 +27,13 @@ class DecisionCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RATE_LIMITED: _ClassVar[DecisionCode]
     USAGE_EXCEEDED: _ClassVar[DecisionCode]
     IP_NOT_ALLOWED: _ClassVar[DecisionCode]
+
+class ChangeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHANGE_KIND_UNSPECIFIED: _ClassVar[ChangeKind]
+    KEY_CHANGED: _ClassVar[ChangeKind]
+    BINDING_CHANGED: _ClassVar[ChangeKind]
+    RESYNC: _ClassVar[ChangeKind]
 DECISION_CODE_UNSPECIFIED: DecisionCode
 OK: DecisionCode
 KEY_MISSING: DecisionCode
@@ -41,6 +48,10 @@ WORKSPACE_MISMATCH: DecisionCode
 RATE_LIMITED: DecisionCode
 USAGE_EXCEEDED: DecisionCode
 IP_NOT_ALLOWED: DecisionCode
+CHANGE_KIND_UNSPECIFIED: ChangeKind
+KEY_CHANGED: ChangeKind
+BINDING_CHANGED: ChangeKind
+RESYNC: ChangeKind
 
 class CheckRequest(_message.Message):
     __slots__ = ("api_key", "resource", "action", "workspace_id", "client_address", "cost")
@@ -73,7 +84,7 @@ class LimitState(_message.Message):
     def __init__(self, name: _Optional[str] = ..., limit: _Optional[int] = ..., remaining: _Optional[int] = ..., reset_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class CheckResponse(_message.Message):
-    __slots__ = ("allowed", "code", "reason", "key_id", "key_name", "workspace_id", "http_status", "rate_limit", "credits_remaining")
+    __slots__ = ("allowed", "code", "reason", "key_id", "key_name", "workspace_id", "http_status", "rate_limit", "credits_remaining", "key_expire_time", "limited")
     ALLOWED_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +94,8 @@ class CheckResponse(_message.Message):
     HTTP_STATUS_FIELD_NUMBER: _ClassVar[int]
     RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
     CREDITS_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    KEY_EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    LIMITED_FIELD_NUMBER: _ClassVar[int]
     allowed: bool
     code: DecisionCode
     reason: str
@@ -92,7 +105,9 @@ class CheckResponse(_message.Message):
     http_status: int
     rate_limit: LimitState
     credits_remaining: int
-    def __init__(self, allowed: _Optional[bool] = ..., code: _Optional[_Union[DecisionCode, str]] = ..., reason: _Optional[str] = ..., key_id: _Optional[str] = ..., key_name: _Optional[str] = ..., workspace_id: _Optional[str] = ..., http_status: _Optional[int] = ..., rate_limit: _Optional[_Union[LimitState, _Mapping]] = ..., credits_remaining: _Optional[int] = ...) -> None: ...
+    key_expire_time: _timestamp_pb2.Timestamp
+    limited: bool
+    def __init__(self, allowed: _Optional[bool] = ..., code: _Optional[_Union[DecisionCode, str]] = ..., reason: _Optional[str] = ..., key_id: _Optional[str] = ..., key_name: _Optional[str] = ..., workspace_id: _Optional[str] = ..., http_status: _Optional[int] = ..., rate_limit: _Optional[_Union[LimitState, _Mapping]] = ..., credits_remaining: _Optional[int] = ..., key_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., limited: _Optional[bool] = ...) -> None: ...
 
 class BatchCheckItem(_message.Message):
     __slots__ = ("resource", "action", "workspace_id", "cost")
@@ -143,3 +158,21 @@ class ListPermissionsResponse(_message.Message):
     PERMISSIONS_FIELD_NUMBER: _ClassVar[int]
     permissions: _containers.RepeatedCompositeFieldContainer[Permission]
     def __init__(self, permissions: _Optional[_Iterable[_Union[Permission, _Mapping]]] = ...) -> None: ...
+
+class WatchChangesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ChangeEvent(_message.Message):
+    __slots__ = ("kind", "key_id", "workspace_id", "resource", "listening")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    LISTENING_FIELD_NUMBER: _ClassVar[int]
+    kind: ChangeKind
+    key_id: str
+    workspace_id: str
+    resource: str
+    listening: bool
+    def __init__(self, kind: _Optional[_Union[ChangeKind, str]] = ..., key_id: _Optional[str] = ..., workspace_id: _Optional[str] = ..., resource: _Optional[str] = ..., listening: _Optional[bool] = ...) -> None: ...

@@ -49,6 +49,11 @@ class AuthzServiceStub:
                 request_serializer=keygate_dot_v1_dot_authz__pb2.ListPermissionsRequest.SerializeToString,
                 response_deserializer=keygate_dot_v1_dot_authz__pb2.ListPermissionsResponse.FromString,
                 _registered_method=True)
+        self.WatchChanges = channel.unary_stream(
+                '/keygate.v1.AuthzService/WatchChanges',
+                request_serializer=keygate_dot_v1_dot_authz__pb2.WatchChangesRequest.SerializeToString,
+                response_deserializer=keygate_dot_v1_dot_authz__pb2.ChangeEvent.FromString,
+                _registered_method=True)
 
 
 class AuthzServiceServicer:
@@ -75,6 +80,16 @@ class AuthzServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchChanges(self, request, context):
+        """What changed, as it commits: for a client's local decision cache (keygate.client). Authenticates like
+        ListPermissions and needs `apikeys:view`; a workspace key sees its workspace's changes, a root key all.
+        The first event is a RESYNC. The stream ends RESOURCE_EXHAUSTED when the subscriber falls behind and
+        UNAVAILABLE when the server shuts down: resubscribe (and clear what was cached) either way.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthzServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +107,11 @@ def add_AuthzServiceServicer_to_server(servicer, server):
                     servicer.ListPermissions,
                     request_deserializer=keygate_dot_v1_dot_authz__pb2.ListPermissionsRequest.FromString,
                     response_serializer=keygate_dot_v1_dot_authz__pb2.ListPermissionsResponse.SerializeToString,
+            ),
+            'WatchChanges': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchChanges,
+                    request_deserializer=keygate_dot_v1_dot_authz__pb2.WatchChangesRequest.FromString,
+                    response_serializer=keygate_dot_v1_dot_authz__pb2.ChangeEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +195,33 @@ class AuthzService:
             '/keygate.v1.AuthzService/ListPermissions',
             keygate_dot_v1_dot_authz__pb2.ListPermissionsRequest.SerializeToString,
             keygate_dot_v1_dot_authz__pb2.ListPermissionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/keygate.v1.AuthzService/WatchChanges',
+            keygate_dot_v1_dot_authz__pb2.WatchChangesRequest.SerializeToString,
+            keygate_dot_v1_dot_authz__pb2.ChangeEvent.FromString,
             options,
             channel_credentials,
             insecure,

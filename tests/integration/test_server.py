@@ -64,7 +64,7 @@ async def test_reflection_lists_the_services(client: Client) -> None:
 @pytest.mark.parametrize(("symbol", "methods"), [
     (KEY_SERVICE, {"CreateKey", "GetKey", "ListKeys", "UpdateKey", "DeleteKey", "RotateKey", "BindResource",
                    "UnbindResource", "ListBindings", "ListAuditEvents"}),
-    (AUTHZ_SERVICE, {"Check", "BatchCheck", "ListPermissions"}),
+    (AUTHZ_SERVICE, {"Check", "BatchCheck", "ListPermissions", "WatchChanges"}),
     (FLOWISE_KEY_SERVICE, {"CreateApiKey", "ListApiKeys", "UpdateApiKey", "DeleteApiKey"}),
 ])
 async def test_reflection_describes_each_service(client: Client, symbol: str, methods: set[str]) -> None:

@@ -29,9 +29,9 @@ async def test_a_decision_is_recalled_until_an_entry_changes(cache: KeyCache, st
     decision = await decided(cache, catalog, secret)
     question = (secret, "chatflows/a", "chatflows:view", "")
     cache.remember(question, decision, secret, None)
-    assert cache.recall(question, NOW) is decision and cache.hits["decisions"] == 1
+    assert cache.recall(question, NOW.timestamp()) is decision and cache.hits["decisions"] == 1
     cache.apply(changes.KeyChanged(key_id))
-    assert cache.recall(question, NOW) is None
+    assert cache.recall(question, NOW.timestamp()) is None
 
 
 async def test_a_decision_is_not_recalled_past_its_entries_ttl(cache: KeyCache, store: MemoryStore,
@@ -43,9 +43,9 @@ async def test_a_decision_is_not_recalled_past_its_entries_ttl(cache: KeyCache, 
     question = (secret, "chatflows/a", "chatflows:view", "w")
     cache.remember(question, decision, secret, ("w", "chatflows/a"))
     clock.now += TTL / 2 - 0.1
-    assert cache.recall(question, NOW) is decision
+    assert cache.recall(question, NOW.timestamp()) is decision
     clock.now += 0.1
-    assert cache.recall(question, NOW) is None
+    assert cache.recall(question, NOW.timestamp()) is None
 
 
 async def test_a_decision_is_not_recalled_once_the_key_expires(cache: KeyCache, store: MemoryStore,
@@ -54,8 +54,8 @@ async def test_a_decision_is_not_recalled_once_the_key_expires(cache: KeyCache, 
     decision = await decided(cache, catalog, secret)
     question = (secret, "chatflows/a", "chatflows:view", "")
     cache.remember(question, decision, secret, None)
-    assert cache.recall(question, NOW) is decision
-    assert cache.recall(question, NOW + timedelta(seconds=1)) is None
+    assert cache.recall(question, NOW.timestamp()) is decision
+    assert cache.recall(question, (NOW + timedelta(seconds=1)).timestamp()) is None
 
 
 async def test_a_decision_is_not_recalled_past_the_listeners_deadline(cache: KeyCache, store: MemoryStore,
@@ -66,7 +66,7 @@ async def test_a_decision_is_not_recalled_past_the_listeners_deadline(cache: Key
     question = (secret, "chatflows/a", "chatflows:view", "")
     cache.remember(question, decision, secret, None)
     clock.now += 1
-    assert cache.recall(question, NOW) is None
+    assert cache.recall(question, NOW.timestamp()) is None
 
 
 async def test_remembered_decisions_are_bounded(cache: KeyCache, store: MemoryStore, catalog: Catalog) -> None:
