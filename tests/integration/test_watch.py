@@ -20,9 +20,9 @@ from keygate.v1 import authz_pb2, keys_pb2
 
 from .support import Client, auth
 
-# The listener's connection: the only one of this database whose last statement is its LISTEN or its ping.
+# The listener's connection: the only one of this database whose last statement is its LISTEN or its ping ($1: PING).
 LISTENERS = """SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-    WHERE datname = current_database() AND pid <> pg_backend_pid() AND (query LIKE 'LISTEN%' OR query = $1)"""  # $1: PING
+    WHERE datname = current_database() AND pid <> pg_backend_pid() AND (query LIKE 'LISTEN%' OR query = $1)"""
 EVENT_SECONDS = 5.0  # far above the milliseconds an event takes: reaching it means it never came
 
 
