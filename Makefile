@@ -23,8 +23,16 @@ run: $(VENV)/.installed-embedded
 
 ## The linters first (a finding fails in seconds), then the whole suite against a real PostgreSQL that the
 ## tests start themselves.
-test: lint
+test: lint pgbouncer
 	$(BIN)/python -m pytest -q
+
+## PgBouncer for tests/integration/test_pgbouncer.py (Debian's package): installed when missing and running
+## as root (CI); anyone else without it gets a note here and a skip there that says how.
+.PHONY: pgbouncer
+pgbouncer:
+	@command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq pgbouncer >/dev/null; \
+		else echo "make: PgBouncer is missing, its tests will skip (as root: apt-get install -y pgbouncer)"; fi
 
 ## Every fault of the chaos suite (tests/chaos) under Check and admin load, held longer than in `make test`
 ## (which runs four of them briefly), and the table of what each did (README, "The chaos suite").

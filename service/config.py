@@ -20,7 +20,7 @@ from .logs import ACCESS_POLICIES
 from .metrics import DEFAULT_ADDRESS as DEFAULT_METRICS
 from .metrics import parse_address
 from .store.failover import check_primary_url
-from .store.postgres import DatabaseSettings
+from .store.postgres import POOLERS, DatabaseSettings
 from .tls import ServerFiles
 from .upstream import UpstreamCredentials
 
@@ -104,6 +104,14 @@ OPTIONS: tuple[Option, ...] = (
            "seconds one statement may take", storage=True),
     Option("KEYGATE_DB_LOOKUP_TIMEOUT", "--db-lookup-timeout", "database.lookup_timeout",
            "seconds a Check's key lookup may take in all"),
+    Option("KEYGATE_DATABASE_READ_URL", "--database-read-url", "database.read_url",
+           "read replica URL for the Check path's lookups (a multi-host URL: each connection takes the first "
+           "host that answers); lag-safe, see Database topology", default="none: the primary answers"),
+    Option("KEYGATE_DATABASE_LISTEN_URL", "--database-listen-url", "database.listen_url",
+           "direct PostgreSQL URL for the change listener (LISTEN) and migrations: required behind a "
+           "transaction pooler", default="none: DATABASE_URL", storage=True),
+    Option("KEYGATE_DATABASE_POOLER", "--database-pooler", "database.pooler",
+           "none, or pgbouncer: DATABASE_URL is a transaction pooler (no prepared statements)", storage=True),
     Option("KEYGATE_RATE_LIMIT_OUTAGE", "--rate-limit-outage", "rate_limit_outage",
            "closed (refuse, 503) or open (admit uncounted) for rate-limited keys while the database is "
            "unreachable; credits always fail closed"),
@@ -168,6 +176,9 @@ class Settings:
                 acquire_timeout=_float(env, "KEYGATE_DB_ACQUIRE_TIMEOUT", database.acquire_timeout),
                 statement_timeout=_float(env, "KEYGATE_DB_STATEMENT_TIMEOUT", database.statement_timeout),
                 lookup_timeout=_float(env, "KEYGATE_DB_LOOKUP_TIMEOUT", database.lookup_timeout),
+                read_url=env.get("KEYGATE_DATABASE_READ_URL", ""),
+                listen_url=check_primary_url("KEYGATE_DATABASE_LISTEN_URL", _listen_url(env)),
+                pooler=_choice(env, "KEYGATE_DATABASE_POOLER", POOLERS, POOLERS[0]),
             ),
         }
         values["metrics"] = parse_address(str(values["metrics"]))
@@ -221,6 +232,15 @@ def default_workers() -> int:
     """One process per two cores: one grpc.aio process already keeps ~1.4 cores busy
     (perf-notes), so more processes than that only contend."""
     return max(1, (os.cpu_count() or 1) // 2)
+
+
+def _listen_url(env: Mapping[str, str]) -> str:
+    """The direct URL, which a transaction pooler makes necessary: LISTEN and session locks need a session."""
+    url = env.get("KEYGATE_DATABASE_LISTEN_URL", "")
+    if not url and env.get("KEYGATE_DATABASE_POOLER", "").lower() == "pgbouncer":
+        raise InvalidArgument("KEYGATE_DATABASE_LISTEN_URL", "is required with KEYGATE_DATABASE_POOLER=pgbouncer: "
+                                                             "LISTEN and the migrations' lock need a direct connection")
+    return url
 
 
 def _path(env: Mapping[str, str], name: str) -> Path | None:

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from .cache.keys import KeyCache
     from .cache.listener import ChangeListener
     from .store.postgres import Store
+    from .store.replicas import Replicated
     from .usage import UsageRecorder
 
 DEFAULT_ADDRESS = "127.0.0.1:9464"
@@ -93,6 +94,12 @@ FAMILIES: dict[str, Family] = {
                                 ("kind",)),
     "keygate_usage_pending_keys": Family("gauge", "Keys whose usage (last_used_time, usage_count) awaits its "
                                          "write-behind flush."),
+    "keygate_replica_reads": Family("counter", "Check-path lookups a read replica answered."),
+    "keygate_replica_fallbacks": Family(
+        "counter", "Check-path lookups the primary answered although a read replica is set, by reason.",
+        ("reason",)),
+    "keygate_replica_unreachable": Family("gauge", "Processes whose read replica is unreachable (the primary "
+                                          "answers their lookups)."),
     "keygate_processes": Family("gauge", "Serving processes that answered this scrape."),
     "keygate_worker_restarts": Family("counter", "Worker processes the supervisor restarted after they died."),
 }
@@ -226,8 +233,9 @@ class Metrics:
 
         return count_and_time
 
-    def watch(self, cache: KeyCache, store: Store, listener: ChangeListener, usage: UsageRecorder) -> None:
-        """Read these parts of a running server at each scrape."""
+    def watch(self, cache: KeyCache, store: Store, listener: ChangeListener, usage: UsageRecorder,
+              replicas: Replicated | None = None) -> None:
+        """Read these parts of a running server at each scrape (`replicas`: when a read URL is set)."""
 
         def read(snapshot: Snapshot) -> None:
             sizes = cache.sizes()
@@ -249,6 +257,11 @@ class Metrics:
             for kind in DB_ERROR_KINDS:
                 snapshot.count("keygate_db_errors", errors[kind], kind)
             snapshot.gauge("keygate_usage_pending_keys", usage.pending)
+            if replicas is not None:
+                snapshot.count("keygate_replica_reads", replicas.replica_reads)
+                for reason, n in list(replicas.fallbacks.items()):  # a fixed set of words (store/replicas.py)
+                    snapshot.count("keygate_replica_fallbacks", n, reason)
+                snapshot.gauge("keygate_replica_unreachable", 0 if replicas.replica.reachable else 1)
 
         self._readers.append(read)
 

@@ -41,6 +41,7 @@ from .limits.engine import LimitsMeter, Outage
 from .metrics import Exporter, Metrics, count_unknown_methods
 from .store import embedded
 from .store.postgres import Store
+from .store.replicas import Replicated
 from .usage import UsageRecorder
 from .v1 import authz_pb2, flowise_pb2, keys_pb2
 from .workers import Supervisor
@@ -100,11 +101,22 @@ def database_url(settings: Settings) -> str:
     return settings.database_url or embedded.start(settings.data_dir)
 
 
+async def _key_source(store: Store, settings: Settings) -> Store | Replicated:
+    """The primary's store, or with a read URL, replicas in front of it for the Check path's lookups.
+    The replica's pool connects on first use: a replica down at start is skipped, not fatal."""
+    read_url = settings.database.read_url
+    if not read_url:
+        return store
+    replica = await Store.connect(read_url, settings.database, min_size=0, name="replica")
+    return Replicated(store, replica)
+
+
 @dataclass
 class App:
     """A running keygate: everything `serve` starts, in the order `stop` undoes it."""
 
     store: Store
+    source: Store | Replicated  # what the cache reads through: the store, or replicas in front of it
     cache: KeyCache
     listener: ChangeListener
     usage: UsageRecorder
@@ -130,7 +142,10 @@ class App:
         routes, upstream = settings.routes(catalog), settings.upstream()
         store = await Store.connect(url, settings.database)
         await store.migrate(catalog)
-        cache = KeyCache(store, catalog, settings.cache)
+        source = await _key_source(store, settings)
+        cache = KeyCache(source, catalog, settings.cache)
+        if isinstance(source, Replicated):
+            source.follow(cache.replay)
         listener = ChangeListener(store, cache)
         usage = UsageRecorder(store)
         meter = LimitsMeter(store, Outage(settings.rate_limit_outage))
@@ -146,7 +161,7 @@ class App:
         # method's message into INVALID_ARGUMENT (grpc's own would answer UNKNOWN and log a traceback).
         metrics = Metrics() if settings.metrics else None
         if metrics is not None:
-            metrics.watch(cache, store, listener, usage)
+            metrics.watch(cache, store, listener, usage, source if isinstance(source, Replicated) else None)
         boundary = Boundary(metrics)
         # The high-volume reads first (grpc asks each service's handler in turn whether it serves a call);
         # their allowed answers are counted, not logged (unless KEYGATE_ACCESS_LOG=all).
@@ -175,8 +190,8 @@ class App:
         log_flusher = asyncio.create_task(_flush_access_log(), name="access-log-flush")
         upstream_watch = None if upstream is None else asyncio.create_task(upstream.watch(), name="upstream-watch")
         log.info("serving", listen=settings.listen, port=port)
-        return cls(store, cache, listener, usage, meter, admin, server, boundary, health, port, log_flusher, metrics,
-                   upstream_watch)
+        return cls(store, source, cache, listener, usage, meter, admin, server, boundary, health, port, log_flusher,
+                   metrics, upstream_watch)
 
     async def stop(self, grace: float) -> None:
         """Drain within `grace` seconds: every service NOT_SERVING first (Watch streams say so and end, as do
@@ -196,6 +211,8 @@ class App:
         await self.listener.stop()
         await self.usage.stop()
         await self.meter.close()  # the unused parts of this process's leases go back
+        if isinstance(self.source, Replicated):
+            await self.source.close()
         await self.store.close()
         logs.flush(final=True)
 

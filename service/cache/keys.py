@@ -44,6 +44,7 @@ from .feed import Feed
 from .flight import Flight
 from .flood import Flood
 from .freshness import Freshness
+from .replay import Replay
 
 __all__ = ["MISS", "CacheSettings", "KeyCache", "Miss"]
 
@@ -76,6 +77,7 @@ class KeyCache:
         self._entries = Entries(settings.max_keys, settings.max_negative, settings.max_bindings)
         flight = Flight(self._freshness)
         self._flood = Flood(settings.unknown_key_lookups, self._freshness)
+        self.replay = Replay(self._flood, self._freshness)  # what a read replica must reach (store/replicas.py)
         credentials = Credentials(source, catalog, self._entries, self._freshness, flight, self._flood,
                                   self.hits, self.misses)
         bindings = Bindings(source, self._entries, self._freshness, flight, self.hits, self.misses)
@@ -89,7 +91,7 @@ class KeyCache:
         self.recall = self._decisions.recall
         self.remember = self._decisions.remember
         # The change listener's side.
-        self.trust = self._freshness.trust
+        self.mark = self.replay.mark
         self.feed = Feed()  # what the listener hears, handed on to WatchChanges streams
         source.on_commit(self.apply)
 
@@ -128,6 +130,7 @@ class KeyCache:
 
     def apply(self, change: changes.Change) -> None:
         self._freshness.invalidate()
+        self.replay.heard()
         entries = self._entries
         if isinstance(change, changes.BindingChanged):
             entries.bindings.pop((change.workspace_id, change.resource))
@@ -141,13 +144,22 @@ class KeyCache:
 
     def clear(self) -> None:
         self._freshness.invalidate()
+        self.replay.heard()
         self._entries.clear()
+
+    def trust(self, until: float, mark: int, position: int) -> None:
+        """A ping marked `mark` (see `mark`) answered with the primary's WAL `position`: every change
+        committed before `until` minus the listener's bound has been heard, and a replica that has
+        replayed `position` has every change heard before the ping."""
+        self._freshness.trust(until)
+        self.replay.settle(mark, position)
 
     def desynchronize(self) -> None:
         """The change listener is down: changes may be missed, so nothing cached before now is fresh,
         and what is read from now on is fresh for its ttl alone."""
         self._freshness.restart(math.inf)
         self._flood.forget()
+        self.replay.lost()
         self.feed.resync(listening=False)
 
     def synchronize(self, trusted_until: float) -> None:
@@ -160,6 +172,7 @@ class KeyCache:
     async def rebuild_filter(self) -> None:
         """Load every stored digest into a new filter of known keys, then swap it in. Must run while listening."""
         await self._flood.rebuild(self._source)
+        self.replay.heard()  # the new filter vouches only once a ping sent after its scan settles the floor
 
     @property
     def filter_overfull(self) -> bool:

@@ -106,9 +106,9 @@ class ChangeListener:
             if this is not None and this.cancelling():
                 raise asyncio.CancelledError
             trusted_until = sent + self._bound
-            sent = self._clock()
-            await asyncio.wait_for(listening.ping(), max(0.0, trusted_until - sent))
-            self._cache.trust(sent + self._bound)
+            sent, mark = self._clock(), self._cache.mark()
+            position = await asyncio.wait_for(listening.ping(), max(0.0, trusted_until - sent))
+            self._cache.trust(sent + self._bound, mark, position)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(lost.wait(), self._interval)
 

@@ -130,8 +130,9 @@ class KeySource(Protocol):
 class Listening(Protocol):
     """A live subscription to changes."""
 
-    async def ping(self) -> None:
-        """One round trip: once it is answered, every change committed before it was sent has arrived."""
+    async def ping(self) -> int:
+        """One round trip: once it is answered, every change committed before it was sent has arrived.
+        Returns the primary's WAL position then, past the commit of each of them (for replicas)."""
         ...
 
     def close(self) -> None:
@@ -182,3 +183,17 @@ class LeaseStore(Protocol):
     """What the limits engine needs: the lease book, bounded like a Check's lookup."""
 
     def leases(self) -> AbstractAsyncContextManager[LeaseBook]: ...
+
+
+class ReplayGuard(Protocol):
+    """What a replica's answer must satisfy to stand in for the primary's. The cache keeps it: it hears
+    every change (store/replicas.py says why the rule is sound)."""
+
+    def floor(self) -> int | None:
+        """The WAL position a replica must have replayed; None: read the primary (a change is unsettled)."""
+        ...
+
+    def vouches(self, digest: bytes) -> bool:
+        """A replica that has replayed the floor found no such key: does that answer stand? If not, the
+        primary confirms it (a key created a moment ago)."""
+        ...

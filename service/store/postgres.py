@@ -20,7 +20,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -42,7 +42,15 @@ log = structlog.get_logger(__name__)
 
 CLOSE_TIMEOUT_SECONDS = 5.0
 PROBE_INTERVAL_SECONDS = 0.5  # between two probes of an unreachable database
-PROBE = "SELECT true AS reachable"  # told apart from the change listener's `SELECT 1` in pg_stat_activity
+PROBE = "SELECT true AS reachable"  # told apart from the change listener's PING in pg_stat_activity
+# The change listener's round trip, answering the primary's WAL insert position: every commit whose NOTIFY
+# arrived before the ping was sent lies below it (a replica that has replayed it has them all).
+PING = "SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint AS position"
+# What a replica has replayed: read BEFORE a lookup's query, whose snapshot is then at least as new. NULL on
+# a primary (a read URL that reaches one, e.g. after a failover): its insert position, it is current.
+REPLAYED = """SELECT (COALESCE(pg_last_wal_replay_lsn(), pg_current_wal_insert_lsn()) - '0/0')::bigint
+              AS replayed"""
+POOLERS = ("none", "pgbouncer")  # the first is the default
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +59,16 @@ class DatabaseSettings:
     acquire_timeout: float = 2.0  # seconds to wait for a pooled connection, and to hand it back (reset)
     statement_timeout: float = 5.0  # seconds any one statement may take
     lookup_timeout: float = 1.0  # seconds a Check's lookup may take as a whole: acquire and query
+    # Where else to connect (README "Database topology"); not in repr: a URL may hold a password.
+    read_url: str = field(default="", repr=False)  # replicas for the Check path's lookups; empty: none
+    listen_url: str = field(default="", repr=False)  # direct, for LISTEN and migrations; empty: the main URL
+    pooler: str = POOLERS[0]  # pgbouncer: the main URL is a transaction pooler (no named prepared statements)
+
+    @property
+    def statement_cache_size(self) -> int:
+        """asyncpg's prepared statements per connection: none behind a transaction pooler, where the next
+        transaction may run on another server connection (unnamed statements are parsed with each call)."""
+        return 0 if self.pooler == "pgbouncer" else 100
 
 # Errors that mean "the database is not there (or not for us, right now)", as opposed to
 # "the query was wrong": connection failures, a server shutting down or refusing connections,
@@ -172,6 +190,10 @@ class Reader:
     def __init__(self, conn: _Conn) -> None:
         self._conn = conn
 
+    async def replayed(self) -> int:
+        """The WAL position this server has replayed (a primary: written). Read before the queries whose
+        answer it vouches for: each later statement's snapshot is at least that new."""
+        return int(await self._conn.fetchval(REPLAYED))
 
     async def key_by_digest(self, digest: bytes) -> tuple[KeyRecord, datetime | None] | None:
         """The key a secret belongs to, with the secret's own expiry (set after rotation)."""
@@ -421,9 +443,10 @@ class Listening:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
 
-    async def ping(self) -> None:
-        """`SELECT 1`: PostgreSQL delivers every pending notification before it answers."""
-        await self._conn.execute("SELECT 1")
+    async def ping(self) -> int:
+        """PING: PostgreSQL delivers every pending notification before it answers. Returns the primary's
+        WAL insert position, past the commit of every change notified before the ping was sent."""
+        return int(await self._conn.fetchval(PING))
 
     def close(self) -> None:
         self._conn.terminate()
@@ -432,10 +455,12 @@ class Listening:
 class Store:
     """A connection pool, the ways to use it, and whether the database is known to be reachable."""
 
-    def __init__(self, pool: asyncpg.Pool, url: str, settings: DatabaseSettings = DatabaseSettings()) -> None:
+    def __init__(self, pool: asyncpg.Pool, url: str, settings: DatabaseSettings = DatabaseSettings(), *,
+                 name: str = "database") -> None:
         self._pool = pool
-        self._url = url
+        self._direct_url = settings.listen_url or url  # LISTEN and session advisory locks: never a pooler
         self.settings = settings
+        self.name = name  # in log events: database_unreachable, replica_unreachable
         self._on_commit: list[Callable[[changes.Change], None]] = []
         self._on_reachability: list[Callable[[bool], None]] = []
         self._probe: asyncio.Task[None] | None = None  # running while the database is known unreachable
@@ -456,12 +481,14 @@ class Store:
 
     @classmethod
     async def connect(cls, url: str, settings: DatabaseSettings = DatabaseSettings(), *, min_size: int = 1,
-                      max_size: int = 10) -> Store:
+                      max_size: int = 10, name: str = "database") -> Store:
+        """`min_size=0` connects on first use: a replica that is down at start must not stop keygate."""
         with _unreachable_is_unavailable():
             pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
                                              timeout=settings.connect_timeout,
-                                             command_timeout=settings.statement_timeout)
-            return cls(pool, url, settings)
+                                             command_timeout=settings.statement_timeout,
+                                             statement_cache_size=settings.statement_cache_size)
+            return cls(pool, url, settings, name=name)
 
     def pool_sizes(self) -> tuple[int, int, int]:
         """Connections in use, idle, and the pool's largest size."""
@@ -476,10 +503,11 @@ class Store:
     async def listen(self, on_change: Callable[[str], None], on_lost: Callable[[], None]) -> Listening:
         """A dedicated connection LISTENing for changes; `on_lost` fires if it closes.
 
-        Outside the pool on purpose: a pooled connection could be reset or shared.
+        Outside the pool on purpose: a pooled connection could be reset or shared. On the direct URL:
+        a transaction pooler would hand the LISTEN's session to others.
         """
         with _unreachable_is_unavailable():
-            conn = await asyncpg.connect(self._url, timeout=self.settings.connect_timeout,
+            conn = await asyncpg.connect(self._direct_url, timeout=self.settings.connect_timeout,
                                          command_timeout=self.settings.statement_timeout)
             try:  # a standby refuses LISTEN (read-only): the listener retries, so never leave the connection open
                 await conn.add_listener(changes.CHANNEL, lambda _c, _pid, _ch, payload: on_change(payload))
@@ -494,10 +522,11 @@ class Store:
         `catalog` spells the collections of stored resource names.
 
         On a connection of its own without the statement timeout: a migration may rewrite a large
-        table, or wait for another process's under the migration lock.
+        table, or wait for another process's under the migration lock. On the direct URL: that lock is
+        a session's, which a transaction pooler does not keep.
         """
         with _unreachable_is_unavailable():
-            conn = await asyncpg.connect(self._url, timeout=self.settings.connect_timeout)
+            conn = await asyncpg.connect(self._direct_url, timeout=self.settings.connect_timeout)
             try:
                 return await migrations.migrate(conn, catalog)
             finally:
@@ -532,9 +561,10 @@ class Store:
             yield Reader(conn)
 
     @asynccontextmanager
-    async def lookup(self) -> AsyncIterator[Reader]:
-        """A read on the Check path: acquiring and every query together within `lookup_timeout`."""
-        async with self._connection(self.settings.lookup_timeout) as conn:
+    async def lookup(self, budget: float | None = None) -> AsyncIterator[Reader]:
+        """A read on the Check path: acquiring and every query together within `budget` seconds
+        (default `lookup_timeout`)."""
+        async with self._connection(self.settings.lookup_timeout if budget is None else budget) as conn:
             yield Reader(conn)
 
     @asynccontextmanager
@@ -606,7 +636,7 @@ class Store:
 
     def _unreachable(self) -> None:
         if self._probe is None:
-            log.warning("database_unreachable")
+            log.warning(f"{self.name}_unreachable")
             self._probe = asyncio.create_task(self._probe_until_reachable(), name="database-probe")
             self._tell_reachability()
 
@@ -620,7 +650,7 @@ class Store:
                 await asyncio.sleep(PROBE_INTERVAL_SECONDS)
                 continue
             self._probe = None
-            log.info("database_reachable")
+            log.info(f"{self.name}_reachable")
             self._tell_reachability()
             return
 

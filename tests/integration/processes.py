@@ -23,6 +23,7 @@ from pathlib import Path
 import asyncpg
 import grpc
 
+from keygate.store.postgres import PING
 from keygate.v1 import authz_pb2_grpc, keys_pb2_grpc
 
 from .support import Client
@@ -97,12 +98,12 @@ def start(*serve_args: str, env: Mapping[str, str] | None = None, address: str |
 # A keygate process's change listener is the only connection of its application_name whose last statement is
 # its LISTEN or its keepalive ping.
 LISTENER_BACKENDS = """SELECT pid FROM pg_stat_activity
-    WHERE application_name = $1 AND (query LIKE 'LISTEN%' OR query = 'SELECT 1')"""
+    WHERE application_name = $1 AND (query LIKE 'LISTEN%' OR query = $2)"""  # $2: store.postgres.PING
 
 
 async def listener_pids(admin: asyncpg.Connection, application_name: str) -> list[int]:
     """The backends of the change listeners of the processes connected as `application_name`."""
-    return [r["pid"] for r in await admin.fetch(LISTENER_BACKENDS, application_name)]
+    return [r["pid"] for r in await admin.fetch(LISTENER_BACKENDS, application_name, PING)]
 
 
 async def the_listener(admin: asyncpg.Connection, application_name: str, within: float = 5.0) -> int:

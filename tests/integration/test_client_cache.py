@@ -16,6 +16,7 @@ from google.protobuf import duration_pb2
 from keygate.client import Authorizer, ClientSettings, Decision, DecisionCode, LocalCache, SyncAuthorizer
 from keygate.client.cache import SETTLE, DecisionCache, question
 from keygate.server import App
+from keygate.store.postgres import PING
 from keygate.v1 import keys_pb2
 
 from .support import Client, auth, in_
@@ -103,7 +104,7 @@ async def test_a_lost_server_feed_or_a_broken_stream_clears_the_cache(
     decisions = decisions_of(cached)
     await cached.check(made.api_key, "chatflows/a", "chatflows:view")
     assert len(decisions) == 1
-    assert await db.fetch(LISTENERS)  # keygate's own feed lost: its RESYNC clears the client's cache
+    assert await db.fetch(LISTENERS, PING)  # keygate's own feed lost: its RESYNC clears the client's cache
     await until(lambda: len(decisions) == 0 and not decisions.live)
     await keeping(decisions)  # the server listens again, and says so
     await cached.check(made.api_key, "chatflows/a", "chatflows:view")

@@ -22,6 +22,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from keygate.server import App
+from keygate.store.postgres import PING
 from keygate.v1 import authz_pb2
 
 from .health_watch import NOT_SERVING, SERVING, Watched, name, until, watch
@@ -132,7 +133,7 @@ async def listening(pg: PrivatePostgres, within: float = 10.0) -> None:
     try:
         deadline = time.monotonic() + within
         while not await conn.fetchval("""SELECT count(*) FROM pg_stat_activity
-                                         WHERE query LIKE 'LISTEN%' OR query = 'SELECT 1'"""):
+                                         WHERE query LIKE 'LISTEN%' OR query = $1""", PING):
             assert time.monotonic() < deadline, "the change listener did not come back"
             await asyncio.sleep(0.05)
     finally:

@@ -25,6 +25,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from keygate.store.postgres import PING
 from keygate.v1 import keys_pb2
 
 from .load import (
@@ -184,7 +185,7 @@ async def test_a_stalled_listener_is_noticed_within_the_bound(
 
 REPLICA_C = "keygate-replica-c"
 POOL_BACKENDS = """SELECT pid FROM pg_stat_activity
-    WHERE application_name = $1 AND NOT (query LIKE 'LISTEN%' OR query = 'SELECT 1')"""
+    WHERE application_name = $1 AND NOT (query LIKE 'LISTEN%' OR query = $2)"""  # $2: store.postgres.PING
 
 
 @pytest.fixture
@@ -203,7 +204,7 @@ async def terminated(replicas: Replicas, admin: asyncpg.Connection) -> AsyncIter
     async def kill() -> None:
         nonlocal killed
         while True:
-            for row in await admin.fetch(POOL_BACKENDS, REPLICA_C):
+            for row in await admin.fetch(POOL_BACKENDS, REPLICA_C, PING):
                 killed += await admin.fetchval("SELECT pg_terminate_backend($1)", row["pid"])
             await asyncio.sleep(0.02)
 

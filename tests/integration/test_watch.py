@@ -15,13 +15,14 @@ import pytest
 from keygate.domain import changes
 from keygate.domain.keys import fingerprint
 from keygate.server import App
+from keygate.store.postgres import PING
 from keygate.v1 import authz_pb2, keys_pb2
 
 from .support import Client, auth
 
-# The listener's connection: the only one of this database whose last statement is its LISTEN or its ping.
+# The listener's connection: the only one of this database whose last statement is its LISTEN or its ping ($1: PING).
 LISTENERS = """SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-    WHERE datname = current_database() AND pid <> pg_backend_pid() AND (query LIKE 'LISTEN%' OR query = 'SELECT 1')"""
+    WHERE datname = current_database() AND pid <> pg_backend_pid() AND (query LIKE 'LISTEN%' OR query = $1)"""
 EVENT_SECONDS = 5.0  # far above the milliseconds an event takes: reaching it means it never came
 
 
@@ -110,7 +111,7 @@ async def test_a_workspace_watcher_sees_its_workspace_only(root_stream: Stream, 
 
 async def test_a_lost_listener_is_a_resync_not_listening_then_listening(
         root_stream: Stream, db: asyncpg.Connection) -> None:
-    assert await db.fetch(LISTENERS)
+    assert await db.fetch(LISTENERS, PING)
     lost = await root_stream.next()
     assert (lost.kind, lost.listening) == (authz_pb2.RESYNC, False)
     back = await root_stream.until(authz_pb2.RESYNC, listening=True)

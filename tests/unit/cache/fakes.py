@@ -189,9 +189,10 @@ class MemoryListening:
         self.on_change = on_change
         self.on_lost = on_lost
 
-    async def ping(self) -> None:
+    async def ping(self) -> int:
         if not self._store.reachable:
             raise Unavailable("the store is unreachable")
+        return self._store.commits
 
     def close(self) -> None:
         if self in self._store.listeners:
@@ -209,6 +210,7 @@ class MemoryStore:
         self.gate: asyncio.Event | None = None  # when set to an unset Event, lookups wait for it
         self.listeners: list[MemoryListening] = []
         self.suspected = 0
+        self.commits = 0  # transactions committed: the "WAL position" pings answer
         self._on_commit: list[Callable[[changes.Change], None]] = []
 
     async def passed_gate(self) -> None:
@@ -237,6 +239,7 @@ class MemoryStore:
         tx = MemoryTx(self, copy.deepcopy(self.tables))
         yield tx
         self.tables = tx._tables
+        self.commits += 1
         for change in tx.changes:
             for callback in self._on_commit:
                 callback(change)

@@ -150,9 +150,9 @@ async def test_nothing_answers_from_memory_past_the_listeners_deadline(cache: Ke
     await cache.credential(secret)
     clock.now += 1
     assert cache.peek(secret) is MISS
-    cache.trust(clock.now + 1)
+    cache.trust(clock.now + 1, cache.mark(), 0)
     assert cache.peek(secret) is not MISS
-    cache.trust(math.inf)
+    cache.trust(math.inf, cache.mark(), 0)
 
 
 async def test_an_unreadable_change_clears_the_cache(cache: KeyCache, store: MemoryStore) -> None:
