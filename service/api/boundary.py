@@ -161,7 +161,7 @@ class Boundary:
         return parse_or_mark
 
     def _wrap(self, method: str, message_name: str, behavior: Behavior, quiet: bool) -> Behavior:
-        log, decided, ok, clock = logs.ACCESS, decision.get, grpc.StatusCode.OK, time.perf_counter
+        log, decided, ok, clock, call = logs.ACCESS, decision.get, grpc.StatusCode.OK, time.perf_counter, _call.get
         record = self._metrics.recorder(method) if self._metrics is not None else None
 
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -171,11 +171,13 @@ class Boundary:
             # allowed answer, unless the policy is `all`) gets none, and reads no metadata for one.
             _call.set(context if quiet and not log.log_all else _request_id(context))
             code = ok
+            outcome = None  # what the servicer decided, read once (metrics.decision)
             try:
                 if request is MALFORMED:
                     raise _malformed(message_name)
                 response = await behavior(request, context)
-                if assigned_request_id() or decided() not in ALLOWING:  # it will be logged: identify it
+                outcome = decided()
+                if type(call()) is str or outcome not in ALLOWING:  # it will be logged: identify it
                     context.set_trailing_metadata(((REQUEST_ID_HEADER, current_request_id()),))
                 return response
             except KeygateError as exc:
@@ -194,13 +196,15 @@ class Boundary:
                 await context.abort(status.code, status.details,
                                     (*status.trailing_metadata, (REQUEST_ID_HEADER, rid)))
             finally:
-                if record is not None:
-                    record(code, started)
-                if log.enabled:
+                if outcome is None:
                     outcome = decided()
+                elapsed = clock() - started  # one clock read for the metrics and the log line
+                if record is not None:
+                    record(code, outcome, elapsed)
+                if log.enabled:
                     refused = code is not ok or outcome not in ALLOWING
                     if refused or not quiet or log.log_all:
-                        log.write(method, code.name, outcome, round((clock() - started) * 1000, 3),
+                        log.write(method, code.name, outcome, round(elapsed * 1000, 3),
                                   current_request_id(), refused=refused)
 
         return handle

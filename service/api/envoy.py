@@ -37,6 +37,8 @@ from ..limits.edge import limit_headers, limits_metadata, retry_after
 from ..upstream import UpstreamCredentials
 from .boundary import PUBLIC_ROUTE, UNMATCHED_ALLOWED, UPSTREAM_SESSION, assigned_request_id, current_request_id
 
+_decide = metrics.decision.set  # what this call decided (bound once: it is on every call's path)
+
 RETRY_AFTER_SECONDS = "1"
 MAX_TEMPLATES = 10_000  # prebuilt OK responses, one per key, upstream credential and set of stripped carriers
 # Header values are ASCII: a key name outside it is sent percent-encoded (UTF-8), the rest as is.
@@ -75,7 +77,7 @@ def _denied(answer: Answer, code: str, message: str, *, key_presented: bool = Fa
             more: Sequence[tuple[str, str]] = ()) -> external_auth_pb2.CheckResponse:
     """`retry_after`: for a code whose answer carries Retry-After, its value (None: left out); `more`:
     further headers (a limited key's RateLimit headers)."""
-    metrics.decision.set(code)
+    _decide(code)
     headers = [_header("content-type", "application/json")]
     if answer.challenge:
         challenge = 'Bearer realm="keygate"' + (', error="invalid_token"' if key_presented else "")
@@ -212,7 +214,7 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
                 self._templates.clear()
             self._templates[id(decision)] = _Template(decision, presented.headers, presented.query, upstream,
                                                       template)
-        metrics.decision.set(_OK)
+        _decide(_OK)
         decision_id = assigned_request_id()
         usage = decision.usage
         if not decision_id and usage is None:
@@ -241,7 +243,7 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
     def _pass(self, word: str, presented: _Presented) -> external_auth_pb2.CheckResponse:
         """Passed on without a key decision (`word` says why: a public route or page, the upstream's own
         session, an unmatched request allowed): no identity or credential, every key carrier removed."""
-        metrics.decision.set(word)
+        _decide(word)
         return self._ok([], presented, _metadata(word, decision_id=assigned_request_id()))
 
     def _ok(self, identity: list[base_pb2.HeaderValueOption], presented: _Presented,
