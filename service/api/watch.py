@@ -55,12 +55,7 @@ class WatchServicer(authz_pb2_grpc.AuthzServiceServicer):
 
     async def WatchChanges(self, request: authz_pb2.WatchChangesRequest,
                            context: grpc.aio.ServicerContext) -> AsyncIterator[authz_pb2.ChangeEvent]:
-        try:
-            credential = await self._authorizer.authenticate(bearer_token(context), peer_address(context))
-            workspace = watcher_workspace(credential)
-        except KeygateError as exc:
-            status = to_status(exc)
-            await context.abort(status.code, status.details, status.trailing_metadata)
+        workspace = await self._admit(context)
         try:
             subscriber = self._feed.subscribe(workspace)
         except Ended:
@@ -74,6 +69,20 @@ class WatchServicer(authz_pb2_grpc.AuthzServiceServicer):
                         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                             "this subscriber fell behind the change feed; resubscribe")
                     await context.abort(grpc.StatusCode.UNAVAILABLE, "keygate is shutting down; resubscribe")
+                # The key may have been revoked, disabled, narrowed or expired since the stream began: it is
+                # admitted again before each event (a cached read; events are rare), never trusted for good.
+                if await self._admit(context) != workspace:
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this key's workspace changed; resubscribe")
                 yield to_message(event, workspace)
         finally:
             self._feed.unsubscribe(subscriber)
+
+    async def _admit(self, context: grpc.aio.ServicerContext) -> str | None:
+        """The workspace the caller's key may watch now; aborts the call with the key's refusal."""
+        try:
+            credential = await self._authorizer.authenticate(bearer_token(context), peer_address(context))
+            return watcher_workspace(credential)
+        except KeygateError as exc:
+            status = to_status(exc)
+            await context.abort(status.code, status.details, status.trailing_metadata)
+            raise  # abort raises; this line only tells mypy the function ends here

@@ -109,6 +109,19 @@ async def test_a_workspace_watcher_sees_its_workspace_only(root_stream: Stream, 
     stream.call.cancel()
 
 
+async def test_a_watcher_whose_key_is_revoked_gets_no_further_event(root_stream: Stream, client: Client) -> None:
+    viewer = await client.create(permissions=["apikeys:view"], workspace_id="ws1")
+    stream = Stream(client, viewer.api_key)
+    await stream.next()  # RESYNC
+    await client.keys.DeleteKey(keys_pb2.DeleteKeyRequest(id=viewer.key.id), metadata=auth(client.root))
+    await client.create(workspace_id="ws1")  # an event the revoked watcher must not see
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        while True:
+            event = await stream.next()
+            assert event.kind != authz_pb2.KEY_CHANGED or event.key_id == viewer.key.id, event
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
 async def test_a_lost_listener_is_a_resync_not_listening_then_listening(
         root_stream: Stream, db: asyncpg.Connection) -> None:
     assert await db.fetch(LISTENERS, PING)
