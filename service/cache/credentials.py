@@ -5,6 +5,7 @@ guard may refuse an unknown key without a read."""
 from __future__ import annotations
 
 from ..domain.decision import Credential
+from ..domain.errors import Unavailable
 from ..domain.permissions import Catalog
 from ..store.interface import KeySource
 from .entries import MISS, Entries, Miss
@@ -62,7 +63,14 @@ class Credentials:
             return None
         read = self._flight.load(("k", digest), lambda: self._fetch(digest),
                                  lambda value, at: self._keep(digest, value, at))
-        return await self._freshness.or_graced(read, self._cached(digest))
+        try:
+            return await self._freshness.or_graced(read, self._cached(digest))
+        except Unavailable:
+            # A confirmation the database could not give in time (a flood saturating the loop, a slow
+            # database) leaves the filter's answer standing, as beyond the budget: not found, not 503.
+            if self._flood.unknown(digest, self._clock()):
+                return None
+            raise
 
     async def _fetch(self, digest: bytes) -> Credential | None:
         async with self._source.lookup() as tx:

@@ -30,12 +30,16 @@ class Flood:
         self.known: KnownDigests | None = None  # consulted only while complete
         self._building: list[bytes] | None = None  # fingerprints heard while a filter loads
 
+    def unknown(self, digest: bytes, now: float) -> bool:
+        """The complete, trusted filter says no such key exists."""
+        return (self.known is not None and now < self._freshness.trusted_until
+                and fingerprint(digest) not in self.known)
+
     def refuses(self, digest: bytes) -> bool:
         """The complete filter says no such key, and this second's lookups of such keys are spent.
         Synchronous, so a burst arriving in one loop iteration is counted as it arrives."""
         now = self._freshness.clock()
-        return (self.known is not None and now < self._freshness.trusted_until
-                and fingerprint(digest) not in self.known and not self._confirmations.take(now))
+        return self.unknown(digest, now) and not self._confirmations.take(now)
 
     def heard(self, fingerprints: Iterable[bytes]) -> None:
         """New secrets were stored: the filter (and one being loaded) must know them."""
