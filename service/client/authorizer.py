@@ -61,11 +61,17 @@ def batch_request(key: str, items: Iterable[CheckItem | tuple[str, str]],
         for item in (CheckItem(*raw) for raw in items)])
 
 
+# What a client retries: failures that mean keygate's handler never ran the call. UNAVAILABLE: nothing
+# reached keygate. CANCELLED: a draining keygate's grpc stopped serving with the call queued, before
+# keygate saw it (a caller's own cancellation is asyncio.CancelledError, never a status).
+RETRIED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+
+
 def after_failure(code: grpc.StatusCode, details: str | None, failed: int, deadline: float, retry: Retry) -> float:
-    """The pause before the next attempt, or the error to raise: only UNAVAILABLE is retried, while
+    """The pause before the next attempt, or the error to raise: only RETRIED codes are retried, while
     attempts and the deadline last (the pause must end early enough to leave the next attempt time)."""
     details = details or code.name.lower()
-    if code is grpc.StatusCode.UNAVAILABLE:
+    if code in RETRIED:
         pause = retry.pause(failed)
         if failed < retry.attempts and time.monotonic() + pause < deadline:
             return pause

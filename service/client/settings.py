@@ -17,9 +17,10 @@ DEFAULT_SERVER = "127.0.0.1:50051"
 
 @dataclass(frozen=True, slots=True)
 class Retry:
-    """Retries of a call that failed UNAVAILABLE (nothing reached keygate, so repeating it is safe), within
-    the call's one deadline: at most `attempts` tries, each after a full-jitter pause of up to
-    `base` * 2**n seconds (at most `cap`), so that clients that lost keygate together do not return together."""
+    """Retries of a call that failed UNAVAILABLE or CANCELLED (keygate never ran it, so repeating it is safe:
+    authorizer.RETRIED), within the call's one deadline: at most `attempts` tries, each after a full-jitter
+    pause of up to `base` * 2**n seconds (at most `cap`), so that clients that lost keygate together do not
+    return together."""
 
     attempts: int = 3
     base: float = 0.025

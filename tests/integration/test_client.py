@@ -4,6 +4,7 @@ closed (KeygateUnavailable within the deadline, never an allowed Decision) when 
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -139,3 +140,33 @@ async def test_limits_and_allow_lists_reach_the_client(app: App, client: Client)
     assert (outside.allowed, outside.code, outside.rate_limit) == (False, DecisionCode.IP_NOT_ALLOWED, None)
     assert [(d.allowed, d.credits_remaining) for d in many] == [(True, 0)]
     assert (spent.allowed, spent.code, spent.http_status) == (False, DecisionCode.USAGE_EXCEEDED, 429)
+
+
+async def test_calls_a_draining_keygate_cancels_are_retried_not_refused(app: App, client: Client) -> None:
+    """A client that keeps its connection busy through a keygate's drain (a gRPC client behind a ClusterIP
+    Service in a rolling update) has calls queued inside grpc when the drain stops serving; grpc answers
+    them CANCELLED, before keygate saw them. They are retried like UNAVAILABLE: never a KeygateRequestError,
+    which callers read as their own bug (the interceptor answers INTERNAL)."""
+    created = await client.create(permissions=["chatflows:view"])
+    outcomes: collections.Counter[str] = collections.Counter()
+    stopping = asyncio.Event()
+
+    async def loop(authz: Authorizer) -> None:
+        while not stopping.is_set():
+            try:
+                outcomes[(await authz.check(created.api_key, "chatflows/a", "chatflows:view")).code.name] += 1
+            except KeygateUnavailable:
+                outcomes["KeygateUnavailable"] += 1
+                return
+            except KeygateRequestError as error:
+                outcomes[f"KeygateRequestError {error.code.name}"] += 1
+                return
+
+    async with Authorizer(settings_of(app)) as authz:
+        loops = [asyncio.create_task(loop(authz)) for _ in range(200)]
+        while outcomes["OK"] < 200:
+            await asyncio.sleep(0.01)
+        await app.stop(grace=1.5)  # the load never pauses: the drain stops serving with calls queued
+        stopping.set()
+        await asyncio.gather(*loops)
+    assert set(outcomes) <= {"OK", "KeygateUnavailable"}, outcomes

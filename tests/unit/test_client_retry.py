@@ -1,5 +1,6 @@
-"""keygate.client's retry rule: only UNAVAILABLE is retried, with jittered pauses that never outlast
-the attempts or the call's one deadline; every other failure is raised at once."""
+"""keygate.client's retry rule: only UNAVAILABLE and a draining server's CANCELLED are retried, with
+jittered pauses that never outlast the attempts or the call's one deadline; every other failure is raised
+at once."""
 
 from __future__ import annotations
 
@@ -22,17 +23,19 @@ def test_pauses_are_jittered_within_the_exponential_cap(failed: int) -> None:
     assert 0 <= RETRY.pause(failed) <= min(RETRY.cap, RETRY.base * 2 ** (failed - 1))
 
 
-def test_unavailable_is_retried_while_attempts_and_time_last() -> None:
+@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED])
+def test_unavailable_and_cancelled_are_retried_while_attempts_and_time_last(code: grpc.StatusCode) -> None:
     far = time.monotonic() + 60
-    assert 0 <= after_failure(grpc.StatusCode.UNAVAILABLE, "down", 1, far, RETRY) <= 0.1
-    with pytest.raises(KeygateUnavailable, match="3 attempt"):
-        after_failure(grpc.StatusCode.UNAVAILABLE, "down", 3, far, RETRY)
+    assert 0 <= after_failure(code, "down", 1, far, RETRY) <= 0.1
+    with pytest.raises(KeygateUnavailable, match="3 attempt") as spent:
+        after_failure(code, "down", 3, far, RETRY)
+    assert spent.value.code is code
     with pytest.raises(KeygateUnavailable):  # attempts left, but no time: the deadline wins
-        after_failure(grpc.StatusCode.UNAVAILABLE, "down", 1, time.monotonic() - 1, Retry(attempts=9))
+        after_failure(code, "down", 1, time.monotonic() - 1, Retry(attempts=9))
 
 
 @pytest.mark.parametrize("code", [c for c in grpc.StatusCode if c not in (
-    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)])
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)])
 def test_nothing_else_is_retried(code: grpc.StatusCode) -> None:
     with pytest.raises(KeygateRequestError) as raised:
         after_failure(code, "why", 1, time.monotonic() + 60, RETRY)
