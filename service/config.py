@@ -19,7 +19,7 @@ from .domain.routes import RouteTable
 from .logs import ACCESS_POLICIES
 from .metrics import DEFAULT_ADDRESS as DEFAULT_METRICS
 from .metrics import parse_address
-from .store.failover import check_primary_url
+from .store.failover import check_primary_url, check_url
 from .store.postgres import POOLERS, DatabaseSettings
 from .tls import ServerFiles
 from .upstream import UpstreamCredentials
@@ -149,7 +149,7 @@ class Settings:
             "listen": _address(env, "KEYGATE_LISTEN", DEFAULT_LISTEN),
             "database_url": check_primary_url("DATABASE_URL", env.get("DATABASE_URL", "")),
             "data_dir": Path(env.get("KEYGATE_DATA_DIR", str(DEFAULT_DATA_DIR))),
-            "key_prefix": env.get("KEYGATE_KEY_PREFIX", DEFAULT_PREFIX),
+            "key_prefix": _key_prefix(env),
             "catalog_file": _path(env, "KEYGATE_CATALOG"),
             "routes_file": _path(env, "KEYGATE_ROUTES"),
             "upstream_credentials": _path(env, "KEYGATE_UPSTREAM_CREDENTIALS"),
@@ -176,7 +176,7 @@ class Settings:
                 acquire_timeout=_float(env, "KEYGATE_DB_ACQUIRE_TIMEOUT", database.acquire_timeout),
                 statement_timeout=_float(env, "KEYGATE_DB_STATEMENT_TIMEOUT", database.statement_timeout),
                 lookup_timeout=_float(env, "KEYGATE_DB_LOOKUP_TIMEOUT", database.lookup_timeout),
-                read_url=env.get("KEYGATE_DATABASE_READ_URL", ""),
+                read_url=check_url("KEYGATE_DATABASE_READ_URL", env.get("KEYGATE_DATABASE_READ_URL", "")),
                 listen_url=check_primary_url("KEYGATE_DATABASE_LISTEN_URL", _listen_url(env)),
                 pooler=_choice(env, "KEYGATE_DATABASE_POOLER", POOLERS, POOLERS[0]),
             ),
@@ -232,6 +232,16 @@ def default_workers() -> int:
     """One process per two cores: one grpc.aio process already keeps ~1.4 cores busy
     (perf-notes), so more processes than that only contend."""
     return max(1, (os.cpu_count() or 1) // 2)
+
+
+def _key_prefix(env: Mapping[str, str]) -> str:
+    """Checked with the other settings, so that a bad prefix is refused naming its variable, before serving."""
+    prefix = env.get("KEYGATE_KEY_PREFIX", DEFAULT_PREFIX)
+    try:
+        KeyFormat(prefix)
+    except InvalidArgument as exc:
+        raise InvalidArgument("KEYGATE_KEY_PREFIX", exc.description) from None
+    return prefix
 
 
 def _listen_url(env: Mapping[str, str]) -> str:

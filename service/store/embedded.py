@@ -7,7 +7,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from ..domain.errors import KeygateError
+from ..domain.errors import InvalidArgument, KeygateError
 
 RUNTIME_ENV = "XDG_RUNTIME_DIR"
 
@@ -49,5 +49,8 @@ def start(data_dir: Path) -> str:
                            "or install the embedded PostgreSQL with: pip install 'keygate[embedded]'") from None
 
     pgdata = data_dir.resolve() / "pg"
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only or missing mount: the setting's mistake, in one line
+        raise InvalidArgument("KEYGATE_DATA_DIR", f"cannot create {pgdata.parent}: {exc.strerror}") from None
     return pgserver.get_server(pgdata, cleanup_mode="stop").get_uri()

@@ -1,5 +1,7 @@
-"""The primary's URL as keygate checks it at start: several hosts only with a session attribute that
-makes every connection (pool, change listener, migrations) go to the one that accepts writes.
+"""The database URLs as keygate checks them at start: each a PostgreSQL URL (a malformed one would
+otherwise pass for an unreachable database, or for a read replica that is never used), and the primary's
+with several hosts only with a session attribute that makes every connection (pool, change listener,
+migrations) go to the one that accepts writes.
 
 With `postgresql://u@h1:5432,h2:5432/db?target_session_attrs=read-write` asyncpg tries the hosts in
 order and keeps the first that is not read-only, so after a failover (the primary dead, a replica
@@ -15,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 from ..domain.errors import InvalidArgument
 
 WRITABLE = ("read-write", "primary")  # asyncpg's target_session_attrs that only accept a writable server
+SCHEMES = ("postgresql", "postgres")  # the URL schemes asyncpg connects with
 
 
 def hosts(url: str) -> int:
@@ -27,9 +30,18 @@ def hosts(url: str) -> int:
     return len(named)
 
 
+def check_url(variable: str, url: str) -> str:
+    """`url` unchanged, or InvalidArgument naming `variable` when it is not a PostgreSQL URL. An empty URL
+    (the setting unset) passes."""
+    if url and urlsplit(url).scheme.lower() not in SCHEMES:
+        raise InvalidArgument(variable, "must be a PostgreSQL URL, postgresql://user@host:port/database")
+    return url
+
+
 def check_primary_url(variable: str, url: str) -> str:
-    """`url` unchanged, or InvalidArgument naming `variable` when its session attribute could land writes
-    on a replica. An empty URL (the embedded PostgreSQL) passes."""
+    """`url` unchanged, or InvalidArgument naming `variable` when it is not a PostgreSQL URL or its session
+    attribute could land writes on a replica. An empty URL (the embedded PostgreSQL) passes."""
+    check_url(variable, url)
     attrs = parse_qs(urlsplit(url).query).get("target_session_attrs", [])
     if any(attr not in WRITABLE for attr in attrs):
         raise InvalidArgument(variable, f"target_session_attrs must be {' or '.join(WRITABLE)}: keygate writes "

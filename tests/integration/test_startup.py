@@ -54,6 +54,16 @@ BAD_SETTINGS = {
         {}, ("--database-url", "postgresql://keygate@127.0.0.1:1,127.0.0.1:2/keygate"),
         "DATABASE_URL (--database-url): names several hosts: add target_session_attrs=read-write so that keygate "
         "connects to the primary, and finds the new one after a failover"),
+    # These three were "the database is unreachable (...); retry shortly", a start that never used the
+    # replica, and "key_prefix: ..." naming neither variable nor flag.
+    "a URL that is not PostgreSQL's": ({}, ("--database-url", "db1:5432/keygate"),
+                                        "DATABASE_URL (--database-url): must be a PostgreSQL URL, "
+                                        "postgresql://user@host:port/database"),
+    "a read URL that is not PostgreSQL's": ({"KEYGATE_DATABASE_READ_URL": "replica1:5432/keygate"}, (),
+                                             "KEYGATE_DATABASE_READ_URL (--database-read-url): must be a PostgreSQL "
+                                             "URL, postgresql://user@host:port/database"),
+    "a key prefix": ({"KEYGATE_KEY_PREFIX": "Key_"}, (), "KEYGATE_KEY_PREFIX (--key-prefix): must be 2-16 lowercase "
+                                                        "letters or digits, starting with a letter"),
     "a missing routes file": ({"KEYGATE_ROUTES": "{dir}/routes.yaml"}, (),
                               "KEYGATE_ROUTES (--routes): cannot read {dir}/routes.yaml: [Errno 2] No such file or "
                               "directory: '{dir}/routes.yaml'"),
@@ -66,6 +76,15 @@ def test_a_bad_setting_stops_serve_with_one_line_naming_variable_and_flag(
     env = {"KEYGATE_LISTEN": "127.0.0.1:0", **{k: v.format(dir=tmp_path) for k, v in env.items()}}
     done = keygate("serve", "--database-url", database_url, *(f.format(dir=tmp_path) for f in flags), **env)
     assert (done.returncode, done.stdout, done.stderr) == (1, "", f"keygate: {line.format(dir=tmp_path)}\n")
+
+
+def test_a_data_directory_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    """It was a FileNotFoundError traceback from pathlib (a read-only or missing mount, a typo)."""
+    (tmp_path / "file").write_text("")
+    done = keygate("serve", "--listen", "127.0.0.1:0", "--metrics", "off", "--data-dir", str(tmp_path / "file" / "kg"),
+                   XDG_RUNTIME_DIR="", TMPDIR=str(tmp_path))  # keygate's own runtime directory: no warning
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == f"keygate: KEYGATE_DATA_DIR (--data-dir): cannot create {tmp_path}/file/kg: Not a directory\n"
 
 
 def test_a_taken_port_is_one_friendly_line(database_url: str) -> None:
