@@ -72,8 +72,8 @@ def refuse_taken_port(listen: str, *, reuse_port: bool = False) -> None:
 
     A bind of our own, before grpc's: grpc's C core would first log a raw `add_port.cc` error line, which
     no setting read after start-up silences. SO_REUSEADDR as grpc sets it (a socket in TIME_WAIT after a
-    restart is no conflict); SO_REUSEPORT only for workers sharing the port on purpose. Addresses this
-    cannot resolve are left to grpc, which refuses them itself.
+    restart is no conflict); SO_REUSEPORT only for workers sharing the port on purpose. A host name that
+    does not resolve, or an address not on this machine, is refused here too, for the same reason.
     """
     host, _, port = listen.rpartition(":")
     if not port.isdigit() or int(port) == 0:
@@ -81,6 +81,9 @@ def refuse_taken_port(listen: str, *, reuse_port: bool = False) -> None:
     try:
         addresses = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM,
                                        flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise SystemExit(f"keygate: cannot listen on {listen}: {exc.strerror} "
+                         "(set --listen or KEYGATE_LISTEN)") from None
     except (OSError, UnicodeError):
         return
     for family, kind, proto, _, address in addresses:
@@ -94,6 +97,9 @@ def refuse_taken_port(listen: str, *, reuse_port: bool = False) -> None:
                 if exc.errno == errno.EADDRINUSE:
                     raise SystemExit(f"keygate: cannot listen on {listen}: the address is in use "
                                      "(another keygate? set --listen or KEYGATE_LISTEN)") from None
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    raise SystemExit(f"keygate: cannot listen on {listen}: no interface of this machine has that "
+                                     "address (set --listen or KEYGATE_LISTEN)") from None
 
 
 def database_url(settings: Settings) -> str:

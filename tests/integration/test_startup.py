@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -97,6 +98,18 @@ def test_a_taken_port_is_one_friendly_line(database_url: str) -> None:
     assert done.returncode == 1
     assert done.stderr == (f"keygate: cannot listen on {taken}: the address is in use "
                            "(another keygate? set --listen or KEYGATE_LISTEN)\n")
+
+
+@pytest.mark.parametrize(("listen", "reason"), [
+    ("192.0.2.1:50051", "no interface of this machine has that address"),  # TEST-NET-1: on no machine
+    ("keygate.invalid:50051", ".+"),  # the resolver's words, which vary by C library
+])
+def test_an_address_that_cannot_be_served_is_one_friendly_line(database_url: str, listen: str, reason: str) -> None:
+    """Like a taken port: grpc's raw `E... add_port.cc` line came first, then keygate's vaguer one."""
+    done = keygate("serve", "--listen", listen, "--database-url", database_url)
+    assert done.returncode == 1
+    assert re.fullmatch(f"keygate: cannot listen on {re.escape(listen)}: {reason} "
+                        r"\(set --listen or KEYGATE_LISTEN\)\n", done.stderr), done.stderr
 
 
 def test_a_second_start_does_not_warn_about_the_runtime_directory(pg_dirs: Callable[[str], Path]) -> None:
