@@ -220,6 +220,17 @@ class ClientTLS:
     key: Path | None = None
     server_name: str | None = None
 
+    def __post_init__(self) -> None:
+        """Built in code, as from the environment: a CA or client certificate turns TLS on, and a path may
+        be a str. (`ClientTLS(ca=...)` without `enabled=True` was plaintext, the keys sent in clear, and a
+        str path an AttributeError at the first read.)"""
+        for name in ("ca", "cert", "key"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, Path(value))
+        if self.ca is not None or self.cert is not None:
+            object.__setattr__(self, "enabled", True)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **flags: object) -> ClientTLS:
         """Environment first, then any flag that is not None. Any TLS file turns TLS on."""

@@ -28,6 +28,13 @@ def test_client_tls_is_off_until_asked_for() -> None:
     assert ClientTLS.from_env({"KEYGATE_TLS_CA": "/ca.pem"}) == ClientTLS(enabled=True, ca=Path("/ca.pem"))
 
 
+def test_client_tls_built_in_code_follows_the_same_rule() -> None:
+    """A CA or a client certificate turns TLS on, and paths may be strs, as the README's example reads."""
+    assert ClientTLS(ca="/ca.pem") == ClientTLS(enabled=True, ca=Path("/ca.pem"))  # type: ignore[arg-type]
+    assert ClientTLS(cert=Path("/c.crt"), key=Path("/c.key")).enabled
+    assert not ClientTLS(server_name="keygate.test").enabled
+
+
 def test_client_flags_win_over_the_environment() -> None:
     env = {"KEYGATE_TLS_CA": "/env-ca.pem", "KEYGATE_TLS_CLIENT_CERT": "/env.crt", "KEYGATE_TLS_CLIENT_KEY": "/env.key"}
     tls = ClientTLS.from_env(env, ca="/flag-ca.pem", cert="/flag.crt", key="/flag.key", server_name="keygate.test")
