@@ -103,8 +103,9 @@ def test_the_install_steps_give_a_keygate_with_runtime_dependencies_only(tmp_pat
     version = subprocess.run([keygate, "--version"], capture_output=True, text=True, timeout=60)
     assert version.stdout == f"keygate {metadata.version('keygate')}\n"
 
-    no_database = subprocess.run([keygate, "serve"], capture_output=True, text=True, env=clean_environment(),
-                                 cwd=tmp_path, timeout=60)
+    # Any free port: the default 50051 may be taken (a `make run` on the same machine), refused before this.
+    no_database = subprocess.run([keygate, "serve"], capture_output=True, text=True,
+                                 env=clean_environment(KEYGATE_LISTEN="127.0.0.1:0"), cwd=tmp_path, timeout=60)
     assert no_database.returncode == 1 and no_database.stdout == ""
     assert no_database.stderr == ("keygate: no database: set DATABASE_URL (or --database-url) to a PostgreSQL URL, "
                                   "or install the embedded PostgreSQL with: pip install 'keygate[embedded]'\n")
