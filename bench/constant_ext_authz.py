@@ -41,7 +41,7 @@ def _answer() -> external_auth_pb2.CheckResponse:
                 _header("x-keygate-workspace-id", ANSWER.workspace_id),
                 _header("x-keygate-key-name", ANSWER.key_name),
             ],
-            headers_to_remove=["authorization", "x-api-key", "x-request-from"],  # key carriers, Flowise's session marker
+            headers_to_remove=["authorization", "x-api-key", "x-request-from"],  # carriers, session marker
         ),
         dynamic_metadata=metadata,
     )
