@@ -2,9 +2,10 @@
 envoy.service.auth.v3.Authorization/Check allows every request with a constant answer.
 
 The answer has the shape and size of keygate's own for an allowed `Authorization: Bearer` key: the
-three identity headers, `authorization` and `x-request-from` in headers_to_remove, and the same dynamic metadata (code,
-key_id, workspace_id; keygate adds a decision id only to the calls it logs, and allowed ones are not
-logged by default), so Envoy receives and applies the same bytes from both servers.
+three identity headers; both key headers (`authorization`, `x-api-key`) and `x-request-from` in
+headers_to_remove; the same dynamic metadata (code, key_id, workspace_id; keygate adds a decision id
+only to the calls it logs, and allowed ones are not logged by default). So Envoy receives and applies
+the same bytes from both servers.
 
 Run: `python -m bench.constant_ext_authz --listen 127.0.0.1:PORT`.
 """
@@ -40,7 +41,7 @@ def _answer() -> external_auth_pb2.CheckResponse:
                 _header("x-keygate-workspace-id", ANSWER.workspace_id),
                 _header("x-keygate-key-name", ANSWER.key_name),
             ],
-            headers_to_remove=["authorization", "x-request-from"],  # the key, and Flowise's session marker
+            headers_to_remove=["authorization", "x-api-key", "x-request-from"],  # carriers, session marker
         ),
         dynamic_metadata=metadata,
     )

@@ -15,7 +15,6 @@ it cannot decide. Decision metadata goes into dynamic_metadata for access logs.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
 from urllib.parse import quote, unquote, unquote_plus
 
 import grpc
@@ -26,7 +25,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
-from .. import metrics
+from .. import logs, metrics
 from ..authz import Authorizer, CheckItem
 from ..clock import utcnow
 from ..domain.decision import CODES, Answer, Code, Credential, Decision
@@ -38,6 +37,7 @@ from ..upstream import UpstreamCredentials
 from .boundary import PUBLIC_ROUTE, UNMATCHED_ALLOWED, UPSTREAM_SESSION, assigned_request_id, current_request_id
 
 _decide = metrics.decision.set  # what this call decided (bound once: it is on every call's path)
+_ACCESS = logs.ACCESS
 
 RETRY_AFTER_SECONDS = "1"
 MAX_TEMPLATES = 10_000  # prebuilt OK responses, one per key, upstream credential and set of stripped carriers
@@ -101,24 +101,9 @@ class DisguisedKey(Exception):
     parameters by their literal name, so such a key would travel upstream."""
 
 
-class _Presented(NamedTuple):
-    """The key a request presents, and every header and query parameter that carried one. The carriers
-    are tuples the servicer made once (see `EnvoyAuthzServicer._carriers`), so the usual request shares
-    them: a template is found again by their identity, without hashing or building anything."""
-
-    key: str
-    headers: tuple[str, ...]
-    query: tuple[str, ...]
-
-
-class _Template(NamedTuple):
-    """A prebuilt OK and what it was built for (see `EnvoyAuthzServicer._allowed`)."""
-
-    decision: Decision
-    headers: tuple[str, ...]
-    query: tuple[str, ...]
-    upstream: str
-    response: external_auth_pb2.CheckResponse
+Carriers = tuple[str, ...]  # the headers, or query parameters, that may carry a key: all are stripped
+# A prebuilt OK and what it was built for: the Decision, header and query carriers, upstream credential.
+_Template = tuple[Decision, Carriers, Carriers, str, external_auth_pb2.CheckResponse]
 
 
 def _client_address(attributes: attribute_context_pb2.AttributeContext) -> str:
@@ -133,51 +118,52 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         self._upstream = upstream  # None: allowed requests travel on without a credential
         # The OK templates, by the identity of the Decision they render (see `_allowed`).
         self._templates: dict[int, _Template] = {}
-        bearer, custom = ("authorization",), (routes.key_header,)
         # The carrier tuples, made once: `_take_key` hands out these very objects.
-        self._bearer, self._custom, self._both = bearer, custom, (*bearer, *custom)
-        self._query_carrier = (routes.query_parameter,)
+        self._both: Carriers = ("authorization", routes.key_header)
+        self._custom: Carriers = (routes.key_header,)
+        self._query_carrier: Carriers = (routes.query_parameter,)
 
     async def Check(self, request: external_auth_pb2.CheckRequest,
                     context: grpc.aio.ServicerContext) -> external_auth_pb2.CheckResponse:
         attributes = request.attributes  # each step into the request is a wrapper object made: read it once
         http = attributes.request.http
         headers = http.headers
-        path, _, query = http.path.partition("?")
+        path = http.path
+        query = ""
+        if "?" in path:
+            path, _, query = path.partition("?")
         match = self._routes.match(http.method, path)
         try:
-            presented = self._take_key(headers, query, match is not None and match.route.query_key)
+            key, carriers, query_carriers = self._take_key(headers, query,
+                                                           match is not None and match.route.query_key)
         except DisguisedKey:
             return _denied(_BAD_REQUEST, "INVALID_ARGUMENT",
                            f"percent-encode no part of the {self._routes.query_parameter!r} parameter's name")
         if match is None:
             if self._routes.public_without_rule(http.method, path):  # web UI pages, CORS preflights
-                return self._pass(PUBLIC_ROUTE, presented)
+                return self._pass(PUBLIC_ROUTE, carriers, query_carriers)
             if self._routes.allow_unmatched:  # passed on as it came, minus keys and forged identity
-                return self._pass(UNMATCHED_ALLOWED, presented)
+                return self._pass(UNMATCHED_ALLOWED, carriers, query_carriers)
             return _denied(_NOT_ROUTED, "NO_MATCHING_ROUTE", f"no route rule covers {http.method} {redact(path)}")
         access = match.route.access
         if access is not KEY:
             if access is PUBLIC:  # the upstream decides alone: no identity, no credential
-                return self._pass(PUBLIC_ROUTE, presented)
+                return self._pass(PUBLIC_ROUTE, carriers, query_carriers)
             # REFUSED; the path itself may hold a key, so it is not echoed
             return _denied(_NOT_ROUTED, "ROUTE_REFUSED", "keygate does not pass this route on (see its route rules)")
 
-        key = presented.key
         if not key and self._routes.session_call(headers):  # the upstream verifies its session
-            return self._pass(UPSTREAM_SESSION, presented)
+            return self._pass(UPSTREAM_SESSION, carriers, query_carriers)
 
-        workspace = headers.get(self._routes.workspace_header, "") if self._routes.workspace_header else ""
+        workspace_header = self._routes.workspace_header
+        workspace = headers.get(workspace_header, "") if workspace_header else ""
         # Without the client address: reading it walks three more wrappers, and only a key with
-        # allowed_cidrs needs it (then `recall` asks, and `check` always gets it).
+        # allowed_cidrs needs it (then `recall` reads it, and `check` always gets it).
         item = CheckItem(match.resource, match.route.action, workspace) if workspace else match.item
-
-        def address() -> str:
-            return _client_address(attributes)
-
         try:
-            decision = (self._authorizer.recall(key, item, address)
-                        or await self._authorizer.check(key, item._replace(client_address=address())))
+            decision = (self._authorizer.recall(key, item, _client_address, attributes)
+                        or await self._authorizer.check(
+                            key, item._replace(client_address=_client_address(attributes))))
         except InvalidArgument as exc:
             return _denied(_BAD_REQUEST, "INVALID_ARGUMENT", exc.message)
         except Unavailable:
@@ -192,9 +178,9 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
                 return _denied(_NO_CREDENTIAL, "UPSTREAM_CREDENTIAL_MISSING",
                                "keygate has no upstream credential for this key's workspace",
                                key_id=credential.key_id_text, workspace_id=credential.workspace_id)
-        return self._allowed(decision, credential, presented, upstream)
+        return self._allowed(decision, credential, carriers, query_carriers, upstream)
 
-    def _allowed(self, decision: Decision, credential: Credential, presented: _Presented,
+    def _allowed(self, decision: Decision, credential: Credential, carriers: Carriers, query_carriers: Carriers,
                  upstream: str) -> external_auth_pb2.CheckResponse:
         """The OK for this decision: built once per Decision object (a remembered decision is the very
         object the cache holds, one per credential and question), upstream credential and set of stripped
@@ -205,17 +191,16 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         Decision; the old entry goes when the table is full. A limited key's reply carries its limits in
         the metadata, and (copied per request) the RateLimit headers for the client."""
         held = self._templates.get(id(decision))
-        if (held is not None and held.decision is decision and held.headers is presented.headers
-                and held.query is presented.query and held.upstream == upstream):
-            template = held.response
+        if (held is not None and held[0] is decision and held[1] is carriers and held[2] is query_carriers
+                and held[3] == upstream):
+            template = held[4]
         else:
-            template = self._template(credential, presented, upstream)
+            template = self._template(credential, carriers, query_carriers, upstream)
             if len(self._templates) >= MAX_TEMPLATES:
                 self._templates.clear()
-            self._templates[id(decision)] = _Template(decision, presented.headers, presented.query, upstream,
-                                                      template)
+            self._templates[id(decision)] = (decision, carriers, query_carriers, upstream, template)
         _decide(_OK)
-        decision_id = assigned_request_id()
+        decision_id = assigned_request_id() if _ACCESS.log_all else ""  # else an allowed call is not logged
         usage = decision.usage
         if not decision_id and usage is None:
             return template
@@ -228,7 +213,7 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
                 _header(name, value) for name, value in limit_headers(usage, utcnow()))
         return response
 
-    def _template(self, credential: Credential, presented: _Presented,
+    def _template(self, credential: Credential, carriers: Carriers, query_carriers: Carriers,
                   upstream: str) -> external_auth_pb2.CheckResponse:
         identity = [
             _header("x-keygate-key-id", credential.key_id_text),
@@ -237,16 +222,16 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         ]
         if upstream:
             identity.append(_header("authorization", upstream))
-        return self._ok(identity, presented, _metadata(_OK, credential.key_id_text, credential.workspace_id,
-                                                       limits=credential.limits))
+        return self._ok(identity, carriers, query_carriers,
+                        _metadata(_OK, credential.key_id_text, credential.workspace_id, limits=credential.limits))
 
-    def _pass(self, word: str, presented: _Presented) -> external_auth_pb2.CheckResponse:
+    def _pass(self, word: str, carriers: Carriers, query_carriers: Carriers) -> external_auth_pb2.CheckResponse:
         """Passed on without a key decision (`word` says why: a public route or page, the upstream's own
         session, an unmatched request allowed): no identity or credential, every key carrier removed."""
         _decide(word)
-        return self._ok([], presented, _metadata(word, decision_id=assigned_request_id()))
+        return self._ok([], carriers, query_carriers, _metadata(word, decision_id=assigned_request_id()))
 
-    def _ok(self, identity: list[base_pb2.HeaderValueOption], presented: _Presented,
+    def _ok(self, identity: list[base_pb2.HeaderValueOption], carriers: Carriers, query_carriers: Carriers,
             metadata: struct_pb2.Struct) -> external_auth_pb2.CheckResponse:
         """Allow, with the identity headers (and credential) set, or, without identity, any forged ones removed.
         With identity, the upstream-session marker goes too: the upstream must check the credential keygate
@@ -254,30 +239,41 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         setting = {option.header.key for option in identity}
         if identity:
             session = self._routes.upstream_session
-            removed = [h for h in (*presented.headers, *((session[0],) if session else ())) if h not in setting]
+            removed = [h for h in (*carriers, *((session[0],) if session else ())) if h not in setting]
         else:
-            removed = [*presented.headers, *IDENTITY_HEADERS]
+            removed = [*carriers, *IDENTITY_HEADERS]
         return external_auth_pb2.CheckResponse(
             status=status_pb2.Status(code=code_pb2.OK),
             ok_response=external_auth_pb2.OkHttpResponse(
-                headers=identity, headers_to_remove=removed, query_parameters_to_remove=presented.query),
+                headers=identity, headers_to_remove=removed, query_parameters_to_remove=query_carriers),
             dynamic_metadata=metadata,
         )
 
-    def _take_key(self, headers: Mapping[str, str], query: str, query_allowed: bool) -> _Presented:
-        """The presented key: Bearer first, then the key header, then (where allowed) the query."""
+    def _take_key(self, headers: Mapping[str, str], query: str,
+                  query_allowed: bool) -> tuple[str, Carriers, Carriers]:
+        """The presented key (Bearer first, then the key header, then, where allowed, the query) and the
+        headers and query parameters that may carry one, all to be stripped. The carriers are the tuples
+        the servicer made once, so a template is found again by their identity (see `_allowed`).
+
+        With a Bearer key both key headers are stripped, whether or not the other came: Envoy removing an
+        absent header costs nothing, and the usual request then reads one header, not two."""
         get = headers.get
+        authorization = get("authorization", "")
+        if authorization.startswith("Bearer ") and not query:  # the usual request
+            key = authorization[7:].strip()
+            if key:
+                return key, self._both, ()
         key = ""
-        scheme, _, token = get("authorization", "").partition(" ")
+        scheme, _, token = authorization.partition(" ")
         bearer = scheme.lower() == "bearer"
         if bearer:
             key = token.strip()
         custom = get(self._routes.key_header, "")
         if custom:
             key = key or custom.strip()
-        carriers = (self._both if custom else self._bearer) if bearer else (self._custom if custom else ())
+        carriers = self._both if bearer else (self._custom if custom else ())  # another scheme travels on
         if not query:
-            return _Presented(key, carriers, ())
+            return key, carriers, ()
         name, in_query = self._routes.query_parameter, False
         for part in query.split("&"):
             raw_name, _, value = part.partition("=")
@@ -287,7 +283,7 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
                     key = unquote_plus(value)
             elif unquote(raw_name) == name:
                 raise DisguisedKey
-        return _Presented(key, carriers, self._query_carrier if in_query else ())
+        return key, carriers, self._query_carrier if in_query else ()
 
     @staticmethod
     def _refuse(decision: Decision, key: str) -> external_auth_pb2.CheckResponse:

@@ -29,6 +29,7 @@ class Decisions:
     def __init__(self, capacity: int, entries: Entries, freshness: Freshness, hits: dict[str, int],
                  misses: dict[str, int]) -> None:
         self.remembered: LRU[Hashable, Remembered] = LRU(capacity)
+        self._peek = self.remembered.peek
         self._entries = entries
         self._freshness = freshness
         self._clock = freshness.clock
@@ -37,8 +38,12 @@ class Decisions:
 
     def recall(self, slot: Hashable, now: float) -> Decision | None:
         """A decision made for exactly this question, if nothing it rests on has changed or aged (`now`:
-        `time.time()`)."""
-        remembered = self.remembered.get(slot)
+        `time.time()`).
+
+        A hit does not count as a use: the oldest remembered decision goes first when the memo is full
+        (first in, first out), as reordering on every hit was a visible share of a cached Check. Little is
+        lost: a decision is made again, and so moves to the newest end, at least once per `ttl`."""
+        remembered = self._peek(slot)
         if remembered is None or remembered.epoch != self._freshness.epoch:
             self._misses["decisions"] += 1
             return None

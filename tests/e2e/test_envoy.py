@@ -114,6 +114,35 @@ async def test_valid_key_reaches_upstream_with_identity_and_without_the_key(
     assert (response.json()["method"], response.json()["path"]) == ("GET", f"/api/v1/chatflows/{flow}?x=1")
 
 
+@pytest.mark.parametrize("headers", [
+    pytest.param(lambda key: {"Authorization": f"Bearer   {key}  "}, id="spaces-around-the-key"),
+    pytest.param(lambda key: {"Authorization": f"Bearer {key}", "X-API-Key": "kg_another_key"}, id="and-a-key-header"),
+    pytest.param(lambda key: {"Authorization": f"BEARER {key}", "X-API-Key": key}, id="upper-case-scheme-and-header"),
+])
+async def test_a_bearer_key_without_a_query_string_takes_every_key_header_away(
+        mesh: Mesh, headers: Callable[[str], dict[str, str]]) -> None:
+    """The usual request (a Bearer key, no query string) is read by the servicer's shortest path: the key
+    header goes too, whether or not it came."""
+    key = await mesh.create(name="reader", permissions=["chatflows:view"])
+
+    response = await mesh.request("GET", f"/api/v1/chatflows/{chatflow()}", headers(key.api_key))
+
+    assert_identity(response, key)
+    assert "kg_another_key" not in response.body.decode()
+
+
+async def test_a_key_in_the_key_header_leaves_another_authorization_scheme_to_the_upstream(mesh: Mesh) -> None:
+    key = await mesh.create(name="reader", permissions=["chatflows:view"])
+    basic = "Basic c29tZW9uZTplbHNl"
+
+    response = await mesh.request("GET", f"/api/v1/chatflows/{chatflow()}", {"X-API-Key": key.api_key,
+                                                                             "Authorization": basic})
+
+    assert response.status == 200, response
+    assert seen_headers(response).get("authorization") == [basic]
+    assert "x-api-key" not in seen_headers(response) and key.api_key not in response.body.decode()
+
+
 async def test_client_sent_identity_headers_are_overwritten(mesh: Mesh) -> None:
     key = await mesh.create(name="honest", permissions=["chatflows:view"])
     forged = {"x-keygate-key-id": str(uuid.uuid4()), "x-keygate-workspace-id": "ws-admin", "x-keygate-key-name": "root"}

@@ -76,8 +76,9 @@ class Pipeline:
         gates = tuple(dict.fromkeys(r.keyed_when for r in keyed))
         if not set(gates) <= KEY_DATA:
             raise ValueError(f"keyed_when must name Credential fields: {sorted(set(gates) - KEY_DATA)}")
-        # On the hot path: one C-level attribute read for the usual single gate.
-        self._gated: Callable[[Credential], object] = (
+        # Truthy when a credential's decisions depend on the inputs only `keyed_when` rules read (see
+        # `keyed`). On the hot path: one C-level attribute read for the usual single gate.
+        self.gated: Callable[[Credential], object] = (
             attrgetter(gates[0]) if len(gates) == 1 else lambda c: any(getattr(c, g) for g in gates))
         always = frozenset().union(*(r.facts for r in declared if r not in keyed))
         gated = frozenset().union(*(r.facts for r in keyed)) - always
@@ -97,7 +98,7 @@ class Pipeline:
 
     def keyed(self, credential: Credential | None) -> bool:
         """Does a decision for this credential depend on the inputs only `keyed_when` rules read?"""
-        return credential is not None and bool(self._gated(credential))
+        return credential is not None and bool(self.gated(credential))
 
     def decide(self, credential: Credential, question: Question) -> Decision:
         """Every pure rule but the binding; an OK here still needs `bind` when `binding_slot` says so."""

@@ -6,7 +6,10 @@ import asyncio
 import os
 import uuid
 
+import pytest
+
 from keygate.cache.keys import KeyCache
+from keygate.domain.errors import Unavailable
 from keygate.domain.keys import digest
 from keygate.domain.policy import KeySpec
 
@@ -56,3 +59,18 @@ async def test_a_lost_listener_makes_the_filter_incomplete(cache: KeyCache, stor
     for _ in range(5):
         await cache.credential(os.urandom(32))
     assert store.lookups == 5 and not cache.filter_overfull
+
+
+async def test_a_lookup_the_database_cannot_answer_leaves_the_complete_filters_not_found(
+        cache: KeyCache, store: MemoryStore) -> None:
+    """Within the budget an unknown key is still confirmed; when that confirmation fails, the complete
+    filter's answer stands (not found, as beyond the budget), while a key the filter knows fails closed."""
+    _, secret = await add_key(store)
+    await cache.rebuild_filter()
+    store.reachable = False
+    assert await cache.credential(os.urandom(32)) is None
+    with pytest.raises(Unavailable):
+        await cache.credential(secret)
+    cache.desynchronize()  # an incomplete filter vouches for nothing: the failure is the answer
+    with pytest.raises(Unavailable):
+        await cache.credential(os.urandom(32))
