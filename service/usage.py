@@ -24,15 +24,19 @@ class UsageRecorder:
         self._store = store
         self._interval = interval
         # Keyed by the UUID's 128-bit integer: UUID.__hash__ is a Python-level call, twice per Check.
-        self._pending: dict[int, tuple[int, float]] = {}  # the latest use as time.time()
+        # [uses, the latest use as time.time()], updated in place: no tuple and no second lookup per Check.
+        self._pending: dict[int, list[float]] = {}
         self._task: asyncio.Task[None] | None = None
 
     def record(self, key_id: UUID, when: float) -> None:
         """On the Check path: calls arrive in time order, so the latest `when` (`time.time()`: a datetime per
         call was a visible share of a cached Check) is simply the last."""
-        number = key_id.int
-        entry = self._pending.get(number)
-        self._pending[number] = (1, when) if entry is None else (entry[0] + 1, when)
+        entry = self._pending.get(key_id.int)
+        if entry is None:
+            self._pending[key_id.int] = [1, when]
+        else:
+            entry[0] += 1
+            entry[1] = when
 
     @property
     def pending(self) -> int:
@@ -58,11 +62,12 @@ class UsageRecorder:
             return
         try:
             async with self._store.transaction() as tx:
-                await tx.add_usage({UUID(int=number): (count, utc(last)) for number, (count, last) in batch.items()})
+                await tx.add_usage({UUID(int=number): (int(count), utc(last))
+                                    for number, (count, last) in batch.items()})
         except Unavailable:
             for number, (count, last) in batch.items():
                 now_count, now_last = self._pending.get(number, (0, last))
-                self._pending[number] = (count + now_count, max(last, now_last))
+                self._pending[number] = [count + now_count, max(last, now_last)]
             log.warning("usage_flush_deferred", keys=len(batch))
 
     async def _run(self) -> None:

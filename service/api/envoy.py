@@ -156,7 +156,7 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
             return self._pass(UPSTREAM_SESSION, carriers, query_carriers)
 
         workspace_header = self._routes.workspace_header
-        workspace = headers.get(workspace_header, "") if workspace_header else ""
+        workspace = headers[workspace_header] if workspace_header and workspace_header in headers else ""
         # Without the client address: reading it walks three more wrappers, and only a key with
         # allowed_cidrs needs it (then `recall` reads it, and `check` always gets it).
         item = CheckItem(match.resource, match.route.action, workspace) if workspace else match.item
@@ -257,8 +257,8 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
 
         With a Bearer key both key headers are stripped, whether or not the other came: Envoy removing an
         absent header costs nothing, and the usual request then reads one header, not two."""
-        get = headers.get
-        authorization = get("authorization", "")
+        # `in`, then `[]`: the request map's `get` takes twice as long, whether or not the header came.
+        authorization = headers["authorization"] if "authorization" in headers else ""  # noqa: SIM401
         if authorization.startswith("Bearer ") and not query:  # the usual request
             key = authorization[7:].strip()
             if key:
@@ -268,7 +268,7 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         bearer = scheme.lower() == "bearer"
         if bearer:
             key = token.strip()
-        custom = get(self._routes.key_header, "")
+        custom = headers.get(self._routes.key_header, "")
         if custom:
             key = key or custom.strip()
         carriers = self._both if bearer else (self._custom if custom else ())  # another scheme travels on
