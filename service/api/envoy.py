@@ -15,6 +15,7 @@ it cannot decide. Decision metadata goes into dynamic_metadata for access logs.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 from urllib.parse import quote, unquote, unquote_plus
 
 import grpc
@@ -25,7 +26,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
-from .. import logs, metrics
+from .. import metrics
 from ..authz import Authorizer, CheckItem
 from ..clock import utcnow
 from ..domain.decision import CODES, Answer, Code, Credential, Decision
@@ -37,7 +38,6 @@ from ..upstream import UpstreamCredentials
 from .boundary import PUBLIC_ROUTE, UNMATCHED_ALLOWED, UPSTREAM_SESSION, assigned_request_id, current_request_id
 
 _decide = metrics.decision.set  # what this call decided (bound once: it is on every call's path)
-_ACCESS = logs.ACCESS
 
 RETRY_AFTER_SECONDS = "1"
 MAX_TEMPLATES = 10_000  # prebuilt OK responses, one per key, upstream credential and set of stripped carriers
@@ -102,8 +102,16 @@ class DisguisedKey(Exception):
 
 
 Carriers = tuple[str, ...]  # the headers, or query parameters, that may carry a key: all are stripped
-# A prebuilt OK and what it was built for: the Decision, header and query carriers, upstream credential.
-_Template = tuple[Decision, Carriers, Carriers, str, external_auth_pb2.CheckResponse]
+
+
+class _Template(NamedTuple):
+    """A prebuilt OK and what it was built for (see `EnvoyAuthzServicer._allowed`)."""
+
+    decision: Decision
+    headers: Carriers
+    query: Carriers
+    upstream: str
+    response: external_auth_pb2.CheckResponse
 
 
 def _client_address(attributes: attribute_context_pb2.AttributeContext) -> str:
@@ -191,16 +199,16 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         Decision; the old entry goes when the table is full. A limited key's reply carries its limits in
         the metadata, and (copied per request) the RateLimit headers for the client."""
         held = self._templates.get(id(decision))
-        if (held is not None and held[0] is decision and held[1] is carriers and held[2] is query_carriers
-                and held[3] == upstream):
-            template = held[4]
+        if (held is not None and held.decision is decision and held.headers is carriers
+                and held.query is query_carriers and held.upstream == upstream):
+            template = held.response
         else:
             template = self._template(credential, carriers, query_carriers, upstream)
             if len(self._templates) >= MAX_TEMPLATES:
                 self._templates.clear()
-            self._templates[id(decision)] = (decision, carriers, query_carriers, upstream, template)
+            self._templates[id(decision)] = _Template(decision, carriers, query_carriers, upstream, template)
         _decide(_OK)
-        decision_id = assigned_request_id() if _ACCESS.log_all else ""  # else an allowed call is not logged
+        decision_id = assigned_request_id()
         usage = decision.usage
         if not decision_id and usage is None:
             return template

@@ -32,7 +32,6 @@ class LRU(Generic[K, V]):
             self._data.move_to_end(key)
         return value
 
-
     def put(self, key: K, value: V) -> None:
         self._data[key] = value
         self._data.move_to_end(key)
