@@ -68,7 +68,7 @@ class Credentials:
         except Unavailable:
             # A confirmation the database could not give in time (a flood saturating the loop, a slow
             # database) leaves the filter's answer standing, as beyond the budget: not found, not 503.
-            if self._flood.unknown(digest, self._clock()):
+            if self._flood.unknown(digest):
                 return None
             raise
 

@@ -5,41 +5,44 @@ When the filter says a key does not exist, the database still confirms it, withi
 alone. The filter can lag a key created on another replica a moment ago by the time its NOTIFY
 takes, so it is a load shedder, not the first answer. It answers only while complete: loaded while
 the change listener is up, and fed every new secret's fingerprint since.
+
+It keeps answering while the listener's trust has lapsed but its connection holds (a ping answered
+late because this process did not run): a lapse makes cached grants unsafe, as a revocation may be
+unheard, but the filter only ever refuses, so the worst it can do is refuse a key created in those
+moments, as during any NOTIFY lag. A listener whose ping goes unanswered ends its connection, and
+with it the filter (`forget`), within its bound.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import structlog
 
 from ..domain.keys import fingerprint
 from ..store.interface import KeySource
 from .budget import Budget
-from .freshness import Freshness
 from .known import KnownDigests
 
 log = structlog.get_logger(__name__)
 
 
 class Flood:
-    def __init__(self, rate: float, freshness: Freshness) -> None:
-        self._freshness = freshness
-        self._confirmations = Budget(rate, max(rate, 1.0), freshness.clock())
+    def __init__(self, rate: float, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._confirmations = Budget(rate, max(rate, 1.0), clock())
         self.known: KnownDigests | None = None  # consulted only while complete
         self._building: list[bytes] | None = None  # fingerprints heard while a filter loads
 
-    def unknown(self, digest: bytes, now: float) -> bool:
-        """The complete, trusted filter says no such key exists."""
-        return (self.known is not None and now < self._freshness.trusted_until
-                and fingerprint(digest) not in self.known)
+    def unknown(self, digest: bytes) -> bool:
+        """The complete filter says no such key exists."""
+        return self.known is not None and fingerprint(digest) not in self.known
 
     def refuses(self, digest: bytes) -> bool:
         """The complete filter says no such key, and this second's lookups of such keys are spent.
         Synchronous, so a burst arriving in one loop iteration is counted as it arrives."""
-        now = self._freshness.clock()
-        return self.unknown(digest, now) and not self._confirmations.take(now)
+        return self.unknown(digest) and not self._confirmations.take(self._clock())
 
     def heard(self, fingerprints: Iterable[bytes]) -> None:
         """New secrets were stored: the filter (and one being loaded) must know them."""

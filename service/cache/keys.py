@@ -76,7 +76,7 @@ class KeyCache:
                                     lambda: source.reachable, clock)
         self._entries = Entries(settings.max_keys, settings.max_negative, settings.max_bindings)
         flight = Flight(self._freshness)
-        self._flood = Flood(settings.unknown_key_lookups, self._freshness)
+        self._flood = Flood(settings.unknown_key_lookups, clock)
         self.replay = Replay(self._flood, self._freshness)  # what a read replica must reach (store/replicas.py)
         credentials = Credentials(source, catalog, self._entries, self._freshness, flight, self._flood,
                                   self.hits, self.misses)

@@ -12,8 +12,12 @@ before it was sent has been delivered: the committing backend signals the listen
 reports the commit, PostgreSQL sends a backend's pending notifications before it reports ready for
 the next query, and asyncpg schedules them before it wakes the ping's caller. So the cache may trust
 its entries until that send time + `bound`. The cache's hot path compares against that deadline
-itself, so a silent listener costs at most `bound` even if this task runs late; a ping not answered
-by then ends the connection.
+itself, so a silent listener costs at most `bound` even if this task runs late.
+
+A ping not answered within `bound` of its sending ends the connection. One answered in time but
+handled late (this process did not run: a saturated event loop, a paused VM) only lets the trust
+lapse until the next ping's answer: the connection is sound, and reconnecting would drop and reload
+the filter of known keys in the middle of the very load that delayed the ping.
 """
 
 from __future__ import annotations
@@ -82,7 +86,7 @@ class ChangeListener:
         listening = await self._store.listen(self._cache.apply_payload, lost.set)
         try:
             self._cache.synchronize(asked + self._bound)
-            tasks = [asyncio.create_task(self._ping_until_lost(listening, lost, asked)),
+            tasks = [asyncio.create_task(self._ping_until_lost(listening, lost)),
                      asyncio.create_task(self._keep_filter())]
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -97,17 +101,16 @@ class ChangeListener:
             with contextlib.suppress(Exception):
                 listening.close()
 
-    async def _ping_until_lost(self, listening: Listening, lost: asyncio.Event, sent: float) -> None:
-        """Returns when the connection closes; TimeoutError when a ping is not answered while trusted."""
+    async def _ping_until_lost(self, listening: Listening, lost: asyncio.Event) -> None:
+        """Returns when the connection closes; TimeoutError when a ping is not answered within the bound."""
         this = asyncio.current_task()
         while not lost.is_set():
             # Python 3.11's wait_for returns a result that completed as a cancel arrived and drops the
             # cancel: without this check a stopping listener could ping on forever and hang the shutdown.
             if this is not None and this.cancelling():
                 raise asyncio.CancelledError
-            trusted_until = sent + self._bound
             sent, mark = self._clock(), self._cache.mark()
-            position = await asyncio.wait_for(listening.ping(), max(0.0, trusted_until - sent))
+            position = await asyncio.wait_for(listening.ping(), self._bound)
             self._cache.trust(sent + self._bound, mark, position)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(lost.wait(), self._interval)

@@ -4,13 +4,19 @@
 each one passes every check before the lookup. The database's own statistics count the lookups:
 seq_scan + idx_scan of key_secrets, read after the server has stopped (a backend reports them when
 it exits). The count is checked against the design (the filter of known keys answers alone beyond
-`unknown_key_lookups` a second) and the share against the README's claim.
+`unknown_key_lookups` a second), whatever the flood's speed: the share that reaches the database is that
+budget over the flood's rate (the README quotes it with the rate it was measured at).
+
+One flood is paused mid-way (SIGSTOP, as a VM is paused or a loop is starved): every deadline of the
+change listener passes while nothing runs, yet its connection and the filter of known keys hold, so
+the made-up keys are still refused as not found, never UNAVAILABLE, and stay within the budget.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from collections.abc import AsyncIterator
 
@@ -23,13 +29,12 @@ from keygate.domain.keys import KeyFormat
 from keygate.store.postgres import Store
 from keygate.v1 import authz_pb2, authz_pb2_grpc
 
-from .processes import bootstrap, start, stop
+from .processes import Served, bootstrap, start, stop
 
 CALLERS = 250
 PER_CALLER = 80  # made-up keys each: 20,000 in all
 FLOOD = CALLERS * PER_CALLER
 CHANNELS = 4  # callers share a few HTTP/2 connections, as a fleet of clients would
-CLAIMED_SHARE = 0.02  # the README: under 2% of a flood reaches the database
 RATE = CacheSettings().unknown_key_lookups
 STARTUP_SCANS = 4  # the server's own scans of key_secrets when it loads the filter of known keys
 FORMAT = KeyFormat()
@@ -70,8 +75,18 @@ async def test_each_lookup_of_an_unknown_key_counts_as_one_scan(database_url: st
     assert await scans(stats) - before == 10
 
 
+async def pause(served: Served, after: float, seconds: float) -> None:
+    await asyncio.sleep(after)
+    os.kill(served.process.pid, signal.SIGSTOP)
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        os.kill(served.process.pid, signal.SIGCONT)
+
+
+@pytest.mark.parametrize("paused", [0.0, 2.0], ids=["steady", "paused"])
 async def test_a_flood_of_made_up_keys_over_grpc_mostly_stays_out_of_the_database(
-        database_url: str, stats: asyncpg.Connection, capsys: pytest.CaptureFixture[str]) -> None:
+        database_url: str, stats: asyncpg.Connection, capsys: pytest.CaptureFixture[str], paused: float) -> None:
     bootstrap(database_url)
     served = start("--database-url", database_url, "--workers", "1")
     try:
@@ -86,27 +101,33 @@ async def test_a_flood_of_made_up_keys_over_grpc_mostly_stays_out_of_the_databas
         async def caller(number: int) -> None:
             stub = authz_pb2_grpc.AuthzServiceStub(channels[number % CHANNELS])
             for _ in range(PER_CALLER):
-                response = await stub.Check(authz_pb2.CheckRequest(api_key=FORMAT.generate(), action="chatflows:view"),
-                                            timeout=30)
-                code = authz_pb2.DecisionCode.Name(response.code)
+                try:
+                    response = await stub.Check(
+                        authz_pb2.CheckRequest(api_key=FORMAT.generate(), action="chatflows:view"), timeout=30)
+                    code = authz_pb2.DecisionCode.Name(response.code)
+                except grpc.aio.AioRpcError as error:  # counted, so a failure shows every answer's share
+                    code = error.code().name
                 answers[code] = answers.get(code, 0) + 1
 
         try:
             flooding = time.monotonic()
-            await asyncio.gather(*(caller(n) for n in range(CALLERS)))
+            pauses = [pause(served, 3.0, paused)] if paused else []
+            await asyncio.gather(*pauses, *(caller(n) for n in range(CALLERS)))
             elapsed = time.monotonic() - flooding
         finally:
             for channel in channels:
                 await channel.close()
+        logs = served.logs()
     finally:
         stop(served)
     lookups = await scans(stats) - before
 
     share = lookups / FLOOD
-    line = (f"flood over gRPC: {FLOOD} made-up keys from {CALLERS} callers in {elapsed:.1f}s "
+    kind = f"paused {paused:.0f}s" if paused else "steady"
+    line = (f"flood over gRPC ({kind}): {FLOOD} made-up keys from {CALLERS} callers in {elapsed:.1f}s "
             f"({FLOOD / elapsed:.0f}/s), {lookups} reached the database ({share:.2%})")
     with capsys.disabled():
         print(f"\n{line}", end="")
     assert answers == {"KEY_NOT_FOUND": FLOOD}
     assert lookups <= RATE * (elapsed + 1) + STARTUP_SCANS, line  # the budget, its one-second burst, the startup
-    assert share < CLAIMED_SHARE, line
+    assert "change_listener_down" not in logs and "change_listener_lost" not in logs

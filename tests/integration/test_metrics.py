@@ -82,7 +82,9 @@ async def test_a_scrape_under_load_adds_up(database_url: str) -> None:
         before = scrape(served)
         assert value(before, "keygate_processes") == 1
         assert value(before, "keygate_rpcs_total", method=CHECK, code="OK") == 0
-        load = asyncio.ensure_future(checks(served, allowed(root, 300) + missing(100)))
+        await checks(served, allowed(root, 1))  # the decision is made once, then remembered
+        first = scrape(served)
+        load = asyncio.ensure_future(checks(served, allowed(root, 299) + missing(100)))
         during = []
         while not load.done():  # scrapes while the calls are in flight must not disturb them
             during.append(await asyncio.to_thread(scrape, served))
@@ -90,7 +92,7 @@ async def test_a_scrape_under_load_adds_up(database_url: str) -> None:
         after = scrape(served)
     finally:
         stop(served)
-    assert [a.allowed for a in answers] == [True] * 300 + [False] * 100
+    assert [a.allowed for a in answers] == [True] * 299 + [False] * 100
     assert during, "the load ended before the first scrape"
     seen = [value(text, "keygate_rpcs_total", method=CHECK, code="OK") for text in (*during, after)]
     assert seen == sorted(seen) and seen[-1] == 400  # a denial is still an OK call
@@ -102,10 +104,13 @@ async def test_a_scrape_under_load_adds_up(database_url: str) -> None:
     assert sorted(buckets) == [*LATENCY_BUCKETS, float("inf")]
     assert value(after, f"{histogram}_bucket", api="Check", decision="OK", le="+Inf") == 300
     assert value(after, f"{histogram}_sum", api="Check", decision="OK") > 0
-    # 300 allowed Checks of one question, all sent at once: those that arrive before the first decision is
-    # remembered miss (a handful; 11 seen on a loaded machine), every later one is a hit.
-    hits, misses = (value(after, f"keygate_cache_{kind}_total", cache="decisions") for kind in ("hits", "misses"))
-    assert hits + misses == 300 and misses >= 1 and hits >= 250
+    # 300 allowed Checks of one question: the first one alone misses; of the 299 sent at once after it, each
+    # is a hit or (when the machine is slow enough that the listener's trust lapses mid-load) a miss.
+    decisions = [(value(text, "keygate_cache_hits_total", cache="decisions"),
+                  value(text, "keygate_cache_misses_total", cache="decisions")) for text in (first, after)]
+    assert decisions[0] == (0, 1)
+    hits, misses = decisions[1]
+    assert hits + misses == 300 and hits >= 1
     assert value(after, "keygate_cache_entries", cache="decisions") == 1
     assert value(after, "keygate_cache_entries", cache="keys") == 1
     assert value(after, "keygate_change_listener_down") == 0

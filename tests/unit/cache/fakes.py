@@ -192,6 +192,8 @@ class MemoryListening:
     async def ping(self) -> int:
         if not self._store.reachable:
             raise Unavailable("the store is unreachable")
+        if self._store.silent:  # a stalled backend or network: the ping is never answered
+            await asyncio.Event().wait()
         return self._store.commits
 
     def close(self) -> None:
@@ -205,6 +207,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self.tables = Tables()
         self.reachable = True
+        self.silent = False  # listeners' pings go unanswered
         self.lookups = 0  # key_by_digest calls (counted as they begin)
         self.binding_reads: list[int] = []  # slots per bindings_for_many call
         self.gate: asyncio.Event | None = None  # when set to an unset Event, lookups wait for it

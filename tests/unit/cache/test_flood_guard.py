@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from keygate.cache.keys import KeyCache
+from keygate.cache.keys import MISS, KeyCache
 from keygate.domain.errors import Unavailable
 from keygate.domain.keys import digest
 from keygate.domain.policy import KeySpec
@@ -74,3 +74,21 @@ async def test_a_lookup_the_database_cannot_answer_leaves_the_complete_filters_n
     cache.desynchronize()  # an incomplete filter vouches for nothing: the failure is the answer
     with pytest.raises(Unavailable):
         await cache.credential(os.urandom(32))
+
+
+async def test_the_filter_keeps_refusing_while_the_listeners_trust_has_lapsed(
+        cache: KeyCache, store: MemoryStore, clock: Clock) -> None:
+    """A ping answered late (the process did not run) lapses the trust in cached grants, not the filter:
+    it only ever refuses, so made-up keys stay within the budget, and a failed confirmation is not found."""
+    _, secret = await add_key(store)
+    cache.synchronize(clock.now + 1)
+    await cache.rebuild_filter()
+    assert await cache.credential(secret) is not None
+    clock.now += 5  # past the listener's deadline: nothing cached is fresh
+    assert cache.peek(secret) is MISS
+    before = store.lookups
+    answers = [await cache.credential(os.urandom(32)) for _ in range(10)]
+    assert answers == [None] * 10 and store.lookups == before + 2  # the budget, as while trusted
+    store.reachable = False
+    clock.now += 1
+    assert await cache.credential(os.urandom(32)) is None
