@@ -28,6 +28,11 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATA_DIR = Path(".keygate")
 DEFAULT_SHUTDOWN_GRACE = 15.0  # seconds calls in flight may take to finish after SIGTERM
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# The largest value each kind of number setting takes (see `_number`).
+HOUR, DAY, WEEK = 3_600, 86_400, 604_800  # seconds: timeouts and the drain; the cache ttl; the outage grace
+MOST_WORKERS = 256
+MOST_ENTRIES = 100_000_000  # a cache's entries: tens of GB, far past any machine keygate runs on
+MOST_LOOKUPS = 1_000_000  # unknown keys confirmed a second
 RATE_LIMIT_OUTAGES = ("closed", "open")  # the first is the default
 
 
@@ -156,26 +161,26 @@ class Settings:
             "log_level": _choice(env, "KEYGATE_LOG_LEVEL", LOG_LEVELS, "info"),
             "access_log": _choice(env, "KEYGATE_ACCESS_LOG", ACCESS_POLICIES, ACCESS_POLICIES[0]),
             "rate_limit_outage": _choice(env, "KEYGATE_RATE_LIMIT_OUTAGE", RATE_LIMIT_OUTAGES, RATE_LIMIT_OUTAGES[0]),
-            "workers": _int(env, "KEYGATE_WORKERS", default_workers()),
-            "shutdown_grace": _float(env, "KEYGATE_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE),
+            "workers": _int(env, "KEYGATE_WORKERS", default_workers(), MOST_WORKERS),
+            "shutdown_grace": _float(env, "KEYGATE_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE, HOUR),
             "tls_cert": _path(env, "KEYGATE_TLS_CERT"),
             "tls_key": _path(env, "KEYGATE_TLS_KEY"),
             "tls_client_ca": _path(env, "KEYGATE_TLS_CLIENT_CA"),
             "metrics": env.get("KEYGATE_METRICS", "") or DEFAULT_METRICS,
             "cache": CacheSettings(
-                max_keys=_int(env, "KEYGATE_CACHE_MAX_KEYS", cache.max_keys),
-                max_negative=_int(env, "KEYGATE_CACHE_MAX_NEGATIVE", cache.max_negative),
-                max_bindings=_int(env, "KEYGATE_CACHE_MAX_BINDINGS", cache.max_bindings),
-                max_decisions=_int(env, "KEYGATE_CACHE_MAX_DECISIONS", cache.max_decisions),
-                ttl=_float(env, "KEYGATE_CACHE_TTL", cache.ttl),
-                outage_grace=_float(env, "KEYGATE_OUTAGE_GRACE", cache.outage_grace),
-                unknown_key_lookups=_float(env, "KEYGATE_UNKNOWN_KEY_LOOKUPS", cache.unknown_key_lookups),
+                max_keys=_int(env, "KEYGATE_CACHE_MAX_KEYS", cache.max_keys, MOST_ENTRIES),
+                max_negative=_int(env, "KEYGATE_CACHE_MAX_NEGATIVE", cache.max_negative, MOST_ENTRIES),
+                max_bindings=_int(env, "KEYGATE_CACHE_MAX_BINDINGS", cache.max_bindings, MOST_ENTRIES),
+                max_decisions=_int(env, "KEYGATE_CACHE_MAX_DECISIONS", cache.max_decisions, MOST_ENTRIES),
+                ttl=_float(env, "KEYGATE_CACHE_TTL", cache.ttl, DAY),
+                outage_grace=_float(env, "KEYGATE_OUTAGE_GRACE", cache.outage_grace, WEEK),
+                unknown_key_lookups=_float(env, "KEYGATE_UNKNOWN_KEY_LOOKUPS", cache.unknown_key_lookups, MOST_LOOKUPS),
             ),
             "database": DatabaseSettings(
-                connect_timeout=_float(env, "KEYGATE_DB_CONNECT_TIMEOUT", database.connect_timeout),
-                acquire_timeout=_float(env, "KEYGATE_DB_ACQUIRE_TIMEOUT", database.acquire_timeout),
-                statement_timeout=_float(env, "KEYGATE_DB_STATEMENT_TIMEOUT", database.statement_timeout),
-                lookup_timeout=_float(env, "KEYGATE_DB_LOOKUP_TIMEOUT", database.lookup_timeout),
+                connect_timeout=_float(env, "KEYGATE_DB_CONNECT_TIMEOUT", database.connect_timeout, HOUR),
+                acquire_timeout=_float(env, "KEYGATE_DB_ACQUIRE_TIMEOUT", database.acquire_timeout, HOUR),
+                statement_timeout=_float(env, "KEYGATE_DB_STATEMENT_TIMEOUT", database.statement_timeout, HOUR),
+                lookup_timeout=_float(env, "KEYGATE_DB_LOOKUP_TIMEOUT", database.lookup_timeout, HOUR),
                 read_url=check_url("KEYGATE_DATABASE_READ_URL", env.get("KEYGATE_DATABASE_READ_URL", "")),
                 listen_url=check_primary_url("KEYGATE_DATABASE_LISTEN_URL", _listen_url(env)),
                 pooler=_choice(env, "KEYGATE_DATABASE_POOLER", POOLERS, POOLERS[0]),
@@ -274,15 +279,17 @@ def _address(env: Mapping[str, str], name: str, default: str) -> str:
     raise InvalidArgument(name, f"must be host:port (e.g. 0.0.0.0:50051), not {raw!r}")
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    return int(_number(env, name, default, int))
+def _int(env: Mapping[str, str], name: str, default: int, most: float) -> int:
+    return int(_number(env, name, default, int, most))
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    return float(_number(env, name, default, float))
+def _float(env: Mapping[str, str], name: str, default: float, most: float) -> float:
+    return float(_number(env, name, default, float, most))
 
 
-def _number(env: Mapping[str, str], name: str, default: float, kind: type[int] | type[float]) -> float:
+def _number(env: Mapping[str, str], name: str, default: float, kind: type[int] | type[float], most: float) -> float:
+    """A positive number up to `most`: beyond it a setting is a slip (milliseconds typed for seconds, a
+    stray exponent) that would otherwise be obeyed, e.g. a cache trusting an entry for centuries."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -292,4 +299,6 @@ def _number(env: Mapping[str, str], name: str, default: float, kind: type[int] |
         raise InvalidArgument(name, f"must be a number, not {raw!r}") from None
     if not 0 < value < math.inf:  # nan and inf parse as floats, but bound nothing
         raise InvalidArgument(name, "must be positive" if value <= 0 else f"must be a finite number, not {raw!r}")
+    if value > most:
+        raise InvalidArgument(name, f"must be at most {most:,.0f}, not {raw!r}")
     return value

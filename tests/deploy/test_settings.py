@@ -7,13 +7,19 @@ from __future__ import annotations
 import argparse
 import re
 
+import pytest
+
 from keygate.cli import _settings, build_parser
-from keygate.config import OPTIONS, Settings
+from keygate.config import DAY, HOUR, MOST_ENTRIES, MOST_LOOKUPS, MOST_WORKERS, OPTIONS, WEEK, Settings
+from keygate.domain.errors import InvalidArgument
 
 from .sources import ROOT, variables_in, variables_read
 
 # A setting with no flag, and why.
 WITHOUT_FLAG = {"KEYGATE_API_KEY": "a key in a flag would show in `ps` and in shell history"}
+# One setting of each range.
+MAXIMA = {"KEYGATE_WORKERS": MOST_WORKERS, "KEYGATE_CACHE_MAX_KEYS": MOST_ENTRIES, "KEYGATE_CACHE_TTL": DAY,
+          "KEYGATE_OUTAGE_GRACE": WEEK, "KEYGATE_UNKNOWN_KEY_LOOKUPS": MOST_LOOKUPS, "KEYGATE_DB_LOOKUP_TIMEOUT": HOUR}
 
 
 def readme_rows() -> dict[str, tuple[str, str]]:
@@ -62,3 +68,14 @@ def test_serve_takes_every_setting_and_a_flag_overrides_its_variable(monkeypatch
     monkeypatch.setenv("KEYGATE_OUTAGE_GRACE", "7")
     settings = _settings(build_parser().parse_args(["serve", "--cache-ttl", "4.5"]))
     assert (settings.cache.ttl, settings.cache.outage_grace) == (4.5, 7.0)
+
+
+def test_the_readme_states_the_range_the_code_enforces() -> None:
+    """Each maximum config.py enforces is in the README's sentence on numbers, and is refused one past it."""
+    text = " ".join(ROOT.joinpath("README.md").read_text().split("Numbers must be positive", 1)[1]
+                    .split("\n\n", 1)[0].split())
+    for variable, most in MAXIMA.items():
+        assert f"{most:,}" in text, variable
+        with pytest.raises(InvalidArgument, match=f"must be at most {most:,}"):
+            Settings.from_env({variable: str(most + 1)})
+        assert Settings.from_env({variable: str(most)})  # the maximum itself is accepted

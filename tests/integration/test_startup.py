@@ -38,6 +38,11 @@ def test_an_unknown_log_level_is_one_line_naming_the_variable_and_the_choices(da
 BAD_SETTINGS = {
     "not a number": ({"KEYGATE_CACHE_TTL": "abc"}, (), "KEYGATE_CACHE_TTL (--cache-ttl): must be a number, not 'abc'"),
     "a flag's zero": ({}, ("--workers", "0"), "KEYGATE_WORKERS (--workers): must be positive"),
+    # Absurd but finite magnitudes were accepted: a stray exponent, seconds typed as milliseconds.
+    "a magnitude beyond the setting's range": ({"KEYGATE_CACHE_TTL": "1e308"}, (),
+                                               "KEYGATE_CACHE_TTL (--cache-ttl): must be at most 86,400, not '1e308'"),
+    "more workers than any machine": ({}, ("--workers", "100000"),
+                                      "KEYGATE_WORKERS (--workers): must be at most 256, not '100000'"),
     "a flag over its variable": ({"KEYGATE_DB_LOOKUP_TIMEOUT": "1"}, ("--db-lookup-timeout", "1s"),
                                  "KEYGATE_DB_LOOKUP_TIMEOUT (--db-lookup-timeout): must be a number, not '1s'"),
     "a choice not offered": ({"KEYGATE_ACCESS_LOG": "sometimes"}, (),
