@@ -55,6 +55,15 @@ def shipped_config(*, ui: bool = False) -> dict[str, Any]:
     return yaml.safe_load(UI_MARK.sub(r"\1", text) if ui else text)
 
 
+def ext_authz_grpc_service(config: dict[str, Any]) -> dict[str, Any]:
+    """The ext_authz filter's `grpc_service` in a parsed Envoy configuration (the shipped one has one)."""
+    (listener,) = config["static_resources"]["listeners"]
+    (chain,) = listener["filter_chains"]
+    (manager,) = chain["filters"]
+    (ext_authz,) = [f for f in manager["typed_config"]["http_filters"] if f["name"] == "envoy.filters.http.ext_authz"]
+    return ext_authz["typed_config"]["grpc_service"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -130,6 +139,13 @@ class Envoy:
     def access_lines(self) -> list[dict[str, Any]]:
         text = self.access_log.read_text() if self.access_log.exists() else ""
         return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def stat(self, name: str) -> int:
+        """One of Envoy's counters (0 until it first counts)."""
+        url = f"http://127.0.0.1:{self.admin_port}/stats?filter=^{re.escape(name)}$"
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            lines = answer.read().decode().splitlines()
+        return sum(int(line.rpartition(": ")[2]) for line in lines)
 
 
 def _ready(admin_port: int) -> bool:
