@@ -29,7 +29,7 @@ from keygate.domain.keys import KeyFormat
 from keygate.server import App
 from keygate.v1 import keys_pb2, keys_pb2_grpc
 
-from .conftest import ENVOY, ROOT, SHIPPED, Database, Mesh, Response
+from .conftest import ENVOY, ROOT, SHIPPED, Database, Mesh, Response, ext_authz_grpc_service, shipped_config
 
 IDENTITY = ("x-keygate-key-id", "x-keygate-workspace-id", "x-keygate-key-name")
 KEY_CARRIERS = ("authorization", "x-api-key")
@@ -392,6 +392,23 @@ async def test_database_unreachable_and_key_not_cached_is_503_with_retry_after(
     assert (await mesh.request("GET", "/api/v1/chatflows", bearer(cached.api_key))).status == 200
 
 
+async def test_keygates_answers_are_never_retried(mesh: Mesh, cuttable_db: Proxy) -> None:
+    """The shipped ext_authz retry policy retries only calls keygate never decided: a refusal, and keygate's
+    own 503 when it cannot decide, are answers (gRPC OK), each asked once."""
+    mesh.database_url = cuttable_db.url
+    await mesh.start()
+    key = await mesh.create(permissions=["chatflows:view"])
+    uncached = await mesh.create(permissions=["chatflows:view"])
+    retries = mesh.envoy.stat("cluster.keygate.upstream_rq_retry")
+
+    assert_denied(await mesh.request("DELETE", "/api/v1/chatflows/x", bearer(key.api_key)), 403, "PERMISSION_DENIED")
+    assert_denied(await mesh.request("GET", "/api/v1/chatflows", bearer("kg_no_such_key")), 401, "KEY_MALFORMED")
+    await cuttable_db.cut()
+    assert_denied(await mesh.request("GET", "/api/v1/chatflows", bearer(uncached.api_key)), 503, "UNAVAILABLE")
+
+    assert mesh.envoy.stat("cluster.keygate.upstream_rq_retry") == retries
+
+
 # --- access log: the decision in Envoy's dynamic metadata --------------------------------------
 
 
@@ -490,6 +507,28 @@ def test_shipped_envoy_configuration_validates_as_is() -> None:
     result = subprocess.run([ENVOY, "--mode", "validate", "-c", str(SHIPPED), "--disable-hot-restart",
                              "--log-level", "error"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+NEVER_DECIDED = {"cancelled", "unavailable", "connect-failure", "refused-stream"}  # keygate never answered
+
+
+def seconds(duration: str) -> float:
+    assert duration.endswith("s"), duration
+    return float(duration[:-1])
+
+
+def test_shipped_ext_authz_retries_only_calls_keygate_never_decided_within_its_timeout() -> None:
+    config = shipped_config()
+    service = ext_authz_grpc_service(config)
+    policy = service["retry_policy"]
+    assert set(policy["retry_on"].split(",")) <= NEVER_DECIDED, policy["retry_on"]
+    # Envoy makes max_interval each attempt's timeout: shorter than the call's, it would cut a slow answer
+    # short, and a timeout is not retried.
+    assert seconds(policy["retry_back_off"]["max_interval"]) >= seconds(service["timeout"])
+    assert "retry_policy" not in service["envoy_grpc"]  # for xDS streams only: ext_authz ignores it
+    (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "keygate"]
+    (limits,) = cluster["circuit_breakers"]["thresholds"]
+    assert limits["max_retries"] > 3  # Envoy's default, 3 at once: a replica draining under load fails more
 
 
 def test_istio_example_names_one_provider_and_the_keygate_service() -> None:
