@@ -1,5 +1,6 @@
 """A keygate replica drained under load, behind the shipped Envoy: its ext_authz retry policy turns every call
-the draining replica never decided into an answer from the other replica, instead of Envoy's 503.
+the draining replica never decided into an answer from the other replica, instead of Envoy's 503. And which
+gRPC statuses it retries: only those that say no decision was made.
 
 Two real `keygate serve` processes are the two endpoints of envoy.yaml's keygate cluster; loops of allowed
 requests never pause; one replica gets SIGTERM mid-load. It serves on for a third of its grace (Envoy does
@@ -10,6 +11,7 @@ The same test without the retry policy shows what it is there for.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import copy
 import http.client
@@ -21,10 +23,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 import pytest
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from google.rpc import status_pb2
 
 from ..integration.processes import Served, bootstrap, connect, start
-from .conftest import Envoy, Upstream, ext_authz_grpc_service, running_envoy
+from .conftest import Envoy, Upstream, _http, ext_authz_grpc_service, running_envoy
 
 LOOPS = 6  # client connections to Envoy, each sending an allowed request as soon as the last is answered
 GRACE = 3.0  # the drained replica's --shutdown-grace: under load it serves on for a third of it, 1 s
@@ -103,17 +108,11 @@ def replicas(database_url: str) -> Iterator[tuple[Served, Served, str]]:
 def warm(envoy: Envoy, key: str) -> None:
     """Until both replicas have answered through Envoy (round robin: consecutive requests alternate), so that
     no connection set-up or first database read is left to count against the 250 ms of a loaded call."""
-    conn = http.client.HTTPConnection("127.0.0.1", envoy.port, timeout=5)
     deadline, allowed = time.monotonic() + 10, 0
-    try:
-        while allowed < 6:
-            assert time.monotonic() < deadline, "Envoy never reached both replicas"
-            conn.request("GET", f"/api/v1/chatflows/{uuid.uuid4()}", headers={"Authorization": f"Bearer {key}"})
-            with conn.getresponse() as answer:
-                answer.read()
-                allowed = allowed + 1 if answer.status == 200 else 0
-    finally:
-        conn.close()
+    while allowed < 6:
+        assert time.monotonic() < deadline, "Envoy never reached both replicas"
+        response = _http(envoy.port, "GET", f"/api/v1/chatflows/{uuid.uuid4()}", {"Authorization": f"Bearer {key}"})
+        allowed = allowed + 1 if response.status == 200 else 0
 
 
 @pytest.mark.parametrize("retry", [pytest.param(True, id="shipped"), pytest.param(False, id="without-retry-policy")])
@@ -162,3 +161,41 @@ async def test_a_replica_drained_under_load_costs_no_request_a_503(
         assert load.refused <= timeouts, load.statuses
     else:
         assert load.refused > timeouts, load.statuses
+
+
+# --- which failures are retried -----------------------------------------------------------------
+
+
+class FailsFirst(external_auth_pb2_grpc.AuthorizationServicer):
+    """In keygate's place: fails the first Check with `status` (as grpc's stop answers a queued call
+    CANCELLED), then allows every request."""
+
+    def __init__(self, status: grpc.StatusCode) -> None:
+        self.status = status
+        self.calls = 0
+
+    async def Check(self, request: external_auth_pb2.CheckRequest,
+                    context: grpc.aio.ServicerContext) -> external_auth_pb2.CheckResponse:
+        self.calls += 1
+        if self.calls == 1:
+            await context.abort(self.status, "stand-in failure")
+        return external_auth_pb2.CheckResponse(status=status_pb2.Status(code=0),
+                                               ok_response=external_auth_pb2.OkHttpResponse())
+
+
+@pytest.mark.parametrize(("status", "retried"), [
+    (grpc.StatusCode.CANCELLED, True), (grpc.StatusCode.UNAVAILABLE, True),
+    (grpc.StatusCode.INTERNAL, False), (grpc.StatusCode.DEADLINE_EXCEEDED, False),
+    (grpc.StatusCode.PERMISSION_DENIED, False)])
+async def test_only_a_call_keygate_never_decided_is_asked_again(
+        envoy: Envoy, status: grpc.StatusCode, retried: bool) -> None:
+    server = grpc.aio.server()
+    authorizer = FailsFirst(status)
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(authorizer, server)
+    server.add_insecure_port(f"127.0.0.1:{envoy.keygate_port}")
+    await server.start()
+    try:
+        response = await asyncio.to_thread(_http, envoy.port, "GET", "/anything", {})
+    finally:
+        await server.stop(0)
+    assert (response.status, authorizer.calls) == ((200, 2) if retried else (503, 1)), response
