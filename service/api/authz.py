@@ -20,7 +20,7 @@ MAX_RENDERED = 10_000  # Check replies kept, one per Decision object
 class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
     def __init__(self, authorizer: Authorizer, catalog: Catalog) -> None:
         self._authorizer = authorizer
-        self._rendered: dict[int, tuple[Decision, authz_pb2.CheckResponse]] = {}
+        self._rendered: dict[int, tuple[Decision, bytes]] = {}
         # The catalog is fixed for the life of the process: render its listing once.
         self._permissions = authz_pb2.ListPermissionsResponse(permissions=[
             authz_pb2.Permission(name=p.name, description=p.description, implies=p.implies,
@@ -30,7 +30,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
 
     async def Check(
         self, request: authz_pb2.CheckRequest, context: grpc.aio.ServicerContext
-    ) -> authz_pb2.CheckResponse:
+    ) -> authz_pb2.CheckResponse | bytes:
         item = CheckItem(request.resource, request.action, request.workspace_id, request.client_address)
         cost = request.cost
         if cost:  # 0: unset, one credit
@@ -40,11 +40,11 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
         metrics.decision.set(found.code._value_)  # `_value_`: `.value` is a Python-level property
         return self._render(found)
 
-    def _render(self, decision: Decision) -> authz_pb2.CheckResponse:
-        """The reply for `decision`, built once per Decision object: a repeated Check gets the very object
-        the cache remembered, and building the reply was about a quarter of a cached Check in-process.
-        Keyed by identity (a Decision's dataclass hash walks its credential); the entry holds the
-        Decision, so its id cannot be reused while the entry lives. Replies are never mutated."""
+    def _render(self, decision: Decision) -> authz_pb2.CheckResponse | bytes:
+        """The reply for `decision`, built and serialized once per Decision object (sent as those bytes, see
+        boundary.py): a repeated Check gets the very object the cache remembered, and building the reply was
+        about a quarter of a cached Check in-process. Keyed by identity (a Decision's hash walks its
+        credential); the entry holds the Decision, so its id cannot be reused while the entry lives."""
         if decision.usage is not None:  # metered: a new Decision every time, not worth keeping
             return check_response(decision)
         held = self._rendered.get(id(decision))
@@ -52,9 +52,9 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
             return held[1]
         if len(self._rendered) >= MAX_RENDERED:
             self._rendered.clear()
-        response = check_response(decision)
-        self._rendered[id(decision)] = (decision, response)
-        return response
+        sent = check_response(decision).SerializeToString()
+        self._rendered[id(decision)] = (decision, sent)
+        return sent
 
     async def BatchCheck(
         self, request: authz_pb2.BatchCheckRequest, context: grpc.aio.ServicerContext

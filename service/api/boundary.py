@@ -160,7 +160,7 @@ class Boundary:
         return _HANDLERS[shape](
             wrapped,
             request_deserializer=self._parser(path, message_factory.GetMessageClass(method.input_type).FromString),
-            response_serializer=message_factory.GetMessageClass(method.output_type).SerializeToString,
+            response_serializer=_bytes_or(message_factory.GetMessageClass(method.output_type).SerializeToString),
         )
 
     def _parser(self, method: str, parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
@@ -225,6 +225,16 @@ class Boundary:
                                   current_request_id(), refused=refused)
 
         return handle
+
+
+def _bytes_or(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """A servicer may return a reply it keeps already serialized (a remembered decision's): its bytes
+    are sent as they are, which spares serializing the same reply on every call."""
+
+    def serialized(reply: Any) -> bytes:
+        return reply if type(reply) is bytes else serialize(reply)
+
+    return serialized
 
 
 def _implemented(servicer: object, name: str) -> bool:

@@ -15,7 +15,7 @@ it cannot decide. Decision metadata goes into dynamic_metadata for access logs.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from dataclasses import dataclass
 from urllib.parse import quote, unquote, unquote_plus
 
 import grpc
@@ -104,14 +104,17 @@ class DisguisedKey(Exception):
 Carriers = tuple[str, ...]  # the headers, or query parameters, that may carry a key: all are stripped
 
 
-class _Template(NamedTuple):
-    """A prebuilt OK and what it was built for (see `EnvoyAuthzServicer._allowed`)."""
+@dataclass(frozen=True, slots=True)
+class _Template:
+    """A prebuilt OK and what it was built for (see `EnvoyAuthzServicer._allowed`). Slots: its fields are
+    read on every allowed request, and Python 3.11 specializes a slot read, not a NamedTuple field."""
 
     decision: Decision
     headers: Carriers
     query: Carriers
     upstream: str
     response: external_auth_pb2.CheckResponse
+    sent: bytes  # the response serialized: what an unchanged copy sends (see boundary.reply_bytes)
 
 
 def _client_address(attributes: attribute_context_pb2.AttributeContext) -> str:
@@ -132,7 +135,7 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         self._query_carrier: Carriers = (routes.query_parameter,)
 
     async def Check(self, request: external_auth_pb2.CheckRequest,
-                    context: grpc.aio.ServicerContext) -> external_auth_pb2.CheckResponse:
+                    context: grpc.aio.ServicerContext) -> external_auth_pb2.CheckResponse | bytes:
         attributes = request.attributes  # each step into the request is a wrapper object made: read it once
         http = attributes.request.http
         headers = http.headers
@@ -189,31 +192,30 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         return self._allowed(decision, credential, carriers, query_carriers, upstream)
 
     def _allowed(self, decision: Decision, credential: Credential, carriers: Carriers, query_carriers: Carriers,
-                 upstream: str) -> external_auth_pb2.CheckResponse:
-        """The OK for this decision: built once per Decision object (a remembered decision is the very
+                 upstream: str) -> external_auth_pb2.CheckResponse | bytes:
+        """The OK for this decision: built (and serialized) once per Decision object (a remembered decision is the very
         object the cache holds, one per credential and question), upstream credential and set of stripped
-        carriers (building it afresh was most of this servicer's time) and sent as is, or copied with the
+        carriers (building it afresh was most of this servicer's time) and sent as those bytes, or copied with the
         decision id filled in when keygate logs the call (`KEYGATE_ACCESS_LOG=all`). Replies are never
         mutated once built. Keyed by identity (a Decision's hash walks its credential); the entry holds
         the Decision, so its id cannot be reused while the entry lives. A rotated credential is a new
         Decision; the old entry goes when the table is full. A limited key's reply carries its limits in
         the metadata, and (copied per request) the RateLimit headers for the client."""
         held = self._templates.get(id(decision))
-        if (held is not None and held.decision is decision and held.headers is carriers
-                and held.query is query_carriers and held.upstream == upstream):
-            template = held.response
-        else:
+        if (held is None or held.decision is not decision or held.headers is not carriers
+                or held.query is not query_carriers or held.upstream != upstream):
             template = self._template(credential, carriers, query_carriers, upstream)
             if len(self._templates) >= MAX_TEMPLATES:
                 self._templates.clear()
-            self._templates[id(decision)] = _Template(decision, carriers, query_carriers, upstream, template)
+            held = self._templates[id(decision)] = _Template(decision, carriers, query_carriers, upstream, template,
+                                                             template.SerializeToString())
         _decide(_OK)
         decision_id = assigned_request_id()
         usage = decision.usage
         if not decision_id and usage is None:
-            return template
+            return held.sent
         response = external_auth_pb2.CheckResponse()
-        response.CopyFrom(template)
+        response.CopyFrom(held.response)
         if decision_id:
             response.dynamic_metadata.fields["decision_id"].string_value = decision_id
         if usage is not None:

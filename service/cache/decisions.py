@@ -9,8 +9,8 @@ neither the key nor its secret has expired since.
 from __future__ import annotations
 
 from collections.abc import Hashable
+from dataclasses import dataclass
 from math import inf
-from typing import NamedTuple
 
 from ..domain.decision import Decision
 from .entries import Entries, Entry, Slot
@@ -18,7 +18,11 @@ from .freshness import Freshness
 from .lru import LRU
 
 
-class Remembered(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Remembered:
+    """Made once per decision, read on every hit: slots, which Python 3.11 reads in a specialized
+    instruction, where each NamedTuple field is a generic descriptor lookup."""
+
     decision: Decision
     epoch: int
     fresh_until: float  # monotonic: when the oldest cache entry behind it goes stale
