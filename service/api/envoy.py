@@ -114,7 +114,7 @@ class _Template:
     query: Carriers
     upstream: str
     response: external_auth_pb2.CheckResponse
-    sent: bytes  # the response serialized: what an unchanged copy sends (see boundary.reply_bytes)
+    sent: bytes  # the response serialized: what an unchanged copy sends (see boundary._bytes_or)
 
 
 def _client_address(attributes: attribute_context_pb2.AttributeContext) -> str:
@@ -193,10 +193,10 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
 
     def _allowed(self, decision: Decision, credential: Credential, carriers: Carriers, query_carriers: Carriers,
                  upstream: str) -> external_auth_pb2.CheckResponse | bytes:
-        """The OK for this decision: built (and serialized) once per Decision object (a remembered decision is the very
-        object the cache holds, one per credential and question), upstream credential and set of stripped
-        carriers (building it afresh was most of this servicer's time) and sent as those bytes, or copied with the
-        decision id filled in when keygate logs the call (`KEYGATE_ACCESS_LOG=all`). Replies are never
+        """The OK for this decision: built and serialized once per Decision object (a remembered decision is
+        the very object the cache holds, one per credential and question), upstream credential and set of
+        stripped carriers (building it afresh was most of this servicer's time) and sent as those bytes, or
+        copied with the decision id filled in when keygate logs the call (`KEYGATE_ACCESS_LOG=all`). Replies are never
         mutated once built. Keyed by identity (a Decision's hash walks its credential); the entry holds
         the Decision, so its id cannot be reused while the entry lives. A rotated credential is a new
         Decision; the old entry goes when the table is full. A limited key's reply carries its limits in
