@@ -31,7 +31,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from ..domain import changes
 from ..domain.decision import Binding
-from ..domain.errors import Unavailable
+from ..domain.errors import InvalidArgument, Unavailable
 from ..domain.keys import fingerprint
 from ..domain.permissions import Catalog
 from ..domain.policy import KEY_FIELDS, KeySpec, Kind
@@ -70,10 +70,18 @@ class DatabaseSettings:
         transaction may run on another server connection (unnamed statements are parsed with each call)."""
         return 0 if self.pooler == "pgbouncer" else 100
 
+# The database answered and refused us: a wrong password, an unknown role, no pg_hba.conf entry (class 28),
+# a database that does not exist. While serving (a password rotated under running pods) it is an outage
+# like the others below; at start it is a setting to fix, said in one line (`_refusal_names`).
+_REFUSED = (asyncpg.exceptions.InvalidAuthorizationSpecificationError, asyncpg.exceptions.InvalidCatalogNameError)
+# The setting that named each store's URL, for those lines.
+_SETTINGS = {"database": "DATABASE_URL", "replica": "KEYGATE_DATABASE_READ_URL"}
+
 # Errors that mean "the database is not there (or not for us, right now)", as opposed to
 # "the query was wrong": connection failures, a server shutting down or refusing connections,
 # too many connections, and a pooled connection the server killed mid-use.
 _UNREACHABLE = (
+    *_REFUSED,
     OSError,
     TimeoutError,
     asyncpg.InterfaceError,
@@ -123,6 +131,29 @@ def _error_kind(exc: BaseException) -> str:
 
 def _unavailable(exc: BaseException) -> Unavailable:
     return Unavailable(f"the database is unreachable ({type(exc).__name__}); retry shortly")
+
+
+def _first_line(exc: BaseException) -> str:
+    """asyncpg's message without the DETAIL and HINT lines it may add."""
+    return str(exc).partition("\n")[0]
+
+
+@contextmanager
+def _refusal_names(setting: str) -> Iterator[None]:
+    """At start: a database that refuses us, or a URL asyncpg cannot use, is InvalidArgument naming the setting
+    (one line, not "unreachable; retry shortly" nor a traceback). The server's reason names a role, a database
+    or a host, never the password; asyncpg's own (ClientConfigurationError: an sslmode, a missing root
+    certificate) names a parameter or a file. A URL its parser chokes on otherwise (a ValueError, such as a
+    port that is not a number) is not quoted: its text may be part of a password."""
+    try:
+        yield
+    except _REFUSED as exc:
+        raise InvalidArgument(setting, f"the database refused the connection: {_first_line(exc)}") from None
+    except asyncpg.exceptions.ClientConfigurationError as exc:
+        raise InvalidArgument(setting, f"cannot be used: {_first_line(exc)}") from None
+    except ValueError:
+        raise InvalidArgument(setting, "cannot be parsed: is each port a number, and is every /, :, @, ? or # in "
+                                       "the password percent-encoded?") from None
 
 
 @contextmanager
@@ -483,7 +514,7 @@ class Store:
     async def connect(cls, url: str, settings: DatabaseSettings = DatabaseSettings(), *, min_size: int = 1,
                       max_size: int = 10, name: str = "database") -> Store:
         """`min_size=0` connects on first use: a replica that is down at start must not stop keygate."""
-        with _unreachable_is_unavailable():
+        with _unreachable_is_unavailable(), _refusal_names(_SETTINGS[name]):
             pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
                                              timeout=settings.connect_timeout,
                                              command_timeout=settings.statement_timeout,
@@ -525,8 +556,10 @@ class Store:
         table, or wait for another process's under the migration lock. On the direct URL: that lock is
         a session's, which a transaction pooler does not keep.
         """
+        setting = "KEYGATE_DATABASE_LISTEN_URL" if self.settings.listen_url else _SETTINGS[self.name]
         with _unreachable_is_unavailable():
-            conn = await asyncpg.connect(self._direct_url, timeout=self.settings.connect_timeout)
+            with _refusal_names(setting):
+                conn = await asyncpg.connect(self._direct_url, timeout=self.settings.connect_timeout)
             try:
                 return await migrations.migrate(conn, catalog)
             finally:
