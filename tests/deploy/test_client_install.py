@@ -52,6 +52,7 @@ def test_the_wheel_installs_the_client_alone_and_the_server_as_an_extra(tmp_path
     serve = run(client / "keygate", "serve", "--listen", "127.0.0.1:0", cwd=tmp_path)
     assert (serve.returncode, serve.stdout) == (1, "") and serve.stderr.count("\n") == 1
     assert "pip install 'keygate[server]'" in serve.stderr and "Traceback" not in serve.stderr
+    assert f"`` {serve.stderr.strip()} ``" in (ROOT / "README.md").read_text()  # the line README's Installing quotes
     health = run(client / "keygate", "health", "--server", f"127.0.0.1:{free_port()}", "--timeout", "2", cwd=tmp_path)
     assert health.returncode == 2 and "cannot reach keygate" in health.stderr  # the client commands work
 
