@@ -71,12 +71,15 @@ async def migrate(conn: asyncpg.Connection, catalog: Catalog) -> list[str]:
     applied_now: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
     try:
-        await conn.execute(
-            """CREATE TABLE IF NOT EXISTS schema_migrations (
-                   version integer PRIMARY KEY,
-                   name text NOT NULL,
-                   applied_time timestamptz NOT NULL DEFAULT now())"""
-        )
+        # Created only when missing: CREATE TABLE IF NOT EXISTS needs the CREATE privilege on the schema even
+        # when the table is there, which a role that only serves (an owner ran `keygate migrate`) lacks.
+        if not await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
+            await conn.execute(
+                """CREATE TABLE schema_migrations (
+                       version integer PRIMARY KEY,
+                       name text NOT NULL,
+                       applied_time timestamptz NOT NULL DEFAULT now())"""
+            )
         done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
         for migration in available():
             if migration.version in done:

@@ -562,6 +562,10 @@ class Store:
                 conn = await asyncpg.connect(self._direct_url, timeout=self.settings.connect_timeout)
             try:
                 return await migrations.migrate(conn, catalog)
+            except asyncpg.exceptions.InsufficientPrivilegeError as exc:
+                raise InvalidArgument(setting, f"cannot apply keygate's migrations: {_first_line(exc)} (its role must "
+                                               "be allowed to create tables, or an owner run `keygate migrate` first)"
+                                      ) from None
             finally:
                 await conn.close(timeout=self.settings.connect_timeout)
 

@@ -2,6 +2,9 @@
 parameter asyncpg cannot use (the wrong password is the same class of server error, 28P01, as a role it
 does not know, 28000; the test server trusts local connections, so it cannot ask for one).
 
+A role that may not create tables (least privilege: an owner ran `keygate migrate`) could not even start:
+the migrations' CREATE TABLE IF NOT EXISTS needs the privilege although the table exists.
+
 At start it is a setting to fix: `serve`, `migrate` and `bootstrap` said it with asyncpg's traceback
 (InvalidPasswordError, InvalidCatalogNameError) or as "the database is unreachable
 (ClientConfigurationError); retry shortly", a start that could never succeed, hiding which file was missing.
@@ -13,7 +16,9 @@ first refusal, so the store never recovered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -107,3 +112,32 @@ async def test_a_refusal_while_serving_is_an_outage_that_ends(database_url: str)
         await admin.execute(f'DROP OWNED BY "{role}"')
         await admin.execute(f'DROP ROLE "{role}"')
         await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def least_privileged(database_url: str) -> AsyncIterator[str]:
+    """The URL of a new role that may read and write keygate's tables in this database, and create none."""
+    admin = await asyncpg.connect(database_url)
+    role = f"serving_{abs(hash(database_url)) % 10**8}"
+    await admin.execute(f'CREATE ROLE "{role}" LOGIN')
+    await admin.execute(f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO "{role}"')
+    try:
+        yield as_role(database_url, role)
+    finally:
+        await admin.execute(f'DROP OWNED BY "{role}"')
+        await admin.execute(f'DROP ROLE "{role}"')
+        await admin.close()
+
+
+async def test_a_role_that_only_serves_starts_once_an_owner_has_migrated(database_url: str) -> None:
+    async with least_privileged(database_url) as url:
+        done = await asyncio.to_thread(keygate, "migrate", DATABASE_URL=url)
+    assert (done.returncode, done.stderr.splitlines()[-1]) == (0, "applied 0 migration(s): none pending")
+
+
+async def test_a_role_that_cannot_create_keygates_tables_is_one_line(postgres: Postgres) -> None:
+    async with least_privileged(await postgres.fresh_database("template0")) as url:
+        done = await asyncio.to_thread(keygate, "migrate", DATABASE_URL=url)
+    assert (done.returncode, done.stderr) == (1, "keygate: DATABASE_URL (--database-url): cannot apply keygate's "
+                                                 "migrations: permission denied for schema public (its role must be "
+                                                 "allowed to create tables, or an owner run `keygate migrate` first)\n")
