@@ -643,7 +643,7 @@ class Store:
                 # After a failover every pooled connection may be to the demoted server: replace them all
                 # (the URL's target_session_attrs=read-write then finds the new primary).
                 await self._pool.expire_connections()
-            self._unreachable()
+            self._unreachable(exc)
             raise _unavailable(exc) from None
 
     @asynccontextmanager
@@ -671,9 +671,10 @@ class Store:
             with contextlib.suppress(*_UNREACHABLE):  # the reset failed: asyncpg has terminated the connection
                 await self._pool.release(conn)
 
-    def _unreachable(self) -> None:
+    def _unreachable(self, exc: BaseException) -> None:
+        """The error's class in the event tells a refusal (a wrong password in the URL) from an outage."""
         if self._probe is None:
-            log.warning(f"{self.name}_unreachable")
+            log.warning(f"{self.name}_unreachable", error=type(exc).__name__)
             self._probe = asyncio.create_task(self._probe_until_reachable(), name="database-probe")
             self._tell_reachability()
 

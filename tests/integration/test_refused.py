@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+import structlog.testing
 
 from keygate.domain.errors import Unavailable
 from keygate.store.postgres import Store
@@ -84,7 +85,8 @@ async def count(store: Store) -> int:
 
 async def test_a_refusal_while_serving_is_an_outage_that_ends(database_url: str) -> None:
     """A role whose login is taken away under a running store: Unavailable (never asyncpg's error), the store
-    known unreachable, and reachable again by itself once the login is back."""
+    known unreachable (its warning naming the refusal, which a down server would not), and reachable again by
+    itself once the login is back."""
     admin = await asyncpg.connect(database_url)
     role = f"refused_{abs(hash(database_url)) % 10**8}"
     await admin.execute(f'CREATE ROLE "{role}" LOGIN')
@@ -96,8 +98,11 @@ async def test_a_refusal_while_serving_is_an_outage_that_ends(database_url: str)
         await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role)
         await store.close()  # a fresh pool: its first use connects, and is refused
         store = await Store.connect(as_role(database_url, role), min_size=0, max_size=1)
-        with pytest.raises(Unavailable, match="InvalidAuthorizationSpecificationError"):
+        with structlog.testing.capture_logs() as logged, \
+                pytest.raises(Unavailable, match="InvalidAuthorizationSpecificationError"):
             await count(store)
+        assert {"event": "database_unreachable", "error": "InvalidAuthorizationSpecificationError",
+                "log_level": "warning"} in logged
         assert not store.reachable
         await asyncio.sleep(1)  # probes refused meanwhile: each is retried, none ends the probe
         assert not store.reachable
