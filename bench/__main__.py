@@ -31,7 +31,7 @@ from types import FrameType
 from keygate import logs
 from keygate.v1 import authz_pb2
 
-from . import client_cache, envoy, flowise_baseline, h2load, keys, latency, postgres, report, servers
+from . import client_cache, envoy, flowise_baseline, h2load, keys, latency, placement, postgres, report, servers
 from .stats import median
 
 METHOD_PATH = "/keygate.v1.AuthzService/Check"
@@ -55,7 +55,8 @@ class Plan:
     envoy_duration: float  # seconds per measured Envoy run (throughput, then latency)
     envoy_warm_up: float
     throughput_rounds: int  # section 1's paired throughput rounds: its ratio is their median, as section 4's
-    envoy_rounds: int  # interleaved Envoy rounds: more than the others, as three busy processes share the cores
+    envoy_rounds: int  # interleaved Envoy rounds: more than the others, as Envoy's rounds swing most
+    placement: placement.Placement | None  # where sections 1 and 4 run their processes (placement.py)
     quick: bool = False
 
     @property
@@ -116,12 +117,13 @@ def make_plan(args: argparse.Namespace) -> Plan:
         envoy_warm_up=0.5 if args.quick else 1.0,
         throughput_rounds=throughput_rounds,
         envoy_rounds=envoy_rounds,
+        placement=placement.split(workers),
         quick=args.quick,
     )
 
 
-def _keygate(ctx: Context, url: str, tag: str) -> servers.Server:
-    return servers.start_keygate(url, ctx.plan.workers, ctx.plan.workers_flag, ctx.workdir, tag)
+def _keygate(ctx: Context, url: str, tag: str, cpus: frozenset[int] | None = None) -> servers.Server:
+    return servers.start_keygate(url, ctx.plan.workers, ctx.plan.workers_flag, ctx.workdir, tag, cpus)
 
 
 @dataclass
@@ -156,8 +158,9 @@ def cached(ctx: Context, found: Findings, url: str, api_key: str) -> None:
     plan = ctx.plan
     request = check_request(api_key)
     body = h2load.write_body(request, ctx.workdir / "check.bin")
-    with servers.running(servers.start_constant(plan.workers, ctx.workdir), request) as constant, \
-            servers.running(_keygate(ctx, url, "cached"), request) as keygate:
+    with placement.placed(plan.placement) as cpus, \
+            servers.running(servers.start_constant(plan.workers, ctx.workdir, cpus), request) as constant, \
+            servers.running(_keygate(ctx, url, "cached", cpus), request) as keygate:
         both = (constant, keygate)
         paired: list[float] = []  # keygate / constant, per round: a slow patch of the machine hits both runs
         for round_ in range(plan.throughput_rounds):
@@ -268,9 +271,10 @@ def run(ctx: Context, pg: postgres.Postgres) -> Findings:
     report.progress("3. Flowise baseline ...")
     flowise(ctx, found, pg.create_database("flowise", migrate=False), "keygate (cached)", _cold(small_label))
     report.progress("4. Envoy: no auth filter, api_key_auth, ext_authz to a constant-allow server, to keygate ...")
-    outcome = envoy.run(h2load_exe=ctx.h2load, envoy_exe=ctx.envoy, workdir=ctx.workdir, database_url=small_url,
-                        api_key=small.keep[0], workers_flag=plan.workers_flag, rounds=plan.envoy_rounds,
-                        duration=plan.envoy_duration, warm_up=plan.envoy_warm_up)
+    with placement.placed(plan.placement) as cpus:
+        outcome = envoy.run(h2load_exe=ctx.h2load, envoy_exe=ctx.envoy, workdir=ctx.workdir, database_url=small_url,
+                            api_key=small.keep[0], workers_flag=plan.workers_flag, rounds=plan.envoy_rounds,
+                            duration=plan.envoy_duration, warm_up=plan.envoy_warm_up, server_cpus=cpus)
     found.figures += outcome.figures
     found.notes += outcome.notes
     report.progress("5. client library's local cache: cached vs remote check, revocation latency under load ...")
@@ -346,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         f"access log {os.environ.get('KEYGATE_ACCESS_LOG', logs.ACCESS_POLICIES[0])}"
         + ("; --quick" if args.quick else "")
     )
+    header.append("- placement (sections 1 and 4): " + (plan.placement.describe() if plan.placement else
+                                                       "none, every process where the scheduler puts it"))
     header.append(f"- other work on the machine: {busy_before:.2f} CPUs before the run, {other_load:.2f} during it "
                   "(near 0 for figures worth quoting)")
     if other_load > OTHER_LOAD_WARNING:

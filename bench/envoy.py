@@ -231,12 +231,12 @@ def ext_authz_check(target: str, api_key: str) -> external_auth_pb2.CheckRespons
         return external_auth_pb2_grpc.AuthorizationStub(channel).Check(_envoy_check_request(api_key), timeout=5)
 
 
-def _start_constant(workdir: Path, api_key: str) -> servers.Server:
+def _start_constant(workdir: Path, api_key: str, cpus: frozenset[int] | None) -> servers.Server:
     port = servers.free_port()
     log = workdir / "constant-ext-authz.log"
     server = servers.Server("constant-allow ext_authz", port, 1,
                             [servers.spawn([sys.executable, "-m", "bench.constant_ext_authz", "--listen",
-                                            f"127.0.0.1:{port}"], log)], log)
+                                            f"127.0.0.1:{port}"], log, cpus)], log)
     deadline = time.monotonic() + servers.START_TIMEOUT
     try:
         while True:
@@ -365,15 +365,17 @@ class Outcome:
 
 
 def run(*, h2load_exe: str, envoy_exe: str, workdir: Path, database_url: str, api_key: str, workers_flag: bool,
-        rounds: int, duration: float, warm_up: float) -> Outcome:
+        rounds: int, duration: float, warm_up: float, server_cpus: frozenset[int] | None = None) -> Outcome:
+    """`server_cpus`: where keygate and the constant server run (bench/placement.py); Envoy and h2load
+    run where this process does."""
     found = Measured()
     body = workdir / "prediction.json"
     body.write_bytes(REQUEST_BODY)
     probe = authz_pb2.CheckRequest(api_key=api_key, resource=f"chatflows/{CHATFLOW}", action=ACTION)
     with contextlib.ExitStack() as stack:
-        keygate = servers.start_keygate(database_url, 1, workers_flag, workdir, "envoy")
+        keygate = servers.start_keygate(database_url, 1, workers_flag, workdir, "envoy", server_cpus)
         stack.enter_context(servers.running(keygate, probe))
-        constant = _start_constant(workdir, api_key)
+        constant = _start_constant(workdir, api_key, server_cpus)
         stack.callback(constant.stop)
         sizes = {name: ext_authz_check(server.target, api_key) for name, server in
                  (("keygate", keygate), ("constant", constant))}
@@ -466,8 +468,8 @@ def _notes(duration: float, rounds: int, reply_bytes: dict[str, int]) -> list[st
         "4 in flight; p50/p99 from h2load's per-request log, request start to end of response). Before each: "
         "200 with the key, 401 with a wrong key (b, c); every response 2xx with the direct response's body, "
         "and Envoy's filter counters show every request authorized. The c / c0 ratio is the median of the "
-        "rounds' ratios, each of two runs back to back (three busy processes share two cores: a slow "
-        "patch of the machine then hits both runs of a pair).",
+        "rounds' ratios, each of two runs back to back (a slow patch of the machine then hits both runs of "
+        "a pair); where each process ran is in the header's placement line.",
         "- CPU per request: utime + stime of Envoy's process and of the authz server's process session, "
         "over the throughput run, divided by the requests it completed. On 2 cores a Python ext_authz round "
         "trip costs ~150 µs of CPU per request (Envoy ~50-60, a do-nothing grpc.aio server ~90), so c / a is "

@@ -25,6 +25,8 @@ import grpc
 
 from keygate.v1 import authz_pb2, authz_pb2_grpc
 
+from . import placement
+
 START_TIMEOUT = 60.0
 SETTLE_TIMEOUT = 120.0
 SETTLED_CPU = 0.05  # a server using less than 5% of a core has finished starting up
@@ -115,27 +117,30 @@ def default_workers(help_text: str | None) -> int:
     return int(env) if env.isdigit() and int(env) > 0 else int(match.group(1)) if match else 1
 
 
-def spawn(command: list[str], log: Path) -> subprocess.Popen[bytes]:
+def spawn(command: list[str], log: Path, cpus: frozenset[int] | None = None) -> subprocess.Popen[bytes]:
+    """`cpus`: where the process runs (placement.py); None: where this one may."""
     with log.open("ab") as out:
-        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+                                preexec_fn=placement.on(cpus))
 
 
-def start_keygate(database_url: str, workers: int, with_workers_flag: bool, logdir: Path, tag: str) -> Server:
+def start_keygate(database_url: str, workers: int, with_workers_flag: bool, logdir: Path, tag: str,
+                  cpus: frozenset[int] | None = None) -> Server:
     port = free_port()
     command = [keygate_executable(), "serve", "--listen", f"127.0.0.1:{port}", "--database-url", database_url]
     if with_workers_flag:
         command += ["--workers", str(workers)]
     log = logdir / f"keygate-{tag}.log"
-    return Server(f"keygate ({tag})", port, workers, [spawn(command, log)], log)
+    return Server(f"keygate ({tag})", port, workers, [spawn(command, log, cpus)], log)
 
 
-def start_constant(workers: int, logdir: Path) -> Server:
+def start_constant(workers: int, logdir: Path, cpus: frozenset[int] | None = None) -> Server:
     port = free_port()
     command = [sys.executable, "-m", "bench.constant_server", "--listen", f"127.0.0.1:{port}"]
     if workers > 1:
         command.append("--reuseport")
     log = logdir / "constant.log"
-    return Server("constant", port, workers, [spawn(command, log) for _ in range(workers)], log)
+    return Server("constant", port, workers, [spawn(command, log, cpus) for _ in range(workers)], log)
 
 
 def check_once(target: str, request: authz_pb2.CheckRequest, timeout: float = 5.0) -> authz_pb2.CheckResponse:

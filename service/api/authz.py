@@ -13,14 +13,13 @@ from ..domain.permissions import Catalog
 from ..v1 import authz_pb2, authz_pb2_grpc
 from .convert import check_response
 from .keys import bearer_token, peer_address
-
-MAX_RENDERED = 10_000  # Check replies kept, one per Decision object
+from .replies import Rendered, Replies
 
 
 class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
     def __init__(self, authorizer: Authorizer, catalog: Catalog) -> None:
         self._authorizer = authorizer
-        self._rendered: dict[int, tuple[Decision, bytes]] = {}
+        self._rendered: Replies[Rendered] = Replies()
         # The catalog is fixed for the life of the process: render its listing once.
         self._permissions = authz_pb2.ListPermissionsResponse(permissions=[
             authz_pb2.Permission(name=p.name, description=p.description, implies=p.implies,
@@ -41,20 +40,14 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
         return self._render(found)
 
     def _render(self, decision: Decision) -> authz_pb2.CheckResponse | bytes:
-        """The reply for `decision`, built and serialized once per Decision object (sent as those bytes, see
-        boundary.py): a repeated Check gets the very object the cache remembered, and building the reply was
-        about a quarter of a cached Check in-process. Keyed by identity (a Decision's hash walks its
-        credential); the entry holds the Decision, so its id cannot be reused while the entry lives."""
+        """The reply for `decision`, built and serialized once per Decision object (see replies.py): building
+        it was about a quarter of a cached Check in-process."""
         if decision.usage is not None:  # metered: a new Decision every time, not worth keeping
             return check_response(decision)
         held = self._rendered.get(id(decision))
-        if held is not None and held[0] is decision:
-            return held[1]
-        if len(self._rendered) >= MAX_RENDERED:
-            self._rendered.clear()
-        sent = check_response(decision).SerializeToString()
-        self._rendered[id(decision)] = (decision, sent)
-        return sent
+        if held is not None and held.decision is decision:
+            return held.sent
+        return self._rendered.keep(Rendered(decision, check_response(decision).SerializeToString())).sent
 
     async def BatchCheck(
         self, request: authz_pb2.BatchCheckRequest, context: grpc.aio.ServicerContext

@@ -36,11 +36,11 @@ from ..domain.routes import KEY, PUBLIC, RouteTable
 from ..limits.edge import limit_headers, limits_metadata, retry_after
 from ..upstream import UpstreamCredentials
 from .boundary import PUBLIC_ROUTE, UNMATCHED_ALLOWED, UPSTREAM_SESSION, assigned_request_id, current_request_id
+from .replies import Rendered, Replies
 
 _decide = metrics.decision.set  # what this call decided (bound once: it is on every call's path)
 
 RETRY_AFTER_SECONDS = "1"
-MAX_TEMPLATES = 10_000  # prebuilt OK responses, one per key, upstream credential and set of stripped carriers
 # Header values are ASCII: a key name outside it is sent percent-encoded (UTF-8), the rest as is.
 _PRINTABLE_ASCII = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 IDENTITY_HEADERS = ("x-keygate-key-id", "x-keygate-workspace-id", "x-keygate-key-name")
@@ -105,16 +105,14 @@ Carriers = tuple[str, ...]  # the headers, or query parameters, that may carry a
 
 
 @dataclass(frozen=True, slots=True)
-class _Template:
-    """A prebuilt OK and what it was built for (see `EnvoyAuthzServicer._allowed`). Slots: its fields are
-    read on every allowed request, and Python 3.11 specializes a slot read, not a NamedTuple field."""
+class _Template(Rendered):
+    """A prebuilt OK (`sent`: serialized; `response`: the message, for a copy that adds to it) and what
+    else it was built for (see `EnvoyAuthzServicer._allowed`)."""
 
-    decision: Decision
     headers: Carriers
     query: Carriers
     upstream: str
     response: external_auth_pb2.CheckResponse
-    sent: bytes  # the response serialized: what an unchanged copy sends (see boundary._bytes_or)
 
 
 def _client_address(attributes: attribute_context_pb2.AttributeContext) -> str:
@@ -127,8 +125,7 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         self._authorizer = authorizer
         self._routes = routes
         self._upstream = upstream  # None: allowed requests travel on without a credential
-        # The OK templates, by the identity of the Decision they render (see `_allowed`).
-        self._templates: dict[int, _Template] = {}
+        self._templates: Replies[_Template] = Replies()  # the OK templates (see `_allowed`)
         # The carrier tuples, made once: `_take_key` hands out these very objects.
         self._both: Carriers = ("authorization", routes.key_header)
         self._custom: Carriers = (routes.key_header,)
@@ -193,22 +190,17 @@ class EnvoyAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
 
     def _allowed(self, decision: Decision, credential: Credential, carriers: Carriers, query_carriers: Carriers,
                  upstream: str) -> external_auth_pb2.CheckResponse | bytes:
-        """The OK for this decision: built and serialized once per Decision object (a remembered decision is
-        the very object the cache holds, one per credential and question), upstream credential and set of
-        stripped carriers (building it afresh was most of this servicer's time) and sent as those bytes, or
-        copied with the decision id filled in when keygate logs the call (`KEYGATE_ACCESS_LOG=all`). Replies are never
-        mutated once built. Keyed by identity (a Decision's hash walks its credential); the entry holds
-        the Decision, so its id cannot be reused while the entry lives. A rotated credential is a new
-        Decision; the old entry goes when the table is full. A limited key's reply carries its limits in
-        the metadata, and (copied per request) the RateLimit headers for the client."""
+        """The OK for this decision: built and serialized once per Decision object, upstream credential and
+        set of stripped carriers (building it afresh was most of this servicer's time; see replies.py) and
+        sent as those bytes, or copied with the decision id filled in when keygate logs the call
+        (`KEYGATE_ACCESS_LOG=all`). Replies are never mutated once built. A limited key's reply carries its
+        limits in the metadata, and (copied per request) the RateLimit headers for the client."""
         held = self._templates.get(id(decision))
         if (held is None or held.decision is not decision or held.headers is not carriers
                 or held.query is not query_carriers or held.upstream != upstream):
             template = self._template(credential, carriers, query_carriers, upstream)
-            if len(self._templates) >= MAX_TEMPLATES:
-                self._templates.clear()
-            held = self._templates[id(decision)] = _Template(decision, carriers, query_carriers, upstream, template,
-                                                             template.SerializeToString())
+            held = self._templates.keep(_Template(decision, template.SerializeToString(), carriers, query_carriers,
+                                                  upstream, template))
         _decide(_OK)
         decision_id = assigned_request_id()
         usage = decision.usage

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
+import grpc
 import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
 
@@ -34,7 +35,8 @@ TTL = "30"  # far beyond BOUND: a missed notification cannot hide behind the TTL
 
 OK = authz_pb2.OK
 FORMAT = KeyFormat()  # the default "fl" prefix, as the replicas use
-Code = int  # an authz_pb2.DecisionCode value
+Code = int  # an authz_pb2.DecisionCode value, or CANNOT_DECIDE
+CANNOT_DECIDE: Code = -1  # not a decision: B answered the RPC UNAVAILABLE (it failed closed)
 
 
 # --- two replicas -----------------------------------------------------------------------
@@ -113,26 +115,39 @@ class Probe:
     action: str = "chatflows:view"
 
     async def code(self, client: Client) -> Code:
-        return (await client.check(self.api_key, self.resource, self.action)).code
+        try:
+            return (await client.check(self.api_key, self.resource, self.action)).code
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.UNAVAILABLE:
+                return CANNOT_DECIDE
+            raise
 
 
-async def wait_for(client: Client, probe: Probe, want: Code, allowed: tuple[Code, ...] = ()) -> float:
+def name(code: Code) -> str:
+    return "UNAVAILABLE" if code == CANNOT_DECIDE else authz_pb2.DecisionCode.Name(code)
+
+
+async def wait_for(client: Client, probe: Probe, want: Code, allowed: tuple[Code, ...] = (),
+                   seen: list[Code] | None = None) -> float:
     """Seconds until `probe` answers `want` through `client` (polled every POLL); any answer other
-    than `want` or those in `allowed` meanwhile fails. Gives up (and fails) at 3 x BOUND."""
+    than `want` or those in `allowed` meanwhile fails. Gives up (and fails) at 3 x BOUND. `seen`
+    collects the answers before `want`."""
     started = time.monotonic()
     while True:
         got = await probe.code(client)
         elapsed = time.monotonic() - started
         if got == want:
             return elapsed
-        assert got in allowed, f"unexpected {authz_pb2.DecisionCode.Name(got)} while waiting"
-        assert elapsed < 3 * BOUND, f"still {authz_pb2.DecisionCode.Name(got)} after {elapsed:.2f}s"
+        if seen is not None:
+            seen.append(got)
+        assert got in allowed, f"unexpected {name(got)} while waiting"
+        assert elapsed < 3 * BOUND, f"still {name(got)} after {elapsed:.2f}s"
         await asyncio.sleep(POLL)
 
 
 async def settled(client: Client, probe: Probe, want: Code) -> None:
     codes = [await probe.code(client) for _ in range(SETTLED)]
-    assert codes == [want] * SETTLED, [authz_pb2.DecisionCode.Name(c) for c in codes]
+    assert codes == [want] * SETTLED, [name(c) for c in codes]
 
 
 def report(capsys: pytest.CaptureFixture[str], kind: str, delays: list[float]) -> str:
@@ -267,17 +282,31 @@ FLOODED_BOUND = 3.0
 
 @pytest.mark.parametrize(("callers", "bound"), [(0, BOUND), (16, FLOODED_BOUND)], ids=["quiet", "flooded"])
 async def test_a_key_created_through_one_replica_works_through_the_other_at_once(
-        pair: Pair, callers: int, bound: float, capsys: pytest.CaptureFixture[str]) -> None:
+        pair: Pair, replicas: tuple[Served, Served, str], callers: int, bound: float,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """Also while B sheds a flood of made-up keys with its filter of known keys: a new key must
-    not be taken for one of them for longer than the bound."""
-    delays = []
+    not be taken for one of them for longer than the bound.
+
+    Under the flood, the new key's lookup shares B's starved event loop, and on a loaded 2-core machine
+    it once outlasted its 1 s bound (CI): B then fails closed, UNAVAILABLE, which every client retries
+    (keygate.client). So while waiting, UNAVAILABLE counts as "not yet" there, is reported with B's
+    warnings, and OK must still come within the bound; without a flood it fails the test."""
+    allowed = (authz_pb2.KEY_NOT_FOUND, CANNOT_DECIDE) if callers else (authz_pb2.KEY_NOT_FOUND,)
+    delays, unavailable = [], 0
     async with flood(pair.b, callers):
         for _ in range(REPEATS):
             key = await pair.create()
-            delays.append(await wait_for(pair.b, Probe(key.api_key), OK, allowed=(authz_pb2.KEY_NOT_FOUND,)))
-            await settled(pair.b, Probe(key.api_key), OK)
+            probe, seen = Probe(key.api_key), []
+            delays.append(await wait_for(pair.b, probe, OK, allowed=allowed, seen=seen))
+            unavailable += seen.count(CANNOT_DECIDE)
+            await settled(pair.b, probe, OK)
 
     line = report(capsys, f"create ({'flooded' if callers else 'quiet'})", delays)
+    if unavailable:
+        warnings = [entry for entry in replicas[1].logs().splitlines() if '"level":"info"' not in entry][-10:]
+        with capsys.disabled():
+            print(f"\n  B failed closed (UNAVAILABLE) {unavailable} times while the new keys propagated; "
+                  f"its warnings: {warnings}", end="")
     assert max(delays) < bound, line
 
 
