@@ -66,7 +66,7 @@ async def test_a_hung_replica_is_taken_out_of_rotation_and_brought_back(
     sent_later = int(later["rq_total"]) - sent_by_then
     paid = [answer for answer in load.between(stopped, continued) if answer.status != 200 or answer.seconds > HANG]
     with capsys.disabled():
-        print(f"\n{' and '.join(('without', *drop)) if drop else 'shipped'}: "
+        print(f"\n{'without ' + ' and '.join(drop) if drop else 'shipped'}: "
               f"{len(paid)} of {len(load.between(stopped, continued))} requests in {continued - stopped:.1f} s "
               f"stopped paid the hang {statuses(paid)}, the last sent "
               f"{max((answer.sent for answer in paid), default=stopped) - stopped:.2f} s after SIGSTOP; "
