@@ -23,7 +23,7 @@ from .replicas import HEALTH, Load, allowed_key, endpoints, port, statuses, two_
 BEFORE, AFTER = 1.0, 1.0  # seconds of load before SIGSTOP, and after the stopped replica serves again
 STOPPED = 5.0  # seconds the replica stays stopped, under load
 OUT_BY = 2.0  # seconds after SIGSTOP by which the shipped file has taken it out (it takes ~0.3 s)
-PAID_BOUND = 40  # requests that may pay the hang with the shipped file (about 6 do; 100+ without)
+PAID_BOUND = 40  # requests that may pay the hang with the shipped file (measured: 10; 113-116 without)
 BACK_BY = 5.0  # seconds after SIGCONT by which it serves again (the next health check, within 1 s)
 HANG = 0.2  # seconds: an answer slower than this (or not a 200) paid the hang
 
