@@ -5,7 +5,9 @@ The answer has the shape and size of keygate's own for an allowed `Authorization
 three identity headers; both key headers (`authorization`, `x-api-key`) and `x-request-from` in
 headers_to_remove; the same dynamic metadata (code, key_id, workspace_id; keygate adds a decision id
 only to the calls it logs, and allowed ones are not logged by default). So Envoy receives and applies
-the same bytes from both servers.
+the same bytes from both servers. Like keygate, it answers grpc.health.v1 SERVING for the Authorization
+service, which the shipped keygate cluster's health checking asks about every second: both get the same
+checks.
 
 Run: `python -m bench.constant_ext_authz --listen 127.0.0.1:PORT`.
 """
@@ -20,6 +22,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from .constant_server import ANSWER, serve_until_signalled
 
@@ -56,12 +59,20 @@ class ConstantExtAuthz(external_auth_pb2_grpc.AuthorizationServicer):
         return ALLOW
 
 
+AUTHORIZATION = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
+
+
+async def register(server: grpc.aio.Server) -> None:
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(ConstantExtAuthz(), server)
+    serving = health.aio.HealthServicer()
+    await serving.set(AUTHORIZATION, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(serving, server)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--listen", required=True)
     args = parser.parse_args()
-    register = lambda server: external_auth_pb2_grpc.add_AuthorizationServicer_to_server(  # noqa: E731
-        ConstantExtAuthz(), server)
     uvloop.run(serve_until_signalled(register, args.listen, False, "constant_ext_authz"))
 
 

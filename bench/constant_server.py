@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 import uvloop
@@ -35,11 +35,11 @@ class ConstantAuthz(authz_pb2_grpc.AuthzServiceServicer):
         return ANSWER
 
 
-async def serve_until_signalled(register: Callable[[grpc.aio.Server], None], listen: str, reuseport: bool,
-                                name: str) -> None:
+async def serve_until_signalled(register: Callable[[grpc.aio.Server], Awaitable[None]], listen: str,
+                                reuseport: bool, name: str) -> None:
     """Run a grpc.aio server with what `register` adds until SIGINT or SIGTERM (shared by both baselines)."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuseport))])
-    register(server)
+    await register(server)
     try:
         port = server.add_insecure_port(listen)
     except RuntimeError:
@@ -54,12 +54,15 @@ async def serve_until_signalled(register: Callable[[grpc.aio.Server], None], lis
     await server.stop(1)
 
 
+async def register(server: grpc.aio.Server) -> None:
+    authz_pb2_grpc.add_AuthzServiceServicer_to_server(ConstantAuthz(), server)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listen", required=True)
     parser.add_argument("--reuseport", action="store_true", help="share the port with sibling workers")
     args = parser.parse_args()
-    register = lambda server: authz_pb2_grpc.add_AuthzServiceServicer_to_server(ConstantAuthz(), server)  # noqa: E731
     uvloop.run(serve_until_signalled(register, args.listen, args.reuseport, "constant_server"))
 
 

@@ -12,9 +12,10 @@ limits them), the same request to each, measured in interleaved rounds (a, b, c0
 c0 and c swap places every other round, and their ratio is the median of the rounds' paired ratios.
 
 (c0) and (c) use the ext_authz filter and the keygate cluster of the shipped deploy/envoy/envoy.yaml
-as they are (only the port changes); all four share the shipped listener and connection manager
-settings, with the route swapped for `direct_response` and the access log left out (it would cost
-every variant the same and is not authorization).
+as they are (only the port changes), its health checking included: both servers answer it SERVING. All
+four share the shipped listener and connection manager settings, with the route swapped for
+`direct_response` and the access log left out (it would cost every variant the same and is not
+authorization).
 
 Per round and variant: the request is checked first (200 with the key; for b and c, 401 with a
 wrong key, so the load is not measuring denials), then a warm-up, then throughput (h2load closed
@@ -456,7 +457,8 @@ def _notes(duration: float, rounds: int, reply_bytes: dict[str, int]) -> list[st
         f"`direct_response` 200 ({len(REPLY_BODY)}-byte body), the shipped connection-manager settings without "
         f"the access log; every request `POST {PATH.replace(CHATFLOW, '<id>')}` with `Authorization: Bearer <key>` "
         f"and a {len(REQUEST_BODY)}-byte body. (c0) and (c) use the shipped deploy/envoy/envoy.yaml's ext_authz "
-        "filter and keygate cluster unchanged but for the port (gRPC over HTTP/2, fail closed). keygate runs "
+        "filter and keygate cluster unchanged but for the port (gRPC over HTTP/2, fail closed, a grpc.health.v1 "
+        "check every second, which both servers answer SERVING). keygate runs "
         "`serve --workers 1` on the cached key; the constant-allow server sends the same reply message "
         f"({reply_bytes['constant']} bytes; keygate's {reply_bytes['keygate']}) without keygate's "
         "decision and key extraction.",

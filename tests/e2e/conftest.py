@@ -64,6 +64,19 @@ def ext_authz_grpc_service(config: dict[str, Any]) -> dict[str, Any]:
     return ext_authz["typed_config"]["grpc_service"]
 
 
+def keygate_cluster(config: dict[str, Any]) -> dict[str, Any]:
+    """The `keygate` cluster of a parsed Envoy configuration."""
+    (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "keygate"]
+    return cluster
+
+
+def validate(path: Path) -> None:
+    """Envoy accepts the configuration file (`envoy --mode validate`)."""
+    result = subprocess.run([ENVOY, "--mode", "validate", "-c", str(path), "--disable-hot-restart",
+                             "--log-level", "error"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -146,6 +159,15 @@ class Envoy:
         with urllib.request.urlopen(url, timeout=2) as answer:
             lines = answer.read().decode().splitlines()
         return sum(int(line.rpartition(": ")[2]) for line in lines)
+
+    def endpoint(self, port: int) -> dict[str, str]:
+        """Envoy's view of the keygate cluster's endpoint on `port` (admin /clusters): health_flags
+        ("healthy", or why not: "/failed_active_hc", "/failed_outlier_check", ...), and its counters as
+        text: rq_total (calls sent to it), rq_success, rq_timeout, ..."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/clusters", timeout=2) as answer:
+            lines = answer.read().decode().splitlines()
+        prefix = f"keygate::127.0.0.1:{port}::"
+        return dict(line.removeprefix(prefix).split("::", 1) for line in lines if line.startswith(prefix))
 
 
 def _ready(admin_port: int) -> bool:

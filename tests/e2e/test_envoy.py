@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import shutil
-import subprocess
 import tempfile
 import time
 import uuid
@@ -24,12 +23,23 @@ from urllib.parse import parse_qs, urlsplit
 import grpc
 import pytest
 import yaml
+from envoy.service.auth.v3 import external_auth_pb2
 
 from keygate.domain.keys import KeyFormat
-from keygate.server import App
+from keygate.server import FLOWISE_KEY_SERVICE, KEY_SERVICE, SERVICE_NAMES, App
 from keygate.v1 import keys_pb2, keys_pb2_grpc
 
-from .conftest import ENVOY, ROOT, SHIPPED, Database, Mesh, Response, ext_authz_grpc_service, shipped_config
+from .conftest import (
+    ROOT,
+    SHIPPED,
+    Database,
+    Mesh,
+    Response,
+    ext_authz_grpc_service,
+    keygate_cluster,
+    shipped_config,
+    validate,
+)
 
 IDENTITY = ("x-keygate-key-id", "x-keygate-workspace-id", "x-keygate-key-name")
 KEY_CARRIERS = ("authorization", "x-api-key")
@@ -504,9 +514,7 @@ async def test_unmatched_allow_passes_neither_forged_identity_nor_a_key(
 
 
 def test_shipped_envoy_configuration_validates_as_is() -> None:
-    result = subprocess.run([ENVOY, "--mode", "validate", "-c", str(SHIPPED), "--disable-hot-restart",
-                             "--log-level", "error"], capture_output=True, text=True, timeout=30)
-    assert result.returncode == 0, result.stdout + result.stderr
+    validate(SHIPPED)
 
 
 NEVER_DECIDED = {"cancelled", "unavailable", "connect-failure", "refused-stream"}  # keygate never answered
@@ -526,9 +534,23 @@ def test_shipped_ext_authz_retries_only_calls_keygate_never_decided_within_its_t
     # short, and a timeout is not retried.
     assert seconds(policy["retry_back_off"]["max_interval"]) >= seconds(service["timeout"])
     assert "retry_policy" not in service["envoy_grpc"]  # for xDS streams only: ext_authz ignores it
-    (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "keygate"]
-    (limits,) = cluster["circuit_breakers"]["thresholds"]
+    (limits,) = keygate_cluster(config)["circuit_breakers"]["thresholds"]
     assert limits["max_retries"] > 3  # Envoy's default, 3 at once: a replica draining under load fails more
+
+
+def test_shipped_health_check_asks_about_ext_authz_no_longer_than_a_check_may_take() -> None:
+    config = shipped_config()
+    cluster = keygate_cluster(config)
+    (check,) = cluster["health_checks"]
+    service = check["grpc_health_check"]["service_name"]
+    # The service keygate says NOT_SERVING for only while it drains: never one that follows the database, which
+    # every replica shares (an outage would take them all out while cached keys can still answer).
+    assert service == external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
+    assert service in SERVICE_NAMES and service not in (KEY_SERVICE, FLOWISE_KEY_SERVICE)
+    assert seconds(check["timeout"]) <= seconds(ext_authz_grpc_service(config)["timeout"])
+    assert check["unhealthy_threshold"] >= 2  # one slow answer on a loaded machine takes no replica out
+    # One endpoint of two may be ejected (Envoy's default, 10 %, ejects none of two), never more than half.
+    assert cluster["outlier_detection"]["max_ejection_percent"] == 50
 
 
 def test_istio_example_names_one_provider_and_the_keygate_service() -> None:

@@ -1,8 +1,11 @@
 """A real Envoy reaching keygate over mTLS: the shipped envoy.yaml with deploy/envoy/keygate-mtls.yaml's
-`transport_socket` on its keygate cluster, only the file paths changed, against keygate serving mTLS."""
+`transport_socket` on its keygate cluster, only the file paths changed, against keygate serving mTLS: the
+calls, and the cluster's health checks."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,11 +19,12 @@ from keygate.config import Settings
 from keygate.server import App
 
 from ..certs import credentials, write
-from .conftest import PROBE_PATH, ROOT, Database, Envoy, Mesh, Upstream, running_envoy
+from .conftest import PROBE_PATH, ROOT, Database, Envoy, Mesh, Upstream, keygate_cluster, running_envoy
 from .test_envoy import assert_identity, bearer, chatflow
 
 SNIPPET = ROOT / "deploy" / "envoy" / "keygate-mtls.yaml"
 ENVOY_FILES = "/etc/envoy/keygate/"  # the snippet's directory, replaced by the test's own
+HEALTH_CHECK_BOUND = 3.0  # seconds: the cluster checks every second
 
 
 @dataclass(frozen=True)
@@ -48,8 +52,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 @pytest.fixture(scope="module")
 def tls_envoy(upstream: Upstream, pki: Pki) -> Iterator[Envoy]:
     def add_tls(config: dict[str, Any]) -> None:
-        (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "keygate"]
-        cluster["transport_socket"] = transport_socket(pki.files)
+        keygate_cluster(config)["transport_socket"] = transport_socket(pki.files)
 
     with running_envoy(upstream, add_tls) as envoy:
         yield envoy
@@ -78,6 +81,16 @@ async def test_an_allowed_request_passes_through_ext_authz_over_mtls(mesh: Mesh)
     assert_identity(response, key)
     denied = await mesh.request("DELETE", f"/api/v1/chatflows/{flow}", bearer(key.api_key))
     assert denied.status == 403 and denied.json()["code"] == "PERMISSION_DENIED"
+
+
+async def test_envoy_health_checks_keygate_over_the_same_mtls(mesh: Mesh) -> None:
+    """The cluster's health checks take its transport_socket, as its calls do: keygate answers them over mTLS."""
+    passed = mesh.envoy.stat("cluster.keygate.health_check.success")
+    deadline = time.monotonic() + HEALTH_CHECK_BOUND
+    while mesh.envoy.stat("cluster.keygate.health_check.success") == passed:
+        assert time.monotonic() < deadline, mesh.envoy.endpoint(mesh.envoy.keygate_port)
+        await asyncio.sleep(0.05)
+    assert mesh.envoy.endpoint(mesh.envoy.keygate_port)["health_flags"] == "healthy"
 
 
 async def test_keygate_that_does_not_trust_envoy_means_503_never_a_pass(mesh: Mesh, pki: Pki,
