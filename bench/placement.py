@@ -4,9 +4,11 @@ On two CPUs, three busy processes (h2load, Envoy, the authz server) left to the 
 throughput depend on where it put them: one run's paired Envoy rounds read 0.75 to 1.04 and fell in
 two groups, about 0.8 and about 0.97. With the servers under test on the upper half of the CPUs and
 h2load, Envoy and the latency client on the lower (as in production, where neither the proxy nor the
-callers share keygate's CPUs) the same section's rounds read 0.88-0.94, each server's throughput
-following its own CPU per request. Sections 1 and 4 are placed; the others (cold keys, where PostgreSQL
-works too; the Flowise baseline, which uses every CPU; the client's cache) are not.
+callers share keygate's CPUs) one 5-round run of the same section read 0.88-0.94, each server's throughput
+following its own CPU per request; the first full run placed still read 0.64-0.96 (the hypervisor slows one
+core at a time too), so placing narrows the swing from sharing cores, not the machine's own. Sections 1
+and 4 are placed; the others (cold keys, where PostgreSQL works too; the Flowise baseline, which uses
+every CPU; the client's cache) are not.
 """
 
 from __future__ import annotations
